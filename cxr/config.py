@@ -1,0 +1,43 @@
+"""The typed configuration of a retraining run; its fields are the `retrain` flow's parameters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cxr import REGISTERED_MODEL_NAME
+
+ModelName = Literal["seed", "default"]
+
+
+class RetrainConfig(BaseModel):
+    """Everything that decides what a retraining run produces (and so its cache keys)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: str = Field(description="Image folder: Kaggle layout, bare NORMAL/PNEUMONIA, or flat named files")
+    model: ModelName = Field("default", description="Architecture: 'seed' (the tutorial CNN) or 'default'")
+    image_size: int = Field(224, ge=16, le=1024, description="Square input size in pixels")
+    epochs: int = Field(10, ge=1, le=500)
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float | None = Field(None, gt=0, description="None: the model's own default")
+    seed: int = Field(42, description="Seed for the split, initialisation and shuffling")
+    valid_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    keep_official_test: bool = Field(False, description="Use the folder's own test/ split as the test set")
+    early_stopping_patience: int = Field(4, ge=1)
+    min_images_per_class: int = Field(2, ge=1, description="Stop before training below this per class")
+    min_image_side: int = Field(64, ge=1, description="Quarantine images smaller than this (pixels)")
+    target_sensitivity: float = Field(0.95, gt=0, le=1, description="Threshold rule on the validation split")
+    registered_model_name: str = REGISTERED_MODEL_NAME
+    gate_metric: str = Field("auc", description="Champion/challenger metric on the test split")
+    gate_margin: float = Field(0.0, ge=0, description="Challenger must beat the champion by this much")
+    sensitivity_floor: float = Field(0.0, ge=0, le=1, description="Never promote below this sensitivity")
+    trigger: Literal["manual", "nightly", "new-data"] = "manual"
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> RetrainConfig:
+        if self.valid_fraction + self.test_fraction >= 0.8:
+            raise ValueError("valid_fraction + test_fraction must leave at least 20 % for training")
+        return self

@@ -1,0 +1,52 @@
+"""The state folder ($CXR_HOME) and the environment every entry point sets before importing Prefect/TF."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cxr_home() -> Path:
+    """Root of all state this project writes (cache, manifests, models, registry, Prefect home)."""
+    return Path(os.environ.get("CXR_HOME", Path.cwd() / ".cxr")).resolve()
+
+
+def state_dir(*parts: str) -> Path:
+    """A sub-folder of the state folder, created on demand."""
+    path = cxr_home().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_tracking_uri() -> str:
+    """MLflow store: $MLFLOW_TRACKING_URI, else a sqlite file in the state folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir('mlflow') / 'mlflow.db'}"
+
+
+def configure_environment() -> None:
+    """Point every library's home into the state folder and switch telemetry off.
+
+    Called by entry points (CLI, tests, deployments) before Prefect or TensorFlow is imported,
+    because both read these variables at import time. Existing values win.
+    """
+    home = cxr_home()
+    defaults = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "KERAS_HOME": str(home / "keras"),
+        "MPLCONFIGDIR": str(home / "matplotlib"),
+        "MPLBACKEND": "Agg",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(home / "mlflow" / "artifacts"),
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    for sub in ("prefect", "keras", "matplotlib", "mlflow"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    # Prefect stores persisted task results here; they are the cross-run cache.
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "prefect" / "storage"))
