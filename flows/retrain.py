@@ -1,0 +1,98 @@
+"""The `retrain` flow: ingest → split → batches → train → evaluate → register."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from cxr.caching import code_version, sha256_text, stable_json
+from cxr.config import RetrainConfig
+from flows.stages import StageRunner
+from tasks import batches, evaluate, ingest, register, split, train
+
+# Modules whose source decides a trained model; their digest is the lineage's code version.
+MODEL_CODE = ("cxr.imaging", "cxr.models", "tasks.batches", "tasks.split", "tasks.train")
+
+
+def retrain_run_name() -> str:
+    """`retrain-2026-11-28-nightly`: the date and what started the run, readable in the dashboard."""
+    config = flow_run.parameters.get("config", {})
+    trigger = config.get("trigger", "manual") if isinstance(config, dict) else config.trigger
+    return f"retrain-{dt.date.today().isoformat()}-{trigger}"
+
+
+@flow(name="retrain", flow_run_name=retrain_run_name, persist_result=True)
+def retrain(config: RetrainConfig) -> dict:
+    """Retrain on `config.data_dir`, evaluate on the held-out test split and register the model."""
+    started = time.perf_counter()
+    run = StageRunner()
+    ingested = run(ingest.ingest, config.data_dir, config.min_image_side)
+    splits = run(
+        split.split,
+        ingested.manifest_path,
+        ingested.digest,
+        valid_fraction=config.valid_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        keep_official_test=config.keep_official_test,
+        min_images_per_class=config.min_images_per_class,
+    )
+    data = run(batches.batches, splits.split_path, splits.digest, config.image_size)
+    trained = run(
+        train.train,
+        data,
+        model_name=config.model,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        patience=config.early_stopping_patience,
+        target_sensitivity=config.target_sensitivity,
+    )
+    evaluation = run(evaluate.evaluate, trained.model_path, trained.model_sha256, data)
+    lineage = {
+        "data_digest": ingested.digest,
+        "split_digest": splits.digest,
+        "config_digest": sha256_text(stable_json(config.model_dump(exclude={"trigger"})))[:16],
+        "code_version": code_version(MODEL_CODE),
+        "data_dir": config.data_dir,
+        "model": config.model,
+        "image_size": config.image_size,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+    }
+    registered = run(
+        register.register,
+        trained,
+        evaluation,
+        data,
+        lineage,
+        config.registered_model_name,
+        register.GatePolicy(
+            metric=config.gate_metric, margin=config.gate_margin, sensitivity_floor=config.sensitivity_floor
+        ),
+    )
+    return {
+        "model_name": registered.model_name,
+        "model_version": registered.version,
+        "model_uri": registered.model_uri,
+        "champion": registered.champion,
+        "decision": registered.decision,
+        "metrics": evaluation.metrics,
+        "ci": evaluation.ci,
+        "threshold": trained.threshold,
+        "architecture": config.model,
+        "device": trained.device,
+        "epochs_run": trained.epochs_run,
+        "resumed_from_epoch": trained.resumed_from_epoch,
+        "data_digest": ingested.digest,
+        "images": {"accepted": ingested.accepted, "quarantined": ingested.quarantined},
+        "split_counts": splits.counts,
+        "flow_run_id": str(flow_run.id),
+        "cached_tasks": run.cached,
+        "flow_seconds": round(time.perf_counter() - started, 2),
+    }
