@@ -57,9 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from cxr.config import RetrainConfig
+    from cxr.errors import DataError
     from flows.retrain import retrain
 
     data_dir = Path(args.data) if args.data else _demo_data_dir()
+    if not data_dir.is_dir():
+        raise DataError(f"data folder not found: {data_dir}")
     overrides = {
         "model": args.model,
         "image_size": args.image_size,
