@@ -35,6 +35,8 @@ def configure_environment() -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        # JSON, not pickle: a cached result must never be able to run code when it is read back.
+        "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
         "PREFECT_LOGGING_LEVEL": "INFO",
         "KERAS_HOME": str(home / "keras"),
         "MPLCONFIGDIR": str(home / "matplotlib"),
