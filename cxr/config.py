@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -35,9 +36,21 @@ class RetrainConfig(BaseModel):
     gate_margin: float = Field(0.0, ge=0, description="Challenger must beat the champion by this much")
     sensitivity_floor: float = Field(0.0, ge=0, le=1, description="Never promote below this sensitivity")
     trigger: Literal["manual", "nightly", "new-data"] = "manual"
+    data_roots: tuple[str, ...] = Field(
+        (), description="When set, data_dir must resolve inside one of these folders (event-triggered runs)"
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> RetrainConfig:
         if self.valid_fraction + self.test_fraction >= 0.8:
             raise ValueError("valid_fraction + test_fraction must leave at least 20 % for training")
+        return self
+
+    @model_validator(mode="after")
+    def _data_dir_inside_roots(self) -> RetrainConfig:
+        # Event payloads are untrusted: '../..' or '/etc' must not become a training folder.
+        if self.data_roots:
+            resolved = Path(self.data_dir).resolve()
+            if not any(resolved.is_relative_to(Path(root).resolve()) for root in self.data_roots):
+                raise ValueError(f"data_dir {resolved} is outside the allowed data roots {list(self.data_roots)}")
         return self
