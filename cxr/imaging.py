@@ -21,7 +21,9 @@ from PIL import Image, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 60_000_000
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 # Failures that depend only on a file's bytes, so a check of unchanged bytes can be reused.
-CONTENT_FAILURES = frozenset({"empty_file", "not_an_image", "truncated", "decompression_bomb", "corrupt_dicom"})
+CONTENT_FAILURES = frozenset(
+    {"empty_file", "not_an_image", "truncated", "decompression_bomb", "corrupt_dicom"}
+)
 # Errors Pillow raises while decoding damaged data (zlib/struct surface from PNG and TIFF plugins).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 _HASH_CHUNK = 1 << 20
@@ -83,12 +85,15 @@ def inspect_image(path: Path, *, min_side: int, max_pixels: int = DEFAULT_MAX_PI
     return info
 
 
-def load_greyscale(path: Path, size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_greyscale(
+    path: Path, size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """The image as uint8 grey, stretched to (size, size) (no aspect kept, like flow_from_directory).
 
     `size=None` keeps the native size. JPEGs much larger than `size` are decoded at reduced scale.
     """
-    _, image = _decode(Path(path), draft_side=size, max_pixels=max_pixels)
+    _, decoded = _decode(Path(path), draft_side=size, max_pixels=max_pixels)
+    image = _to_grey(decoded)
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
@@ -111,7 +116,7 @@ def check_files(paths: list[str]) -> list[FileCheck]:
 
 
 def _decode(path: Path, *, draft_side: int | None, max_pixels: int) -> tuple[ImageInfo, Image.Image]:
-    """Open, size-check and fully decode one file into an 8-bit grey ("L") Pillow image."""
+    """Open, size-check and fully decode one file into a loaded Pillow image (any mode)."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; one handle serves sniffing and decoding
     except OSError as error:
@@ -129,7 +134,9 @@ def _decode(path: Path, *, draft_side: int | None, max_pixels: int) -> tuple[Ima
         return _decode_raster(handle, draft_side=draft_side, max_pixels=max_pixels)
 
 
-def _decode_raster(handle: BinaryIO, *, draft_side: int | None, max_pixels: int) -> tuple[ImageInfo, Image.Image]:
+def _decode_raster(
+    handle: BinaryIO, *, draft_side: int | None, max_pixels: int
+) -> tuple[ImageInfo, Image.Image]:
     with warnings.catch_warnings():
         # We apply our own, stricter pixel limit below, from the header alone.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -153,7 +160,7 @@ def _decode_raster(handle: BinaryIO, *, draft_side: int | None, max_pixels: int)
             raise BadImage("decompression_bomb", str(error)) from error
         except _DECODE_ERRORS as error:
             raise BadImage("truncated", f"decoding failed: {error}") from error
-    return info, _to_grey(image)
+    return info, image
 
 
 def _to_grey(image: Image.Image) -> Image.Image:
