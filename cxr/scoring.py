@@ -1,0 +1,73 @@
+"""`cxr evaluate`: score a model on a whole labelled folder, outside the retraining flow.
+
+The folder goes through the pipeline's own stages (ingest checks, batches at the model's image size,
+the evaluate stage's metrics) so its numbers are comparable with the test metrics of a retrain run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr.caching import sha256_text
+from cxr.config import RetrainConfig
+from cxr.errors import DataError
+from cxr.registry import load_model_with_metadata, resolve_model, sha256_file
+from cxr.state import state_dir
+from tasks.batches import materialise_batches
+from tasks.evaluate import evaluate_model
+from tasks.ingest import MANIFEST_NAME, ingest_folder
+
+# Every accepted file of the folder is scored as this split.
+SPLIT = "test"
+# The same minimum image side a retrain run quarantines below.
+MIN_IMAGE_SIDE: int = RetrainConfig.model_fields["min_image_side"].default
+
+
+def evaluate_folder(model_uri_or_path: str, data_dir: Path) -> dict[str, Any]:
+    """Metrics (with 95 % CIs) of a model on every accepted image of a labelled folder (any layout).
+
+    Uses the model's stored threshold and image size. The manifest and quarantine list (one folder
+    per data folder, so a re-run re-checks only changed files), plots and `report.md` stay in the
+    state folder; the decoded batches are temporary.
+    """
+    model_path = resolve_model(model_uri_or_path)
+    _, metadata = load_model_with_metadata(model_path)  # fail on a bad model before the slow ingest
+    data_dir = Path(data_dir)
+    manifest_dir = state_dir("manifests", f"evaluate-{sha256_text(str(data_dir.resolve()))[:16]}")
+    previous = manifest_dir / MANIFEST_NAME
+    ingested = ingest_folder(
+        data_dir,
+        manifest_dir,
+        min_side=MIN_IMAGE_SIDE,
+        previous_manifest=previous if previous.is_file() else None,
+    )
+    missing = [label for label, count in ingested.per_class.items() if count == 0]
+    if missing:
+        raise DataError(
+            f"{data_dir} has no usable {' or '.join(missing)} images ({ingested.per_class}); metrics need both "
+            f"classes (quarantined files: {ingested.quarantine_path})"
+        )
+    with tempfile.TemporaryDirectory(prefix="evaluate-", dir=state_dir("tmp")) as work:
+        work_dir = Path(work)
+        split_path = work_dir / "split.parquet"
+        pd.read_parquet(ingested.manifest_path).assign(split=SPLIT).to_parquet(split_path, index=False)
+        batches = materialise_batches(
+            split_path, work_dir / "batches", image_size=int(metadata["image_size"])
+        )
+        report_dir = state_dir("reports", f"folder-{ingested.digest[:12]}-{sha256_file(model_path)[:12]}")
+        result = evaluate_model(model_path, batches, split=SPLIT, out_dir=report_dir)
+    return {
+        "model": str(model_uri_or_path),
+        "data_dir": str(data_dir.resolve()),
+        "metrics": result.metrics,
+        "ci": result.ci,
+        "n": result.n,
+        "quarantined": ingested.quarantined,
+        "quarantined_by_reason": ingested.quarantined_by_reason,
+        "quarantine": ingested.quarantine_path,
+        "report": str(result.report_path),
+    }

@@ -1,0 +1,269 @@
+"""Batch prediction: score image files or folders with a trained model, optionally with Grad-CAM overlays.
+
+Every input file becomes one row: a probability and a label when it could be scored, otherwise a
+`status` saying why not (the same refusal reasons as ingest's quarantine list, plus `missing` and
+`file_too_large`). A bad file never stops the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr.errors import ModelError
+from cxr.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
+from cxr.registry import load_model_with_metadata
+from tasks.evaluate import predict_pneumonia_proba
+from tasks.ingest import display_path, scan_folder
+
+OK = "ok"
+COLUMNS = ["path", "probability", "label", "status", "detail", "heatmap"]
+# Larger files are refused before decoding; real chest X-rays (even 16-bit DICOM) are far smaller.
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+# Images decoded and held in memory at once: bounds memory for folders of any size.
+CHUNK_FILES = 64
+PREVIEW_ROWS = 50
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One file to score, or a problem found before opening it (missing path, broken link)."""
+
+    path: str
+    problem: tuple[str, str] | None = None
+
+
+def expand_paths(paths: list[Path]) -> list[_Input]:
+    """Files named directly, plus every file under named folders (recursively, in path order)."""
+    inputs: list[_Input] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inputs.extend(_Input(found.path, found.problem) for found in scan_folder(path.resolve()))
+        elif path.exists():
+            inputs.append(_Input(display_path(str(path.resolve()))))
+        else:
+            inputs.append(_Input(display_path(str(path.absolute())), ("missing", "no such file or folder")))
+    return inputs
+
+
+def _load_checked(path: str, image_size: int, *, max_pixels: int, max_file_bytes: int) -> np.ndarray:
+    """The image at model size; raises BadImage for anything ingest would quarantine, or a too large file.
+
+    `load_greyscale` runs the same decoder as `inspect_image` (format sniffing, pixel limit from the
+    header, full decode to catch truncation), so each file is checked and decoded in one pass.
+    """
+    try:
+        size_bytes = os.stat(path).st_size
+    except OSError as error:
+        raise BadImage("unreadable", str(error)) from error
+    if size_bytes > max_file_bytes:
+        raise BadImage("file_too_large", f"{size_bytes} bytes exceeds the limit of {max_file_bytes}")
+    return load_greyscale(Path(path), image_size, max_pixels=max_pixels)
+
+
+def label_for_probability(probability: float, threshold: float) -> str:
+    """'pneumonia' when P(pneumonia) >= threshold (the rule the metrics use), else 'normal'."""
+    return PNEUMONIA if probability >= threshold else NORMAL
+
+
+def heatmap_path(heatmaps_dir: Path, image_path: str) -> Path:
+    """`<stem>-<hash of the full path>.png`: readable, and unique for same-named files in other folders."""
+    digest = hashlib.sha256(image_path.encode()).hexdigest()[:8]
+    return heatmaps_dir / f"{Path(image_path).stem}-{digest}.png"
+
+
+def _score_chunk(
+    model,  # noqa: ANN001 - a keras.Model
+    chunk: list[_Input],
+    *,
+    image_size: int,
+    threshold: float,
+    max_pixels: int,
+    max_file_bytes: int,
+    heatmaps_dir: Path | None,
+) -> list[dict[str, Any]]:
+    rows = {item.path: _failed_row(item.path, *item.problem) for item in chunk if item.problem}
+    images: dict[str, np.ndarray] = {}
+    for item in chunk:
+        if item.problem:
+            continue
+        try:
+            images[item.path] = _load_checked(
+                item.path, image_size, max_pixels=max_pixels, max_file_bytes=max_file_bytes
+            )
+        except BadImage as error:
+            rows[item.path] = _failed_row(item.path, error.reason, error.detail)
+    if images:
+        probabilities = predict_pneumonia_proba(model, np.stack(list(images.values()))[..., None])
+        for (path, image), probability in zip(images.items(), probabilities, strict=True):
+            label = label_for_probability(float(probability), threshold)
+            rows[path] = {
+                "path": path,
+                "probability": float(probability),
+                "label": label,
+                "status": OK,
+                "detail": "",
+                "heatmap": _write_heatmap(model, image, path, label, float(probability), heatmaps_dir),
+            }
+    return [rows[item.path] for item in chunk]
+
+
+def _failed_row(path: str, reason: str, detail: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "probability": np.nan,
+        "label": None,
+        "status": reason,
+        "detail": detail,
+        "heatmap": None,
+    }
+
+
+def _write_heatmap(
+    model,  # noqa: ANN001 - a keras.Model
+    image: np.ndarray,
+    path: str,
+    label: str,
+    probability: float,
+    heatmaps_dir: Path | None,
+) -> str | None:
+    if heatmaps_dir is None:
+        return None
+    from cxr.gradcam import grad_cam, overlay_png  # imported here: only heat-map runs pay for it
+
+    heat = grad_cam(model, image[..., None])
+    out = overlay_png(
+        image, heat, heatmap_path(heatmaps_dir, path), label=f"{label} P(pneumonia)={probability:.3f}"
+    )
+    return str(out)
+
+
+def score_files(
+    model,  # noqa: ANN001 - a keras.Model taking (S, S, 1) raw grey images
+    metadata: dict[str, Any],
+    paths: list[Path],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    heatmaps_dir: Path | None = None,
+) -> pd.DataFrame:
+    """One row per input file (COLUMNS), in input order; folders are expanded recursively.
+
+    `label` applies the model's own `metadata['threshold']`; files that cannot be scored have
+    `status` != 'ok', no probability and a `detail` message.
+    """
+    try:
+        threshold, image_size = float(metadata["threshold"]), int(metadata["image_size"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"model metadata lacks a usable threshold and image_size: {error}") from error
+    inputs = expand_paths(paths)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(inputs), CHUNK_FILES):
+        rows += _score_chunk(
+            model,
+            inputs[start : start + CHUNK_FILES],
+            image_size=image_size,
+            threshold=threshold,
+            max_pixels=max_pixels,
+            max_file_bytes=max_file_bytes,
+            heatmaps_dir=Path(heatmaps_dir) if heatmaps_dir is not None else None,
+        )
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"probability": "float64"})
+
+
+def outcome_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Scored files per predicted label (both classes always present) and failed files per status."""
+    scored = frame[frame["status"] == OK]
+    return {
+        "by_label": {label: int((scored["label"] == label).sum()) for label in CLASSES},
+        "by_status": dict(sorted(Counter(frame.loc[frame["status"] != OK, "status"]).items())),
+    }
+
+
+def write_csv_atomic(frame: pd.DataFrame, out_csv: Path) -> Path:
+    """Write via a temporary sibling and rename, so a reader never sees half a CSV."""
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_name(f".{out_csv.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, out_csv)
+    return out_csv
+
+
+def _json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows with NaN as None, since artifacts are JSON."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _publish(frame: pd.DataFrame, counts: dict[str, dict[str, int]], out_csv: Path) -> None:
+    create_table_artifact(
+        key="predictions",
+        table=_json_rows(frame.head(PREVIEW_ROWS)),
+        description=f"Predictions ({len(frame)} files; first {PREVIEW_ROWS} shown; all in {out_csv})",
+    )
+    outcomes = [{"outcome": f"predicted {label}", "files": n} for label, n in counts["by_label"].items()]
+    outcomes += [{"outcome": f"failed: {status}", "files": n} for status, n in counts["by_status"].items()]
+    create_table_artifact(
+        key="prediction-counts", table=outcomes, description="Files per predicted label or failure"
+    )
+
+
+def _retry_on_io_error(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
+    """Retry only when reading the model or writing the CSV failed on I/O; bad input stays bad."""
+    return isinstance(state.data, OSError)
+
+
+# NO_CACHE on purpose: the point of a prediction run is to score the files as they are now, and the
+# same paths can hold new images (or a moved champion alias can name another model) on the next run.
+@task(
+    name="predict-files",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=_retry_on_io_error,
+)
+def predict_files(model_uri: str, paths: list[str], out_csv: str, heatmaps_dir: str | None = None) -> dict:
+    """Load the model at `model_uri`, score `paths` into `out_csv` and return a summary."""
+    logger = get_run_logger()
+    model, metadata = load_model_with_metadata(model_uri)
+    frame = score_files(
+        model,
+        metadata,
+        [Path(path) for path in paths],
+        heatmaps_dir=Path(heatmaps_dir).resolve() if heatmaps_dir else None,
+    )
+    out_path = write_csv_atomic(frame, Path(out_csv).resolve())
+    counts = outcome_counts(frame)
+    scored = int((frame["status"] == OK).sum())
+    _publish(frame, counts, out_path)
+    logger.info(
+        "scored %d of %d files with %s (threshold %.4f): %s; failed %s -> %s",
+        scored,
+        len(frame),
+        model_uri,
+        float(metadata["threshold"]),
+        counts["by_label"],
+        counts["by_status"] or "none",
+        out_path,
+    )
+    return {
+        "scored": scored,
+        "failed": len(frame) - scored,
+        "out_csv": str(out_path),
+        "model_uri": model_uri,
+        "model_name": metadata.get("model_name"),
+        "threshold": float(metadata["threshold"]),
+        "heatmaps_dir": str(Path(heatmaps_dir).resolve()) if heatmaps_dir else None,
+        **counts,
+    }

@@ -1,0 +1,230 @@
+"""Batch prediction, Grad-CAM and the `predict` flow, with a tiny hand-weighted 'bright blob' model.
+
+The model's P(pneumonia) rises only where a bright blob is, so both its labels and its Grad-CAM map
+have a known right answer without training.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr import CLASSES
+
+SIZE = 32
+THRESHOLD = 0.5
+DARK, BRIGHT = 30, 230
+
+
+def blob_model(size: int = SIZE) -> keras.Model:
+    """Input raw 0..255 grey; conv fires on pixels brighter than mid-grey; more bright area, more pneumonia."""
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="bright")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("bright").set_weights(
+        [np.full((3, 3, 1, 1), 1 / 9, "float32"), np.array([-0.5], "float32")]
+    )
+    # Logit gap (pneumonia - normal) = 400 * mean bright response - 2: about -2 without a blob, +6 with one.
+    model.layers[-1].set_weights([np.array([[200.0, -200.0]], "float32"), np.array([-1.0, 1.0], "float32")])
+    return model
+
+
+def write_blob_model(folder: Path, size: int = SIZE) -> Path:
+    """model.keras + model.json as the training stage writes them; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blob_model(size).save(folder / "model.keras")
+    metadata = {"model_name": "blob", "image_size": size, "classes": list(CLASSES), "threshold": THRESHOLD}
+    (folder / "model.json").write_text(json.dumps(metadata))
+    return folder
+
+
+def blob_image(size: int, *, blob: bool, corner: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """A dark (size, size) uint8 image, with a bright square a quarter of the side wide when `blob`."""
+    image = np.full((size, size), DARK, np.uint8)
+    if blob:
+        side = size // 4
+        row, col = corner
+        image[row : row + side, col : col + side] = BRIGHT
+    return image
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def png_declaring(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's signature)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return write_blob_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    """Two images with a blob, two without (one in a sub-folder) and four files that are not images."""
+    folder = tmp_path / "inbox"
+    write_png(folder / "blob_a.png", blob_image(48, blob=True, corner=(4, 30)))
+    write_png(folder / "nested" / "blob_b.png", blob_image(48, blob=True, corner=(30, 4)))
+    write_png(folder / "plain_a.png", blob_image(48, blob=False))
+    write_png(folder / "nested" / "plain_b.png", blob_image(40, blob=False))
+    (folder / "page.png").write_text("<!doctype html><html><body>Not found</body></html>")
+    (folder / "empty.png").write_bytes(b"")
+    png_declaring(folder / "bomb.png", 100_000, 100_000)
+    write_png(folder / "huge.png", np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8))
+    return folder
+
+
+def score(model_dir: Path, paths: list[Path], **options) -> pd.DataFrame:
+    from cxr.registry import load_model_with_metadata
+    from tasks.predict import score_files
+
+    model, metadata = load_model_with_metadata(model_dir)
+    return score_files(model, metadata, paths, **options).set_index("path")
+
+
+def test_score_files_labels_good_images_and_reports_bad_ones(model_dir, mixed_folder, tmp_path):
+    missing = tmp_path / "nowhere.png"
+    frame = score(model_dir, [mixed_folder, missing], max_file_bytes=10_000)
+
+    assert len(frame) == 9
+    status = {Path(path).name: value for path, value in frame["status"].items()}
+    assert status == {
+        "blob_a.png": "ok",
+        "blob_b.png": "ok",
+        "plain_a.png": "ok",
+        "plain_b.png": "ok",
+        "page.png": "not_an_image",
+        "empty.png": "empty_file",
+        "bomb.png": "decompression_bomb",
+        "huge.png": "file_too_large",
+        "nowhere.png": "missing",
+    }
+    scored = frame[frame["status"] == "ok"]
+    assert scored["probability"].between(0, 1).all()
+    assert ((scored["probability"] >= THRESHOLD) == (scored["label"] == "pneumonia")).all()
+    labels = {Path(path).stem: label for path, label in scored["label"].items()}
+    assert labels == {"blob_a": "pneumonia", "blob_b": "pneumonia", "plain_a": "normal", "plain_b": "normal"}
+    failed = frame[frame["status"] != "ok"]
+    assert failed["probability"].isna().all() and failed["label"].isna().all()
+    assert (failed["detail"].str.len() > 0).all()
+
+
+def test_score_files_writes_one_overlay_per_scored_image(model_dir, mixed_folder, tmp_path):
+    frame = score(model_dir, [mixed_folder], heatmaps_dir=tmp_path / "heat")
+
+    overlays = frame.loc[frame["status"] == "ok", "heatmap"]
+    assert len(overlays) == 5 and frame.loc[frame["status"] != "ok", "heatmap"].isna().all()
+    for overlay in overlays:
+        with Image.open(overlay) as image:
+            assert image.format == "PNG" and image.mode == "RGB" and min(image.size) >= SIZE
+
+
+def test_grad_cam_highlights_the_deciding_blob():
+    from cxr.gradcam import grad_cam
+
+    image = blob_image(SIZE, blob=True, corner=(0, 24))
+    heat = grad_cam(blob_model(), image[..., None])
+
+    assert heat.shape == (SIZE, SIZE) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    blob_region, background = heat[:8, 24:], heat[16:, :16]
+    assert blob_region.mean() > 0.5 > background.max()
+
+
+def test_grad_cam_reaches_a_conv_layer_inside_a_nested_model():
+    from cxr.gradcam import grad_cam, last_conv_layer
+
+    inner = blob_model()
+    inputs = keras.Input((SIZE, SIZE, 1))
+    outer = keras.Model(inputs, inner(inputs))
+    image = blob_image(SIZE, blob=True, corner=(20, 4))[..., None]
+
+    assert last_conv_layer(outer) is inner.get_layer("bright")
+    np.testing.assert_allclose(grad_cam(outer, image), grad_cam(inner, image), atol=1e-6)
+    assert "call" not in vars(inner.get_layer("bright"))  # the temporary hook is gone
+
+
+def test_grad_cam_needs_a_conv_layer():
+    from cxr.errors import ModelError
+    from cxr.gradcam import grad_cam
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    flat = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    with pytest.raises(ModelError, match="no Conv2D"):
+        grad_cam(keras.Model(inputs, flat), blob_image(SIZE, blob=False))
+
+
+def test_overlay_png_is_written_at_a_legible_size(tmp_path):
+    from cxr.gradcam import OVERLAY_MIN_SIDE, overlay_png
+
+    heat = np.zeros((SIZE, SIZE), np.float32)
+    heat[:8, :8] = 1.0
+    out = overlay_png(
+        blob_image(SIZE, blob=False), heat, tmp_path / "sub" / "overlay.png", label="pneumonia 0.9"
+    )
+
+    with Image.open(out) as image:
+        pixels = np.asarray(image)
+    assert pixels.shape == (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE, 3)
+    hot, cold = pixels[40:60, 40:60].mean(axis=(0, 1)), pixels[-40:, -40:].mean(axis=(0, 1))
+    assert hot[0] > cold[0] and cold[2] > cold[0]  # red where the heat is, blue where there is none
+
+
+def test_predict_flow_writes_the_csv(prefect_harness, model_dir, mixed_folder, tmp_path):
+    from flows.predict import predict
+
+    out_csv = tmp_path / "out" / "predictions.csv"
+    summary = predict(paths=[str(mixed_folder)], model_uri=str(model_dir), out_csv=str(out_csv))
+
+    # Under the default size limit the 256 px noise image is scored too: no bright area, so 'normal'.
+    assert summary["scored"] == 5 and summary["failed"] == 3
+    assert summary["out_csv"] == str(out_csv.resolve()) and summary["threshold"] == THRESHOLD
+    assert summary["by_label"] == {"pneumonia": 2, "normal": 3}
+    assert summary["by_status"] == {"decompression_bomb": 1, "empty_file": 1, "not_an_image": 1}
+    written = pd.read_csv(out_csv)
+    assert list(written.columns) == ["path", "probability", "label", "status", "detail", "heatmap"]
+    assert len(written) == 8 and (written["status"] == "ok").sum() == 5
+
+
+def test_predict_flow_reports_a_missing_model_clearly(prefect_harness, mixed_folder, tmp_path):
+    from cxr.errors import ModelError
+    from flows.predict import predict
+
+    with pytest.raises(ModelError, match="not found"):
+        predict(
+            paths=[str(mixed_folder)], model_uri=str(tmp_path / "no-model"), out_csv=str(tmp_path / "p.csv")
+        )
+
+
+def test_predict_task_retries_io_errors_only():
+    from prefect.states import Failed
+
+    from cxr.errors import ModelError
+    from tasks.predict import predict_files
+
+    should_retry = predict_files.retry_condition_fn
+    assert should_retry(predict_files, None, Failed(data=OSError("disk full")))
+    assert not should_retry(predict_files, None, Failed(data=ModelError("no registered model")))

@@ -1,0 +1,64 @@
+"""`cxr evaluate`'s engine: a model scored on a whole labelled folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_predict import blob_image, png_declaring, write_blob_model, write_png
+
+from cxr.errors import DataError
+from cxr.scoring import evaluate_folder
+
+# Ingest quarantines images below 64 px; the model works at 32 px, so batches downscale them.
+SIDE = 64
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return write_blob_model(tmp_path_factory.mktemp("model"))
+
+
+def labelled_folder(root: Path, *, pneumonia: int, normal: int) -> Path:
+    """Bare NORMAL/PNEUMONIA layout: pneumonia images carry the blob the model looks for."""
+    for index in range(pneumonia):
+        corner = (index * 5 % 40, index * 11 % 40)
+        write_png(
+            root / "PNEUMONIA" / f"person{index}_bacteria_{index}.png",
+            blob_image(SIDE, blob=True, corner=corner),
+        )
+    for index in range(normal):
+        image = blob_image(SIDE, blob=False)
+        image[index, :] = 60  # distinct content: identical files would be quarantined as duplicates
+        write_png(root / "NORMAL" / f"IM-{index:04d}-0001.png", image)
+    return root
+
+
+def test_evaluate_folder_scores_every_accepted_image(model_dir, tmp_path):
+    folder = labelled_folder(tmp_path / "data", pneumonia=6, normal=5)
+    png_declaring(folder / "NORMAL" / "bomb.png", 100_000, 100_000)
+
+    result = evaluate_folder(str(model_dir), folder)
+
+    assert result["model"] == str(model_dir)
+    assert result["n"] == 11 and result["quarantined"] == 1
+    assert result["quarantined_by_reason"] == {"decompression_bomb": 1}
+    metrics = result["metrics"]
+    for name in ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc"):
+        assert 0.0 <= metrics[name] <= 1.0
+    # The blob model separates these images perfectly at its stored threshold.
+    assert metrics["accuracy"] == 1.0 and metrics["auc"] == 1.0 and metrics["threshold"] == 0.5
+    assert metrics["confusion"] == [[6, 0], [0, 5]]
+    assert set(result["ci"]) >= {"accuracy", "auc"}
+    assert Path(result["report"]).is_file() and "bomb.png" in Path(result["quarantine"]).read_text()
+
+
+def test_evaluate_folder_needs_both_classes(model_dir, tmp_path):
+    folder = labelled_folder(tmp_path / "data", pneumonia=3, normal=0)
+    with pytest.raises(DataError, match="no usable normal images"):
+        evaluate_folder(str(model_dir), folder)
+
+
+def test_evaluate_folder_reports_a_missing_folder(model_dir, tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        evaluate_folder(str(model_dir), tmp_path / "nowhere")
