@@ -1,0 +1,154 @@
+"""Evaluation metrics, bootstrap intervals, plots and the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from cxr.errors import DataError
+from tasks import evaluate as evaluate_module
+from tasks.evaluate import (
+    bootstrap_ci,
+    classification_metrics,
+    evaluate_model,
+    predict_pneumonia_proba,
+)
+
+SIZE = 32
+
+
+def brightness_model(gain: float):
+    """P(pneumonia) rises with mean brightness (gain > 0); the project's I/O contract on (32, 32, 1)."""
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.layers[-1].set_weights(
+        [np.array([[gain, -gain]], "float32"), np.array([-gain / 2, gain / 2], "float32")]
+    )
+    return model
+
+
+def save_model(model, folder: Path, threshold: float = 0.5) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "model.json").write_text(
+        json.dumps({"model_name": "tiny", "image_size": SIZE, "threshold": threshold})
+    )
+    return folder / "model.keras"
+
+
+def bright_dark_images(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pneumonia (label 0) images bright, normal (label 1) dark, with overlapping noise."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(np.int8)
+    means = np.where(labels == 0, 150, 105) + rng.normal(0, 20, n)
+    images = np.clip(means[:, None, None, None] + rng.normal(0, 10, (n, SIZE, SIZE, 1)), 0, 255)
+    return images.astype(np.uint8), labels
+
+
+KNOWN_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0], dtype=bool)
+KNOWN_P = np.array([0.9, 0.8, 0.4, 0.65, 0.3, 0.7, 0.1, 0.2, 0.55, 0.5, 0.95, 0.05])
+
+
+def test_metrics_match_sklearn():
+    metrics = classification_metrics(KNOWN_Y, KNOWN_P, threshold=0.5)
+    predicted = KNOWN_P >= 0.5
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(KNOWN_Y, predicted))
+    assert metrics["sensitivity"] == pytest.approx(recall_score(KNOWN_Y, predicted))
+    assert metrics["specificity"] == pytest.approx(recall_score(~KNOWN_Y, ~predicted))
+    assert metrics["precision"] == pytest.approx(precision_score(KNOWN_Y, predicted))
+    assert metrics["npv"] == pytest.approx(precision_score(~KNOWN_Y, ~predicted))
+    assert metrics["f1"] == pytest.approx(f1_score(KNOWN_Y, predicted))
+    assert metrics["auc"] == pytest.approx(roc_auc_score(KNOWN_Y, KNOWN_P))
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(KNOWN_Y, KNOWN_P))
+    # rows = true [pneumonia, normal], columns = predicted in the same order
+    assert metrics["confusion"] == confusion_matrix(KNOWN_Y, predicted, labels=[True, False]).tolist()
+    assert (metrics["n"], metrics["threshold"]) == (12, 0.5)
+
+
+def test_one_class_gives_undefined_metrics_not_a_crash(tmp_path):
+    y = np.ones(6, dtype=bool)
+    p = np.linspace(0.1, 0.9, 6)
+    metrics = classification_metrics(y, p, 0.5)
+    assert metrics["auc"] is None and metrics["pr_auc"] is None and metrics["specificity"] is None
+    assert metrics["sensitivity"] == pytest.approx(0.5)
+    json.dumps(metrics, allow_nan=False)  # JSON-safe: no NaN anywhere
+    ci = bootstrap_ci(y, p, 0.5, n_boot=50)
+    assert ci["auc"] is None and ci["specificity"] is None and ci["sensitivity"] is not None
+    plots = evaluate_module.write_plots(y, p, metrics, tmp_path)
+    assert all(path.stat().st_size > 0 for path in plots.values())
+
+
+def test_mismatched_inputs_raise_data_error():
+    with pytest.raises(DataError):
+        classification_metrics(np.ones(3), np.ones(4), 0.5)
+
+
+def test_bootstrap_interval_contains_point_estimate_and_is_fast():
+    rng = np.random.default_rng(3)
+    y = rng.random(1000) < 0.6
+    p = np.clip(0.35 * y + 0.65 * rng.random(1000), 0, 1).round(2)  # rounded: plenty of ties
+    metrics = classification_metrics(y, p, 0.5)
+    started = time.perf_counter()
+    ci = bootstrap_ci(y, p, 0.5, n_boot=1000, seed=1)
+    assert time.perf_counter() - started < 2.0
+    for name, (low, high) in ci.items():
+        assert low <= metrics[name] <= high, name
+        assert high - low < 0.15, name
+    assert bootstrap_ci(y, p, 0.5, n_boot=200, seed=1) == bootstrap_ci(y, p, 0.5, n_boot=200, seed=1)
+
+
+def test_bootstrap_auc_matches_sklearn_on_a_resample():
+    rng = np.random.default_rng(4)
+    y = rng.random(200) < 0.5
+    p = rng.random(200).round(1)
+    drawn = rng.integers(0, 200, 200)
+    weights = np.bincount(drawn, minlength=200)[None].astype(float)
+    assert evaluate_module._weighted_auc(y, p, weights)[0] == pytest.approx(roc_auc_score(y[drawn], p[drawn]))
+
+
+def test_predict_uses_first_softmax_output_and_resizes():
+    images, labels = bright_dark_images(20)
+    prob = predict_pneumonia_proba(brightness_model(40.0), images, batch_size=8)
+    assert prob.shape == (20,)
+    assert prob[labels == 0].mean() > prob[labels == 1].mean()
+    larger = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 64 px images, 32 px model
+    assert np.allclose(predict_pneumonia_proba(brightness_model(40.0), larger), prob, atol=1e-3)
+    with pytest.raises(DataError):
+        predict_pneumonia_proba(brightness_model(1.0), images[..., 0])
+
+
+def test_evaluate_model_writes_report_and_plots(tmp_path, monkeypatch):
+    images, labels = bright_dark_images(40)
+    model_path = save_model(brightness_model(40.0), tmp_path / "model", threshold=0.5)
+    monkeypatch.setattr(evaluate_module, "_load_split", lambda batches, split: (images, labels))
+    result = evaluate_model(model_path, object(), out_dir=tmp_path / "report")
+    assert result.n == 40 and result.split == "test"
+    assert result.metrics["auc"] > 0.9 and result.metrics["threshold"] == 0.5
+    assert set(result.plots) == {"confusion-matrix", "roc-curve", "pr-curve"}
+    for path in result.plots.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = result.report_path.read_text()
+    assert "| auc |" in report and "](roc-curve.png)" in report and "| pneumonia |" in report
+    assert evaluate_module.sha256_file(model_path) == result.model_sha256
+    overridden = evaluate_model(model_path, object(), out_dir=tmp_path / "report2", threshold=0.99)
+    assert overridden.metrics["threshold"] == 0.99
+    assert overridden.metrics["sensitivity"] < result.metrics["sensitivity"]
+    json.loads(result.model_dump_json())

@@ -1,0 +1,195 @@
+"""MLflow registration, the champion/challenger gate and the registry helpers (temp sqlite store per test)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cxr import registry
+from cxr.errors import ModelError
+from tasks.evaluate import evaluate_predictions, predict_pneumonia_proba, score_model
+from tasks.register import GatePolicy, register_model
+from tests.test_evaluate import SIZE, bright_dark_images, brightness_model, save_model
+
+NAME = "cxr-test"
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """A migrated, empty sqlite store: creating one takes seconds, copying it milliseconds."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    registry.client(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, empty_store) -> str:
+    """A fresh registry per test."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return bright_dark_images(40, seed=1)
+
+
+def trained(tmp_path: Path, gain: float, threshold: float = 0.5, tag: str = "m"):
+    """A TrainResult-shaped record of a saved brightness model (the same file on a second call)."""
+    model = brightness_model(gain)
+    path = tmp_path / f"{tag}-{gain}-{threshold}" / "model.keras"
+    if not path.exists():
+        save_model(model, path.parent, threshold)
+    return SimpleNamespace(
+        model_path=str(path),
+        model_sha256=registry.sha256_file(path),
+        metadata_path=str(path.with_name("model.json")),
+        model_name="tiny",
+        threshold=threshold,
+        history={"loss": [0.7, 0.5], "val_auc": [0.8, 0.9]},
+        valid_metrics={"auc": 0.9},
+        device={"kind": "cpu"},
+        epochs_run=2,
+        resumed_from_epoch=0,
+        train_seconds=1.5,
+    ), model
+
+
+def register(tmp_path, tracking_uri, test_split, gain, *, threshold=0.5, gate=None, tag="m"):
+    images, labels = test_split
+    train, model = trained(tmp_path, gain, threshold, tag)
+    evaluation = evaluate_predictions(
+        labels == 0,
+        predict_pneumonia_proba(model, images),
+        threshold=threshold,
+        split="test",
+        model_sha256=train.model_sha256,
+        out_dir=tmp_path / f"report-{tag}-{gain}-{threshold}",
+    )
+    return register_model(
+        train,
+        evaluation,
+        lineage={"data_digest": "d" * 16, "config_digest": "c" * 16, "code_version": "v1", "seed": 1},
+        registered_model_name=NAME,
+        tracking_uri=tracking_uri,
+        gate=gate or GatePolicy(),
+        champion_scorer=lambda uri: score_model(uri, images, labels, tracking_uri),
+    )
+
+
+def test_first_model_becomes_champion_with_lineage(tmp_path, tracking_uri, test_split):
+    started = time.perf_counter()
+    result = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    print(f"log_model + register: {time.perf_counter() - started:.2f} s")
+    assert (result.version, result.champion, result.model_uri) == (1, True, f"models:/{NAME}/1")
+    assert result.decision["promoted"] and result.decision["champion_version"] is None
+    client = registry.client(tracking_uri)
+    version = client.get_model_version(NAME, "1")
+    assert version.tags["data_digest"] == "d" * 16 and version.tags["code_version"] == "v1"
+    assert json.loads(version.tags["promotion_decision"])["promoted"] is True
+    run = client.get_run(result.run_id)
+    assert run.data.params["lineage.seed"] == "1" and "test_auc_ci_low" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(result.run_id, "epoch_loss")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert {"evaluation/roc-curve.png", "evaluation/report.md"} <= artifacts
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == registry.EXPERIMENT_NAME
+    assert experiment.artifact_location == (tmp_path / "artifacts").as_uri()
+    # The same model again (a retry or rerun) reuses its version instead of registering a duplicate.
+    again = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    assert again.version == 1 and len(registry.list_versions(NAME, tracking_uri)) == 1
+
+
+def test_gate_promotes_better_refuses_worse_and_enforces_sensitivity_floor(
+    tmp_path, tracking_uri, test_split
+):
+    assert register(tmp_path, tracking_uri, test_split, gain=0.5).champion  # weak but the first
+    better = register(tmp_path, tracking_uri, test_split, gain=30.0)
+    assert better.champion and better.decision["promoted"]
+    assert better.decision["champion_version"] == 1
+    assert better.decision["challenger"]["auc"] >= better.decision["champion"]["auc"]
+
+    worse = register(tmp_path, tracking_uri, test_split, gain=-30.0)  # inverted: AUC near 0
+    assert not worse.champion and not worse.decision["promoted"]
+    assert registry.champion_version(NAME, tracking_uri) == 2
+
+    blind = register(
+        tmp_path, tracking_uri, test_split, gain=30.0, threshold=1.01, gate=GatePolicy(sensitivity_floor=0.5)
+    )
+    assert not blind.champion and "sensitivity" in blind.decision["reason"]
+
+    margin = register(tmp_path, tracking_uri, test_split, gain=30.0, tag="copy", gate=GatePolicy(margin=0.5))
+    assert not margin.decision["promoted"] and "margin" in margin.decision["reason"]
+
+    rows = registry.list_versions(NAME, tracking_uri)
+    assert [row["version"] for row in rows] == [5, 4, 3, 2, 1]
+    by_version = {row["version"]: row for row in rows}
+    assert by_version[2]["aliases"] == ["champion"] and by_version[3]["aliases"] == []
+    assert by_version[3]["metrics"]["auc"] < 0.2 < by_version[2]["metrics"]["auc"]
+    assert by_version[1]["data_digest"] == "d" * 16 and by_version[1]["model_name"] == "tiny"
+    assert by_version[1]["created"].endswith("+00:00")
+
+
+def test_promote_and_rollback_move_the_alias_and_record_why(tmp_path, tracking_uri, test_split):
+    for gain in (1.0, 2.0, 3.0):
+        register(
+            tmp_path, tracking_uri, test_split, gain=gain, gate=GatePolicy(margin=1.0)
+        )  # only v1 promoted
+    assert registry.champion_version(NAME, tracking_uri) == 1
+    registry.promote(NAME, 3, "manual: better on new data", tracking_uri)
+    registry.promote(NAME, 2, "manual: canary", tracking_uri)
+    assert registry.champion_version(NAME, tracking_uri) == 2
+    assert registry.rollback(NAME, "canary failed", tracking_uri) == 3
+    assert registry.rollback(NAME, "v3 drifted", tracking_uri) == 1
+    assert registry.champion_version(NAME, tracking_uri) == 1
+    tags = registry.client(tracking_uri).get_model_version(NAME, "3").tags
+    assert (
+        tags["promotion_reason"] == "manual: better on new data" and tags["rollback_reason"] == "v3 drifted"
+    )
+    assert [entry["version"] for entry in registry.champion_history(NAME, tracking_uri)] == [1]
+    with pytest.raises(ModelError, match="no previous champion"):
+        registry.rollback(NAME, "nothing left", tracking_uri)
+    with pytest.raises(ModelError, match="no version 9"):
+        registry.promote(NAME, 9, "typo", tracking_uri)
+
+
+def test_resolve_model_for_a_path_and_registry_uris(tmp_path, tracking_uri, test_split):
+    result = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    train, _ = trained(tmp_path, 3.0)
+    assert registry.resolve_model(train.model_path) == Path(train.model_path)
+    assert registry.resolve_model(Path(train.model_path).parent) == Path(train.model_path)
+    by_version = registry.resolve_model(result.model_uri, tracking_uri)
+    by_alias = registry.resolve_model(f"models:/{NAME}@champion", tracking_uri)
+    assert by_version == by_alias and by_version.is_relative_to(registry.state_dir("registry-cache"))
+    assert registry.sha256_file(by_version) == train.model_sha256  # byte-identical to the trained file
+    model, metadata = registry.load_model_with_metadata(f"models:/{NAME}@champion", tracking_uri)
+    assert metadata["threshold"] == 0.5 and model.output_shape == (None, 2)
+    with pytest.raises(ModelError):
+        registry.resolve_model(f"models:/{NAME}@nobody", tracking_uri)
+    with pytest.raises(ModelError):
+        registry.resolve_model(tmp_path / "missing.keras")
+
+
+def test_load_model_with_metadata_refuses_lambda_and_missing_metadata(tmp_path):
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    unsafe = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    with pytest.raises(ModelError, match="safely"):
+        registry.load_model_with_metadata(save_model(unsafe, tmp_path / "unsafe"))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    brightness_model(1.0).save(bare / "model.keras")
+    with pytest.raises(ModelError, match="model.json"):
+        registry.load_model_with_metadata(bare)
+    model, metadata = registry.load_model_with_metadata(save_model(brightness_model(1.0), tmp_path / "ok"))
+    assert metadata["image_size"] == SIZE
+    assert np.isfinite(model.predict(np.zeros((1, SIZE, SIZE, 1), "float32"), verbose=0)).all()
