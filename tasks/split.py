@@ -1,0 +1,369 @@
+"""Stage `split`: assign every manifest row to train, valid or test.
+
+Rules:
+- Grouping: whole patients (or, without a patient id, whole files) go to one split, and so do all
+  copies of identical content.
+- Balance: per class (a group's majority label), groups are taken in the order of a stable hash of
+  (seed, group id) and each goes to the split whose share of that class's images is furthest below
+  its target (ties: test, valid, train). Every split then holds its fraction of each class to
+  within a group's size, so class proportions match across splits.
+- Stickiness: given the previous split of the same lineage, every group seen there keeps its split
+  (matched by patient id or by identical content) and only new groups are placed, by the same rule,
+  into the deficits. So adding files never moves an existing file, and an old model's training
+  images never leak into a new test set. If new files join old groups that sat in different
+  splits, the joined group goes to the least held-out of them (train, then valid, then test).
+- Lineage: the task keeps `splits/latest-<params digest>.txt` (params: seed, fractions,
+  keep_official_test) pointing at the last split written with those params and uses it as the
+  previous split; its content digest is part of the task's cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+from pydantic import BaseModel
+
+from cxr import CLASSES
+from cxr.caching import ContentKey, sha256_text, stable_json
+from cxr.errors import DataError
+from cxr.imaging import sha256_file
+from cxr.state import state_dir
+
+SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+SPLIT_NAME = "split.parquet"
+OFFICIAL_TEST = "test"
+
+
+class SplitResult(BaseModel):
+    """Where the split manifest is, its content digest, and images/patients per split."""
+
+    split_path: Path
+    digest: str
+    counts: dict[str, dict[str, int]]
+    patients: dict[str, int]
+    previous_split: Path | None = None
+
+
+def unit_hash(seed: int, group_id: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a group: the same on every machine and run."""
+    digest = hashlib.sha256(f"{seed}\0{group_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def group_ids(manifest: pd.DataFrame) -> pd.Series:
+    """Per row, the id of the group that must stay in one split.
+
+    A group is a patient (or a single file's content when the patient is unknown); groups that share
+    identical content are merged, and the merged group takes its smallest member id.
+    """
+    base = manifest["patient_id"].where(manifest["patient_id"].notna(), "sha256:" + manifest["sha256"])
+    parent = {key: key for key in base.unique()}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    pairs = pd.DataFrame({"sha256": manifest["sha256"], "key": base}).drop_duplicates()
+    # Only content held by several groups links groups; grouping just those keeps this fast.
+    shared = pairs[pairs.duplicated("sha256", keep=False)]
+    for _, keys in shared.groupby("sha256")["key"]:
+        roots = sorted({root(key) for key in keys})
+        for other in roots[1:]:
+            parent[other] = roots[0]
+    return base.map(root)
+
+
+def previous_assignments(manifest: pd.DataFrame, groups: pd.Series, previous: pd.DataFrame) -> dict[str, str]:
+    """Per group of `manifest` seen in `previous` (by patient id or identical content), its old split.
+
+    A group that meets old groups from several splits takes the least held-out one (train, valid,
+    test), so no file moves from training into an evaluation split.
+    """
+    by_content = previous.drop_duplicates("sha256").set_index("sha256")["split"]
+    with_patient = previous.dropna(subset=["patient_id"]).drop_duplicates("patient_id")
+    by_patient = with_patient.set_index("patient_id")["split"]
+    seen = pd.concat(
+        [
+            pd.DataFrame({"group": groups, "split": manifest["sha256"].map(by_content)}),
+            pd.DataFrame({"group": groups, "split": manifest["patient_id"].map(by_patient)}),
+        ],
+        ignore_index=True,
+    ).dropna()
+    seen["rank"] = seen["split"].map(SPLITS.index)
+    return seen.sort_values("rank").groupby("group")["split"].first().to_dict()
+
+
+def assign_splits(
+    manifest: pd.DataFrame,
+    *,
+    valid_fraction: float,
+    test_fraction: float,
+    seed: int,
+    keep_official_test: bool,
+    previous: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """A copy of `manifest` with a `split` column ('train'|'valid'|'test'): grouped, stratified, sticky.
+
+    `previous` (columns sha256, patient_id, split) is an earlier split of the same lineage: groups
+    found in it keep their split and only new groups are placed. With `keep_official_test`, every
+    new group with a file from the source's test folder is test, and the other groups are divided
+    between train and valid (`test_fraction` is unused).
+    """
+    if valid_fraction <= 0 or test_fraction <= 0 or valid_fraction + test_fraction >= 1:
+        raise ValueError("valid_fraction and test_fraction must be positive and sum to less than 1")
+    groups = group_ids(manifest)
+    placed = {} if previous is None else previous_assignments(manifest, groups, previous)
+    if keep_official_test:
+        in_official_test = (manifest["source_split"] == OFFICIAL_TEST).groupby(groups).any()
+        if not in_official_test.any():
+            raise DataError("keep_official_test is set but the data folder has no test/ folder")
+        for group in in_official_test.index[in_official_test]:
+            placed.setdefault(group, "test")
+        targets = {"valid": valid_fraction, "train": 1.0 - valid_fraction}
+    else:
+        targets = {
+            "test": test_fraction,
+            "valid": valid_fraction,
+            "train": 1.0 - valid_fraction - test_fraction,
+        }
+    labels_per_group = pd.crosstab(groups, manifest["label"]).reindex(columns=list(CLASSES), fill_value=0)
+    placed.update(_place_new_groups(labels_per_group, placed, targets, seed))
+    return manifest.assign(split=groups.map(placed))
+
+
+def _place_new_groups(
+    labels_per_group: pd.DataFrame, placed: dict[str, str], targets: dict[str, float], seed: int
+) -> dict[str, str]:
+    """Greedy stratified placement of the groups not in `placed`, filling each class's deficits.
+
+    `labels_per_group` has one row per group and one image count column per class; `targets` maps
+    the splits to fill (in tie-break order) to their share of each class.
+    """
+    images = {name: dict.fromkeys(CLASSES, 0) for name in targets}
+    per_group = labels_per_group.to_dict("index")
+    for group, name in placed.items():
+        if name in images:
+            for label in CLASSES:
+                images[name][label] += per_group[group][label]
+    new = labels_per_group[~labels_per_group.index.isin(list(placed))]
+    majority = new.idxmax(axis=1)  # ties: the first class in CLASSES order
+    assigned: dict[str, str] = {}
+    for label in CLASSES:
+        ordered = sorted(majority.index[majority == label], key=lambda group: (unit_hash(seed, group), group))
+        for group in ordered:
+            counts = per_group[group]
+            total = sum(per_class[label] for per_class in images.values()) + counts[label]
+            # max() keeps the first of equal deficits, which gives the tie-break order of `targets`.
+            name = max(targets, key=lambda split: targets[split] * total - images[split][label])
+            for other in CLASSES:
+                images[name][other] += counts[other]
+            assigned[group] = name
+    return assigned
+
+
+def split_digest(split: pd.DataFrame) -> str:
+    """SHA-256 over sorted (sha256, label, split): changes only when content, labels or splits do."""
+    rows = sorted(
+        f"{sha}\t{label}\t{name}"
+        for sha, label, name in split[["sha256", "label", "split"]].itertuples(index=False)
+    )
+    return sha256_text("\n".join(rows))
+
+
+def check_classes(manifest: pd.DataFrame, min_images_per_class: int) -> None:
+    """Refuse a manifest that cannot train a two-class model."""
+    unknown = sorted(set(manifest["label"]) - set(CLASSES))
+    if unknown:
+        raise DataError(f"unknown labels {unknown}; expected {list(CLASSES)}")
+    counts = manifest["label"].value_counts()
+    for label in CLASSES:
+        found = int(counts.get(label, 0))
+        if found < min_images_per_class:
+            raise DataError(f"class '{label}' has {found} images; at least {min_images_per_class} are needed")
+
+
+def summarise(split: pd.DataFrame) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Images per split and class, and patients (groups) per split."""
+    counts = {name: dict.fromkeys(CLASSES, 0) for name in SPLITS}
+    for (name, label), count in split.groupby(["split", "label"]).size().items():
+        counts[name][label] = int(count)
+    patients = group_ids(split).groupby(split["split"]).nunique()
+    return counts, {name: int(patients.get(name, 0)) for name in SPLITS}
+
+
+def split_manifest(
+    manifest_path: Path,
+    out_dir: Path,
+    *,
+    valid_fraction: float,
+    test_fraction: float,
+    seed: int,
+    keep_official_test: bool,
+    min_images_per_class: int,
+    previous_split: Path | None = None,
+) -> SplitResult:
+    """Read the manifest, assign splits, check every split has every class, and write `split.parquet`.
+
+    `previous_split` is an earlier `split.parquet` of the same lineage whose groups keep their split.
+    """
+    manifest = pd.read_parquet(manifest_path)
+    check_classes(manifest, min_images_per_class)
+    previous = None
+    if previous_split is not None:
+        if not Path(previous_split).is_file():
+            raise DataError(f"previous split {previous_split} does not exist")
+        previous = pd.read_parquet(previous_split, columns=["sha256", "patient_id", "split"])
+    split = assign_splits(
+        manifest,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        keep_official_test=keep_official_test,
+        previous=previous,
+    )
+    counts, patients = summarise(split)
+    for name, per_class in counts.items():
+        missing = [label for label, count in per_class.items() if count == 0]
+        if missing:
+            raise DataError(
+                f"split '{name}' would have no '{missing[0]}' images "
+                f"({patients[name]} patients in it); add data or change the fractions"
+            )
+    split_path = out_dir / SPLIT_NAME
+    _write_atomically(split_path, lambda partial: split.to_parquet(partial, index=False))
+    return SplitResult(
+        split_path=split_path,
+        digest=split_digest(split),
+        counts=counts,
+        patients=patients,
+        previous_split=previous_split,
+    )
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write via a temporary sibling and rename, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(partial)
+    os.replace(partial, path)
+
+
+def latest_split_index(
+    *, valid_fraction: float, test_fraction: float, seed: int, keep_official_test: bool
+) -> Path:
+    """The file that names the last split written with these parameters (whatever the manifest)."""
+    params = {
+        "valid": valid_fraction,
+        "test": test_fraction,
+        "seed": seed,
+        "official_test": keep_official_test,
+    }
+    return state_dir("splits") / f"latest-{sha256_text(stable_json(params))[:16]}.txt"
+
+
+def latest_split(index: Path) -> Path | None:
+    """The split Parquet the index names, or None when there is no index or the file is gone."""
+    if not index.is_file():
+        return None
+    path = Path(index.read_text().strip())
+    return path if path.is_file() else None
+
+
+def _previous_split_for(inputs: dict[str, Any]) -> Path | None:
+    return latest_split(
+        latest_split_index(
+            valid_fraction=inputs["valid_fraction"],
+            test_fraction=inputs["test_fraction"],
+            seed=inputs["seed"],
+            keep_official_test=inputs["keep_official_test"],
+        )
+    )
+
+
+def previous_split_digest(inputs: dict[str, Any]) -> str:
+    """Cache fingerprint: the bytes of the previous split the task would start from ('none' if none)."""
+    previous = _previous_split_for(inputs)
+    return "none" if previous is None else sha256_file(previous)
+
+
+def _summary_table(result: SplitResult) -> list[dict[str, object]]:
+    rows = []
+    for name in SPLITS:
+        total = sum(result.counts[name].values())
+        rows.append(
+            {
+                "split": name,
+                "images": total,
+                "patients": result.patients[name],
+                **{label: result.counts[name][label] for label in CLASSES},
+                "normal_share": round(result.counts[name][CLASSES[1]] / total, 4) if total else None,
+            }
+        )
+    return rows
+
+
+@task(
+    name="split",
+    cache_policy=ContentKey(fingerprint=previous_split_digest),
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def split(
+    manifest_path: str,
+    manifest_digest: str,
+    valid_fraction: float,
+    test_fraction: float,
+    seed: int,
+    keep_official_test: bool,
+    min_images_per_class: int,
+) -> SplitResult:
+    """Split the manifest with the given digest, keeping the splits of the lineage's previous split."""
+    inputs = {
+        "valid_fraction": valid_fraction,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "keep_official_test": keep_official_test,
+    }
+    previous = _previous_split_for(inputs)
+    params = {
+        "manifest": manifest_digest,
+        "valid": valid_fraction,
+        "test": test_fraction,
+        "seed": seed,
+        "official_test": keep_official_test,
+        "previous": None if previous is None else sha256_file(previous),
+    }
+    result = split_manifest(
+        Path(manifest_path),
+        state_dir("splits", sha256_text(stable_json(params))[:16]),
+        min_images_per_class=min_images_per_class,
+        previous_split=previous,
+        **inputs,
+    )
+    _write_atomically(
+        latest_split_index(**inputs), lambda partial: partial.write_text(f"{result.split_path}\n")
+    )
+    get_run_logger().info(
+        "split %s: %s images, %s patients (previous split: %s)",
+        result.digest[:12],
+        result.counts,
+        result.patients,
+        previous or "none",
+    )
+    create_table_artifact(
+        key="split-summary",
+        table=_summary_table(result),
+        description=f"Images and patients per split (split digest {result.digest[:12]})",
+    )
+    return result
