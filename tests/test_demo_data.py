@@ -60,3 +60,22 @@ def test_pneumonia_brightens_the_lungs_without_separating_the_classes(tiny_datas
     assert pneumonia.mean() > normal.mean() + 2
     # Not trivial: the lung brightness ranges of the two classes overlap.
     assert pneumonia.min() < normal.max()
+
+
+def test_classes_are_learnable_but_not_trivially(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    write_demo_dataset(tmp_path, n=300, size=32, seed=0)
+    images, labels = [], []
+    for label, folder in enumerate(("PNEUMONIA", "NORMAL")):
+        for path in sorted(tmp_path.glob(f"*/{folder}/*.jpeg")):
+            pixels = np.asarray(Image.open(path), dtype=np.float32)
+            images.append(((pixels - pixels.mean()) / pixels.std())[::2, ::2].ravel())
+            labels.append(label)
+    features, labels = np.stack(images), np.array(labels)
+    order = np.random.default_rng(0).permutation(len(labels))
+    train, test = order[:200], order[200:]
+    classifier = LogisticRegression(C=0.1, max_iter=2000).fit(features[train], labels[train])
+    accuracy = classifier.score(features[test], labels[test])
+    majority = max(labels[test].mean(), 1 - labels[test].mean())
+    assert majority + 0.08 <= accuracy < 0.99

@@ -107,7 +107,9 @@ def test_adding_files_moves_no_existing_file_and_stays_balanced(manifest, seed):
 def test_new_file_with_old_content_follows_the_old_file(manifest):
     before = assign_splits(manifest, **PARAMS)
     test_row = before.index[before["split"] == "test"][0]
-    copy = before.loc[[test_row]].drop(columns="split").assign(patient_id="someone-new", path="/data/copy.jpeg")
+    copy = (
+        before.loc[[test_row]].drop(columns="split").assign(patient_id="someone-new", path="/data/copy.jpeg")
+    )
     after = assign_splits(pd.concat([manifest, copy], ignore_index=True), **PARAMS, previous=before)
     assert after["split"].iloc[-1] == "test"
     assert after["split"].iloc[: len(manifest)].equals(before["split"])
@@ -118,8 +120,10 @@ def test_new_file_joining_old_groups_of_different_splits_goes_to_the_least_held_
     in_test = before.index[before["split"] == "test"][0]
     in_train = before.index[before["split"] == "train"][0]
     # A new image of the test patient whose bytes equal the train patient's image.
-    bridge = before.loc[[in_test]].drop(columns="split").assign(
-        path="/data/bridge.jpeg", sha256=before.loc[in_train, "sha256"]
+    bridge = (
+        before.loc[[in_test]]
+        .drop(columns="split")
+        .assign(path="/data/bridge.jpeg", sha256=before.loc[in_train, "sha256"])
     )
     after = assign_splits(pd.concat([manifest, bridge], ignore_index=True), **PARAMS, previous=before)
     linked = after["patient_id"].isin(before.loc[[in_test, in_train], "patient_id"])
@@ -210,19 +214,35 @@ def test_unusable_manifests_raise_data_error(tmp_path, labels, minimum, message)
         )
 
 
-def test_split_task_publishes_summary(prefect_harness, tmp_path, manifest):
+def test_split_task_keeps_its_lineage_sticky_and_caches(prefect_harness, tmp_path, manifest):
     from prefect import flow
 
-    from tasks.split import split
+    from tasks.split import latest_split_index, split
 
-    manifest.to_parquet(tmp_path / "manifest.parquet")
+    seed = 1234  # a lineage of its own in the session's state folder
+    manifest.to_parquet(tmp_path / "first.parquet")
+    _grown(manifest).to_parquet(tmp_path / "grown.parquet")
 
     @flow
-    def run_split():
-        return split(str(tmp_path / "manifest.parquet"), "digest-1", 0.15, 0.15, 42, False, 2)
+    def run_split(name: str, digest: str):
+        return split(str(tmp_path / name), digest, 0.15, 0.15, seed, False, 2)
 
-    result = run_split()
-    assert result.split_path.is_file() and result.patients["test"] > 0
+    first = run_split("first.parquet", "digest-1")
+    index = latest_split_index(valid_fraction=0.15, test_fraction=0.15, seed=seed, keep_official_test=False)
+    assert first.previous_split is None and first.patients["test"] > 0
+    assert index.read_text().strip() == str(first.split_path)
+
+    grown = run_split("grown.parquet", "digest-2")
+    assert grown.previous_split == first.split_path and index.read_text().strip() == str(grown.split_path)
+    before, after = pd.read_parquet(first.split_path), pd.read_parquet(grown.split_path)
+    assert after["split"].iloc[: len(before)].equals(before["split"])
+
+    # Re-running re-splits once against the new previous split (same result), then hits the cache.
+    again = run_split("grown.parquet", "digest-2")
+    assert again.digest == grown.digest
+    written = again.split_path.stat().st_mtime_ns
+    assert run_split("grown.parquet", "digest-2") == again
+    assert again.split_path.stat().st_mtime_ns == written
 
 
 @pytest.mark.real_data
@@ -245,6 +265,8 @@ def test_kaggle_train_split_by_file_names(shared_data, capsys):
     split = assign_splits(frame, **PARAMS)
     _assert_grouped(split)
     deviation = _max_share_deviation(split)
+    for seed in range(5):
+        assert _max_share_deviation(assign_splits(frame, **{**PARAMS, "seed": seed})) <= 0.02
     with capsys.disabled():
         summary = split.groupby(["split", "label"]).size().unstack()
         summary["patients"] = split.groupby("split")["patient_id"].nunique()
