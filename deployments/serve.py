@@ -1,0 +1,145 @@
+"""Serve the `retrain` flow as two deployments: `nightly` (cron) and `on-new-data` (event-triggered).
+
+`on-new-data` runs when `cxr watch` emits `cxr.data.arrived`; its data folder comes from the event.
+Retraining runs never overlap: each deployment admits one run at a time and queues the rest
+(ENQUEUE), and the serving process runs at most one flow run at a time across both deployments.
+
+    python -m deployments.serve --data /data/chest_xray --cron "0 2 * * *" --timezone Europe/Berlin
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr.config import RetrainConfig
+from cxr.errors import DataError
+from cxr.watch import DATA_ARRIVED_EVENT, INBOX_RESOURCE_PREFIX
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+NIGHTLY = "nightly"
+ON_NEW_DATA = "on-new-data"
+DEFAULT_CRON = "0 2 * * *"
+DEFAULT_DEBOUNCE_S = 600.0
+# Jinja template the server renders from the triggering event when it creates the flow run.
+EVENT_DATA_DIR = "{{ event.payload.data_dir }}"
+
+
+def default_timezone() -> str:
+    return os.environ.get("CXR_TIMEZONE") or "UTC"
+
+
+def _config_parameters(data_dir: str, trigger: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated `retrain` parameters holding only the values given (flow defaults fill the rest)."""
+    config = RetrainConfig(**{**overrides, "data_dir": data_dir, "trigger": trigger})
+    return {"config": config.model_dump(mode="json", exclude_unset=True)}
+
+
+def build_deployments(
+    data_dir: str,
+    *,
+    cron: str = DEFAULT_CRON,
+    timezone: str | None = None,
+    debounce_s: float = DEFAULT_DEBOUNCE_S,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> list[RunnerDeployment]:
+    """The `nightly` and `on-new-data` deployments of the `retrain` flow.
+
+    `debounce_s`: at most one `on-new-data` run per inbox in that window, however many events arrive.
+    `config_overrides`: RetrainConfig fields (other than data_dir/trigger) for both deployments.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType
+    from prefect.events import DeploymentEventTrigger
+
+    from flows.retrain import retrain
+
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data folder for the nightly run not found: {data_dir}")
+    overrides = dict(config_overrides or {})
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    # Runs import the flow by module name, so `cxr serve` works from any working directory.
+    common = {"concurrency_limit": one_at_a_time, "entrypoint_type": EntrypointType.MODULE_PATH}
+    nightly = retrain.to_deployment(
+        NIGHTLY,
+        schedules=[CronSchedule(cron=cron, timezone=timezone or default_timezone())],
+        parameters=_config_parameters(str(Path(data_dir).resolve()), NIGHTLY, overrides),
+        tags=[NIGHTLY],
+        description=f"Retrain on {data_dir} every day ({cron}).",
+        **common,
+    )
+    # Validate the overrides now with a placeholder folder; the server substitutes the event's one.
+    event_parameters = _config_parameters("inbox", "new-data", overrides)
+    event_parameters["config"]["data_dir"] = EVENT_DATA_DIR
+    on_new_data = retrain.to_deployment(
+        ON_NEW_DATA,
+        triggers=[
+            DeploymentEventTrigger(
+                name="cxr-data-arrived",
+                expect={DATA_ARRIVED_EVENT},
+                match={"prefect.resource.id": f"{INBOX_RESOURCE_PREFIX}*"},
+                for_each={"prefect.resource.id"},  # debounce each inbox on its own
+                posture="Reactive",
+                threshold=1,
+                within=timedelta(seconds=debounce_s),
+                parameters=event_parameters,
+            )
+        ],
+        tags=["new-data"],
+        description=f"Retrain when `cxr watch` announces new files (at most once per {debounce_s:.0f} s per inbox).",
+        **common,
+    )
+    return [nightly, on_new_data]
+
+
+def serve_deployments(
+    data_dir: str,
+    *,
+    cron: str = DEFAULT_CRON,
+    timezone: str | None = None,
+    debounce_s: float = DEFAULT_DEBOUNCE_S,
+    config_overrides: Mapping[str, Any] | None = None,
+    poll_s: float | None = None,
+) -> None:
+    """Register both deployments and run their flow runs in this process until Ctrl-C.
+
+    `limit=1`: one flow run at a time across both deployments; the others wait their turn.
+    `poll_s`: how often to look for scheduled runs (default PREFECT_RUNNER_POLL_FREQUENCY, 10 s).
+    """
+    from prefect import serve
+
+    deployments = build_deployments(
+        data_dir,
+        cron=cron,
+        timezone=timezone,
+        debounce_s=debounce_s,
+        config_overrides=config_overrides,
+    )
+    runner_options = {} if poll_s is None else {"query_seconds": poll_s}
+    serve(*deployments, pause_on_shutdown=False, limit=1, **runner_options)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="data folder of the nightly run")
+    parser.add_argument("--cron", default=DEFAULT_CRON)
+    parser.add_argument("--timezone", default=None, help="IANA name (default: $CXR_TIMEZONE or UTC)")
+    parser.add_argument(
+        "--debounce", type=float, default=DEFAULT_DEBOUNCE_S, help="seconds per on-new-data run"
+    )
+    args = parser.parse_args(argv)
+    serve_deployments(args.data, cron=args.cron, timezone=args.timezone, debounce_s=args.debounce)
+
+
+if __name__ == "__main__":
+    from cxr.state import configure_environment
+
+    configure_environment()
+    main()

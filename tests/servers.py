@@ -1,0 +1,96 @@
+"""Test helpers: a real Prefect server and a real `serve` process, started and stopped around tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+from unittest import mock
+
+from cxr.server import DEFAULT_HOST, server_url, start_prefect_server, stop_process_group, wait_until_healthy
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+STATE_VARIABLES = {
+    "PREFECT_HOME",
+    "PREFECT_LOCAL_STORAGE_PATH",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_ARTIFACTS_DESTINATION",
+    "KERAS_HOME",
+    "MPLCONFIGDIR",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((DEFAULT_HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """A `prefect server start` subprocess with its database in `home`; yields its API URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    port = free_port()
+    api_url = f"{server_url(port)}/api"
+    # A queued run retries for a free concurrency slot after 3 s instead of the default 30 s.
+    with mock.patch.dict(os.environ, {"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3"}):
+        process = start_prefect_server(port, DEFAULT_HOST, home=home, log_path=log_path)
+    try:
+        wait_until_healthy(api_url, process, log_path)
+        yield api_url
+    finally:
+        stop_process_group(process.pid)
+
+
+@contextmanager
+def serving(api_url: str, cxr_home: Path, log_path: Path, **serve_kwargs: Any) -> Iterator[subprocess.Popen]:
+    """`deployments.serve.serve_deployments(**serve_kwargs)` in a subprocess talking to `api_url`.
+
+    `serve_kwargs` must be JSON-serialisable.
+    """
+    # Drop the test session's state paths: the child's configure_environment() derives them from CXR_HOME.
+    env = {key: value for key, value in os.environ.items() if key not in STATE_VARIABLES}
+    env.update(PREFECT_API_URL=api_url, CXR_HOME=str(cxr_home), PYTHONPATH=str(REPO))
+    script = (
+        "import json, sys\n"
+        "from cxr.state import configure_environment\n"
+        "configure_environment()\n"
+        "from deployments.serve import serve_deployments\n"
+        "serve_deployments(**json.loads(sys.argv[1]))\n"
+    )
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(serve_kwargs)],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_process_group(process.pid)
+
+
+def wait_for(
+    check: Callable[[], T], *, timeout_s: float, interval_s: float = 0.5, what: str = "condition"
+) -> T:
+    """Poll `check` until it returns something truthy; fail the test with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
