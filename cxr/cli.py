@@ -97,9 +97,13 @@ def _print_training_summary(summary: dict[str, Any]) -> None:
         if metrics.get(key) is not None
     )
     role = "champion" if summary["champion"] else "challenger (not promoted)"
-    print(f"trained {summary['architecture']} on {summary['images']['accepted']} images in {summary['duration_s']} s")
+    print(
+        f"trained {summary['architecture']} on {summary['images']['accepted']} images in {summary['duration_s']} s"
+    )
     print(f"test metrics: {shown}")
-    print(f"registered {summary['model_uri']} as {role}; reused cached tasks: {summary['cached_tasks'] or 'none'}")
+    print(
+        f"registered {summary['model_uri']} as {role}; reused cached tasks: {summary['cached_tasks'] or 'none'}"
+    )
     print("see it: `cxr models`, `cxr mlflow-ui` (registry) and `cxr dashboard` (Prefect runs)")
 
 
@@ -186,8 +190,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from cxr.server import ensure_dashboard
+    from cxr.server import ensure_dashboard, stop_dashboard
 
+    if args.stop:
+        print("dashboard stopped" if stop_dashboard() else "no dashboard was running")
+        return 0
     print(ensure_dashboard(port=args.port))
     return 0
 
@@ -204,7 +211,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _use_dashboard_if_running()
     data_dir = str(Path(args.data).resolve()) if args.data else str(_demo_data_dir())
-    serve_deployments(data_dir, cron=args.cron, timezone=args.timezone)
+    serve_deployments(
+        data_dir, cron=args.cron, timezone=args.timezone, debounce_s=args.debounce, event_roots=args.data_root
+    )
     return 0
 
 
@@ -220,10 +229,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from cxr import REGISTERED_MODEL_NAME
 
-    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray pneumonia classifier retraining pipeline")
+    parser = argparse.ArgumentParser(
+        prog="cxr", description="Chest X-ray pneumonia classifier retraining pipeline"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         return sub
@@ -236,14 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
 
     train = command("train", cmd_train, "run the retrain flow (on the demo data when --data is not given)")
-    train.add_argument("--data", help="image folder (Kaggle layout, NORMAL/PNEUMONIA folders or flat named files)")
+    train.add_argument(
+        "--data", help="image folder (Kaggle layout, NORMAL/PNEUMONIA folders or flat named files)"
+    )
     train.add_argument("--model", choices=["seed", "default"])
     train.add_argument("--image-size", type=int)
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--seed", type=int)
-    train.add_argument("--keep-official-test", action="store_true", help="use the folder's test/ split as test set")
+    train.add_argument(
+        "--keep-official-test", action="store_true", help="use the folder's test/ split as test set"
+    )
     train.add_argument("--trigger", choices=["manual", "nightly", "new-data"], default="manual")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -280,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dashboard = command("dashboard", cmd_dashboard, "start (or reuse) the local Prefect dashboard")
     dashboard.add_argument("--port", type=int, default=4200)
+    dashboard.add_argument("--stop", action="store_true", help="stop the dashboard this state folder started")
 
     mlflow_ui = command("mlflow-ui", cmd_mlflow_ui, "open the MLflow registry UI on 127.0.0.1")
     mlflow_ui.add_argument("--port", type=int, default=5000)
@@ -287,7 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", cmd_serve, "serve the nightly and on-new-data deployments")
     serve.add_argument("--data", help="data folder for the nightly run (default: demo data)")
     serve.add_argument("--cron", default="0 2 * * *")
-    serve.add_argument("--timezone", default=None)
+    serve.add_argument(
+        "--timezone", default=None, help="IANA zone of the cron (default $CXR_TIMEZONE or UTC)"
+    )
+    serve.add_argument(
+        "--debounce", type=float, default=600.0, help="at most one on-new-data run per inbox per N s"
+    )
+    serve.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        help="folder that event-named data folders must lie in (repeatable; default: the --data folder's parent)",
+    )
 
     watch = command("watch", cmd_watch, "emit cxr.data.arrived when new files in INBOX have settled")
     watch.add_argument("inbox")
@@ -298,13 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_environment()
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
 
     from cxr.errors import CxrError
 
     try:
+        configure_environment()
         return args.handler(args)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)

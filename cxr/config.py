@@ -17,7 +17,9 @@ class RetrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data_dir: str = Field(description="Image folder: Kaggle layout, bare NORMAL/PNEUMONIA, or flat named files")
+    data_dir: str = Field(
+        description="Image folder: Kaggle layout, bare NORMAL/PNEUMONIA, or flat named files"
+    )
     model: ModelName = Field("default", description="Architecture: 'seed' (the tutorial CNN) or 'default'")
     image_size: int = Field(224, ge=16, le=1024, description="Square input size in pixels")
     epochs: int = Field(10, ge=1, le=500)
@@ -52,5 +54,7 @@ class RetrainConfig(BaseModel):
         if self.data_roots:
             resolved = Path(self.data_dir).resolve()
             if not any(resolved.is_relative_to(Path(root).resolve()) for root in self.data_roots):
-                raise ValueError(f"data_dir {resolved} is outside the allowed data roots {list(self.data_roots)}")
+                raise ValueError(
+                    f"data_dir {resolved} is outside the allowed data roots {list(self.data_roots)}"
+                )
         return self

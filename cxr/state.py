@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+from cxr.errors import CxrError
 
 
 def cxr_home() -> Path:
@@ -27,7 +30,8 @@ def configure_environment() -> None:
     """Point every library's home into the state folder and switch telemetry off.
 
     Called by entry points (CLI, tests, deployments) before Prefect or TensorFlow is imported,
-    because both read these variables at import time. Existing values win.
+    because both read these variables at import time. Existing values win. Raises CxrError when
+    the state folder cannot be written, before any run starts.
     """
     home = cxr_home()
     defaults = {
@@ -48,7 +52,12 @@ def configure_environment() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    for sub in ("prefect", "keras", "matplotlib", "mlflow"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        for sub in ("prefect", "keras", "matplotlib", "mlflow"):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=home):  # a read-only mount accepts mkdir of existing folders
+            pass
+    except OSError as error:
+        raise CxrError(f"state folder {home} is not writable: {error.strerror or error}") from error
     # Prefect stores persisted task results here; they are the cross-run cache.
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "prefect" / "storage"))

@@ -48,11 +48,13 @@ def build_deployments(
     timezone: str | None = None,
     debounce_s: float = DEFAULT_DEBOUNCE_S,
     config_overrides: Mapping[str, Any] | None = None,
+    event_roots: Sequence[str] = (),
 ) -> list[RunnerDeployment]:
     """The `nightly` and `on-new-data` deployments of the `retrain` flow.
 
     `debounce_s`: at most one `on-new-data` run per inbox in that window, however many events arrive.
     `config_overrides`: RetrainConfig fields (other than data_dir/trigger) for both deployments.
+    `event_roots`: folders an event's data_dir must lie in (default: the nightly folder's parent).
     """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
@@ -76,7 +78,9 @@ def build_deployments(
         **common,
     )
     # Validate the overrides now with a placeholder folder; the server substitutes the event's one.
-    event_parameters = _config_parameters("inbox", "new-data", overrides)
+    # Event payloads are untrusted: the run refuses a data_dir outside these roots.
+    roots = [str(Path(root).resolve()) for root in event_roots] or [str(Path(data_dir).resolve().parent)]
+    event_parameters = _config_parameters(roots[0], "new-data", {**overrides, "data_roots": roots})
     event_parameters["config"]["data_dir"] = EVENT_DATA_DIR
     on_new_data = retrain.to_deployment(
         ON_NEW_DATA,
@@ -106,6 +110,7 @@ def serve_deployments(
     timezone: str | None = None,
     debounce_s: float = DEFAULT_DEBOUNCE_S,
     config_overrides: Mapping[str, Any] | None = None,
+    event_roots: Sequence[str] = (),
     poll_s: float | None = None,
 ) -> None:
     """Register both deployments and run their flow runs in this process until Ctrl-C.
@@ -121,6 +126,7 @@ def serve_deployments(
         timezone=timezone,
         debounce_s=debounce_s,
         config_overrides=config_overrides,
+        event_roots=event_roots,
     )
     runner_options = {} if poll_s is None else {"query_seconds": poll_s}
     serve(*deployments, pause_on_shutdown=False, limit=1, **runner_options)

@@ -26,5 +26,7 @@ class StageRunner:
         if getattr(result, "is_intact", lambda: True)():
             self.cached.append(task.name)
             return result
-        get_run_logger().warning("cached %s result points at missing or damaged files; recomputing", task.name)
+        get_run_logger().warning(
+            "cached %s result points at missing or damaged files; recomputing", task.name
+        )
         return task.with_options(refresh_cache=True)(*args, **kwargs)

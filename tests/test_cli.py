@@ -9,7 +9,15 @@ import pytest
 
 from cxr.cli import main
 
-TRAIN_KEYS = {"model_name", "model_version", "champion", "metrics", "flow_run_id", "duration_s", "cached_tasks"}
+TRAIN_KEYS = {
+    "model_name",
+    "model_version",
+    "champion",
+    "metrics",
+    "flow_run_id",
+    "duration_s",
+    "cached_tasks",
+}
 METRIC_KEYS = {"accuracy", "sensitivity", "specificity", "precision", "f1", "auc"}
 
 
@@ -58,7 +66,18 @@ def test_demo_data_and_ingest_json(tmp_path, capsys):
 
 def test_train_json_contract(prefect_harness, tiny_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    args = ["train", "--data", str(tiny_dataset), "--model", "seed", "--image-size", "32", "--epochs", "1", "--json"]
+    args = [
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--model",
+        "seed",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--json",
+    ]
     assert main([*args, "--batch-size", "16"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary) >= TRAIN_KEYS

@@ -51,6 +51,7 @@ def served(api_url, client, tmp_path_factory, tiny_dataset):
         "timezone": TIMEZONE,
         "debounce_s": DEBOUNCE_S,
         "config_overrides": TINY,
+        "event_roots": [str(tmp_path_factory.getbasetemp())],
         "poll_s": 1.0,
     }
     with serving(api_url, home, home / "serve.log", **options) as process:
@@ -180,6 +181,13 @@ def test_back_to_back_triggers_run_one_after_the_other(served, client, tiny_data
         assert next_start >= previous_end, intervals
 
 
+def _without_roots(trigger):
+    """The trigger with its data_roots set aside: the YAML names them by an environment variable."""
+    config = trigger.parameters["config"]
+    assert config.pop("data_roots"), "event-triggered runs must be confined to data roots"
+    return trigger
+
+
 def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
     import yaml
     from prefect.events import DeploymentEventTrigger
@@ -201,8 +209,9 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
             "collision_strategy": deployment.concurrency_options.collision_strategy.value,
         }
         assert [
-            DeploymentEventTrigger.model_validate(trigger) for trigger in item.get("triggers", [])
-        ] == deployment.triggers
+            _without_roots(DeploymentEventTrigger.model_validate(trigger))
+            for trigger in item.get("triggers", [])
+        ] == [_without_roots(trigger) for trigger in deployment.triggers]
         assert [(s["cron"], s["timezone"]) for s in item.get("schedules", [])] == [
             (s.schedule.cron, s.schedule.timezone) for s in deployment.schedules
         ]

@@ -16,7 +16,9 @@ def isolated_registry(tmp_path, monkeypatch):
     return uri
 
 
-def test_retrain_registers_a_champion_then_reuses_every_task(prefect_harness, tiny_dataset, isolated_registry):
+def test_retrain_registers_a_champion_then_reuses_every_task(
+    prefect_harness, tiny_dataset, isolated_registry
+):
     from cxr.registry import list_versions
     from flows.retrain import retrain
 
