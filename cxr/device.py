@@ -34,7 +34,10 @@ def configure_devices(prefer_gpu: bool = True, *, mixed_precision: bool = True) 
     On a GPU the policy is `mixed_float16` (models keep their softmax in float32); on the CPU it is
     `float32`, because float16 maths on a CPU is slower and less exact. Safe to call more than once.
     """
-    gpus = tf.config.list_physical_devices("GPU") if prefer_gpu else []
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and not prefer_gpu:
+        _hide_gpus()
+        gpus = []
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -46,7 +49,9 @@ def configure_devices(prefer_gpu: bool = True, *, mixed_precision: bool = True) 
     if gpus:
         names = [_gpu_name(gpu) for gpu in gpus]
         strategy = "MirroredStrategy" if len(gpus) > 1 else "default"
-        return DeviceInfo(kind="gpu", names=names, count=len(gpus), mixed_precision=use_mixed, strategy=strategy)
+        return DeviceInfo(
+            kind="gpu", names=names, count=len(gpus), mixed_precision=use_mixed, strategy=strategy
+        )
     return DeviceInfo(kind="cpu", names=["cpu"], count=1, mixed_precision=False, strategy="default")
 
 
@@ -70,6 +75,14 @@ def seed_everything(seed: int, info: DeviceInfo) -> DeviceInfo:
     else:
         tf.config.experimental.disable_op_determinism()
     return info.model_copy(update={"deterministic": deterministic})
+
+
+def _hide_gpus() -> None:
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        # Visibility is fixed once TensorFlow has used a GPU; the run then still computes on it.
+        log.warning("GPUs already in use: cannot hide them for a CPU run")
 
 
 def _gpu_name(gpu: tf.config.PhysicalDevice) -> str:
