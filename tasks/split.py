@@ -51,6 +51,13 @@ class SplitResult(BaseModel):
     patients: dict[str, int]
     previous_split: Path | None = None
 
+    def is_intact(self) -> bool:
+        """Whether the split Parquet is still readable and holds the split this result describes."""
+        try:
+            return split_digest(pd.read_parquet(self.split_path)) == self.digest
+        except (OSError, ValueError):  # gone, truncated or not Parquet (pyarrow's errors are ValueErrors)
+            return False
+
 
 def unit_hash(seed: int, group_id: str) -> float:
     """A stable pseudo-random number in [0, 1) for a group: the same on every machine and run."""
@@ -254,8 +261,11 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Write via a temporary sibling and rename, so readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(partial)
-    os.replace(partial, path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed write (disk full) leaves no half file behind
 
 
 def latest_split_index(
@@ -271,15 +281,37 @@ def latest_split_index(
     return state_dir("splits") / f"latest-{sha256_text(stable_json(params))[:16]}.txt"
 
 
-def latest_split(index: Path) -> Path | None:
-    """The split Parquet the index names, or None when there is no index or the file is gone."""
-    if not index.is_file():
+class LineageEntry(BaseModel):
+    """What the lineage index remembers of the last split: its file, manifest and own lineage base."""
+
+    split_path: Path
+    manifest_digest: str
+    base: str
+
+
+def latest_split(index: Path) -> LineageEntry | None:
+    """The last split the index names, or None when there is no index or the file is gone."""
+    try:
+        entry = LineageEntry.model_validate_json(index.read_text())
+    except (OSError, ValueError):
         return None
-    path = Path(index.read_text().strip())
-    return path if path.is_file() else None
+    return entry if entry.split_path.is_file() else None
 
 
-def _previous_split_for(inputs: dict[str, Any]) -> Path | None:
+def lineage_base(entry: LineageEntry | None, manifest_digest: str) -> str:
+    """What, besides the manifest, decides the split: 'none' or the digest of the split it starts from.
+
+    Re-splitting the manifest the last split was made from reproduces that split exactly (every group
+    keeps its place), so it shares that split's base, and an identical rerun hits the cache.
+    """
+    if entry is None:
+        return "none"
+    if entry.manifest_digest == manifest_digest:
+        return entry.base
+    return sha256_file(entry.split_path)
+
+
+def _latest_entry(inputs: dict[str, Any]) -> LineageEntry | None:
     return latest_split(
         latest_split_index(
             valid_fraction=inputs["valid_fraction"],
@@ -291,9 +323,8 @@ def _previous_split_for(inputs: dict[str, Any]) -> Path | None:
 
 
 def previous_split_digest(inputs: dict[str, Any]) -> str:
-    """Cache fingerprint: the bytes of the previous split the task would start from ('none' if none)."""
-    previous = _previous_split_for(inputs)
-    return "none" if previous is None else sha256_file(previous)
+    """Cache fingerprint: the lineage base the task would start from."""
+    return lineage_base(_latest_entry(inputs), inputs["manifest_digest"])
 
 
 def _summary_table(result: SplitResult) -> list[dict[str, object]]:
@@ -335,14 +366,16 @@ def split(
         "seed": seed,
         "keep_official_test": keep_official_test,
     }
-    previous = _previous_split_for(inputs)
+    entry = _latest_entry(inputs)
+    base = lineage_base(entry, manifest_digest)
+    previous = None if entry is None else entry.split_path
     params = {
         "manifest": manifest_digest,
         "valid": valid_fraction,
         "test": test_fraction,
         "seed": seed,
         "official_test": keep_official_test,
-        "previous": None if previous is None else sha256_file(previous),
+        "previous": base,
     }
     result = split_manifest(
         Path(manifest_path),
@@ -352,7 +385,12 @@ def split(
         **inputs,
     )
     _write_atomically(
-        latest_split_index(**inputs), lambda partial: partial.write_text(f"{result.split_path}\n")
+        latest_split_index(**inputs),
+        lambda partial: partial.write_text(
+            LineageEntry(
+                split_path=result.split_path, manifest_digest=manifest_digest, base=base
+            ).model_dump_json()
+        ),
     )
     get_run_logger().info(
         "split %s: %s images, %s patients (previous split: %s)",
