@@ -7,6 +7,7 @@ with a short snake_case `reason` that ingest writes to its quarantine list.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import struct
 import warnings
@@ -18,6 +19,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cxr import faults
+
 DEFAULT_MAX_PIXELS = 60_000_000
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 # Failures that depend only on a file's bytes, so a check of unchanged bytes can be reused.
@@ -27,6 +30,10 @@ CONTENT_FAILURES = frozenset(
 # Errors Pillow raises while decoding damaged data (zlib/struct surface from PNG and TIFF plugins).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 _HASH_CHUNK = 1 << 20
+# Read errors a retry can cure (network storage hiccups): raised so the task retries, never quarantined.
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY}
+)
 
 
 class BadImage(Exception):
@@ -107,6 +114,8 @@ def check_file(path: str) -> FileCheck:
     except BadImage as error:
         return FileCheck(path=path, reason=error.reason, detail=error.detail)
     except OSError as error:
+        if error.errno in TRANSIENT_ERRNOS:
+            raise
         return FileCheck(path=path, reason="unreadable", detail=str(error))
 
 
@@ -118,13 +127,20 @@ def check_files(paths: list[str]) -> list[FileCheck]:
 def _decode(path: Path, *, draft_side: int | None, max_pixels: int) -> tuple[ImageInfo, Image.Image]:
     """Open, size-check and fully decode one file into a loaded Pillow image (any mode)."""
     try:
+        faults.fail_first("read_image")
         handle = open(path, "rb")  # noqa: SIM115 - closed below; one handle serves sniffing and decoding
     except OSError as error:
+        if error.errno in TRANSIENT_ERRNOS:
+            raise OSError(
+                error.errno, f"cannot read {path} (transient error, worth a retry): {error.strerror}"
+            ) from error
         raise BadImage("unreadable", f"{type(error).__name__}: {error.strerror or error}") from error
     with handle:
         try:
             head = handle.read(132)
         except OSError as error:
+            if error.errno in TRANSIENT_ERRNOS:
+                raise
             raise BadImage("unreadable", str(error)) from error
         if not head:
             raise BadImage("empty_file", "file has 0 bytes")

@@ -52,6 +52,13 @@ class BatchesResult(BaseModel):
     image_size: int
     splits: dict[str, SplitArrays]
 
+    def is_intact(self) -> bool:
+        """Whether every split's arrays still match their recorded checksums."""
+        return all(
+            (found := _verified(entry.images.parent)) is not None and found.sha256 == entry.sha256
+            for entry in self.splits.values()
+        )
+
 
 def decode_paths(paths: list[str], size: int) -> np.ndarray:
     """Images as uint8 (len(paths), size, size); the unit of work of a worker process."""
@@ -80,11 +87,14 @@ def batches_key(digest: str, image_size: int) -> str:
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(partial, "wb") as handle:
-        np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed write (disk full) leaves no half file behind
 
 
 def _combined(first: str, second: str) -> str:

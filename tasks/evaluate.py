@@ -38,6 +38,10 @@ class EvaluationResult(BaseModel):
     n: int
     model_sha256: str
 
+    def is_intact(self) -> bool:
+        """Whether the report and plots this result points at are still there."""
+        return all(Path(path).is_file() for path in [self.report_path, *self.plots.values()])
+
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Elementwise numerator / denominator, NaN where the denominator is 0 (metric undefined)."""

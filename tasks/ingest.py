@@ -450,9 +450,13 @@ def _manifest_frame(
 
 def _write_atomic(path: Path, write) -> None:  # noqa: ANN001 - a callable taking the temporary path
     """Write via a temporary sibling and rename, so a retried or killed run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    # The pid keeps two concurrent runs on the same folder from writing into one temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no half file behind
 
 
 def data_dir_fingerprint(data_dir: Path | str) -> str:

@@ -12,7 +12,9 @@ import numpy as np
 from prefect import task
 from pydantic import BaseModel, Field
 
+from cxr import faults
 from cxr.caching import ContentKey
+from cxr.locking import registry_lock
 from cxr.registry import (
     CHAMPION_ALIAS,
     MODEL_ARTIFACT,
@@ -153,6 +155,7 @@ def _log_and_register(
         if not mlflow_client.search_registered_models(f"name = '{name}'"):
             mlflow_client.create_registered_model(name)
         run_id = mlflow.active_run().info.run_id
+        faults.kill_at("kill_before_version")
         return mlflow_client.create_model_version(
             name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
         )
@@ -208,6 +211,7 @@ def _apply_gate(
         else:
             tags = client(tracking_uri).get_model_version(name, str(current)).tags
             champion_metrics, scored_on = version_metrics(tags), "champion's recorded metrics"
+    faults.pause("pause_in_gate")
     promoted, reason = decide(challenger, champion_metrics, gate)
     decision = {
         "promoted": promoted,
@@ -240,24 +244,28 @@ def register_model(
     Idempotent per model file: a version already registered with the same sha256 is reused, and its
     recorded decision too, so a retry after a partial failure neither duplicates nor re-decides.
     `champion_scorer(model_uri)` re-scores the champion on the challenger's split; without it the
-    champion's recorded test metrics are compared.
+    champion's recorded test metrics are compared. Concurrent runs take turns (an inter-process lock
+    per store and model), so each gate sees the champion the previous registration left.
     """
     quiet_mlflow()
+    faults.fail_first("registry")
     name = registered_model_name
-    model_version = _existing_version(name, train.model_sha256, tracking_uri) or _log_and_register(
-        train, evaluation, lineage, name, tracking_uri
-    )
-    version = int(model_version.version)
-    recorded = model_version.tags.get(DECISION_TAG)
-    decision = (
-        json.loads(recorded)
-        if recorded
-        else _apply_gate(name, version, evaluation.metrics, gate, champion_scorer, tracking_uri)
-    )
+    with registry_lock(tracking_uri, name):
+        model_version = _existing_version(name, train.model_sha256, tracking_uri) or _log_and_register(
+            train, evaluation, lineage, name, tracking_uri
+        )
+        version = int(model_version.version)
+        recorded = model_version.tags.get(DECISION_TAG)
+        decision = (
+            json.loads(recorded)
+            if recorded
+            else _apply_gate(name, version, evaluation.metrics, gate, champion_scorer, tracking_uri)
+        )
+        champion = champion_version(name, tracking_uri) == version
     return RegistrationResult(
         model_name=name,
         version=version,
-        champion=champion_version(name, tracking_uri) == version,
+        champion=champion,
         run_id=model_version.run_id,
         model_uri=f"models:/{name}/{version}",
         decision=decision,

@@ -1,0 +1,75 @@
+"""Fault injection for the failure tests: `CXR_FAULTS="read_image:2,kill_after_epoch:1"`.
+
+Production code calls these hooks at the few points where the outside world can fail (reading an
+image, reaching the registry, being killed mid-training or mid-registration). Without `CXR_FAULTS`
+each hook is a dictionary lookup that does nothing. The variable crosses process boundaries, so a
+test can plan faults for a `cxr` subprocess or for ingest's worker processes. Counts are per process.
+
+Points used by the code base:
+- `read_image:N`      the first N image opens raise a transient OSError (EIO)
+- `registry:N`        the first N registrations raise a transient OSError (registry unreachable)
+- `kill_after_epoch:E` SIGKILL this process right after training epoch E is backed up
+- `kill_before_version:1` SIGKILL after the model is logged to MLflow, before its version is created
+- `pause_in_gate:S`   sleep S seconds between reading the champion and moving the alias
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+ENV_VAR = "CXR_FAULTS"
+
+_hits: Counter[str] = Counter()
+_hits_lock = threading.Lock()
+
+
+def planned(point: str) -> float | None:
+    """The number given for `point` in $CXR_FAULTS, or None when no fault is planned there."""
+    spec = os.environ.get(ENV_VAR, "")
+    if not spec:
+        return None
+    for entry in spec.split(","):
+        name, _, value = entry.strip().partition(":")
+        if name == point:
+            return float(value or 1)
+    return None
+
+
+def hits(point: str) -> int:
+    """How often `fail_first(point)` was reached in this process since the last `reset()`."""
+    return _hits[point]
+
+
+def reset() -> None:
+    """Forget the hit counts (each test plans its faults afresh)."""
+    _hits.clear()
+
+
+def fail_first(point: str) -> None:
+    """Raise a transient OSError (EIO) on the first N calls for `point` in this process."""
+    times = planned(point)
+    if times is None:
+        return
+    with _hits_lock:
+        _hits[point] += 1
+        count = _hits[point]
+    if count <= times:
+        raise OSError(errno.EIO, f"injected fault at {point} ({count} of {times:g})")
+
+
+def kill_at(point: str, step: int = 1) -> None:
+    """SIGKILL this process (no cleanup, like the OOM killer or a power cut) when `point` is planned at `step`."""
+    if planned(point) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pause(point: str) -> None:
+    """Sleep the planned number of seconds at `point`, widening a race window for a test."""
+    seconds = planned(point)
+    if seconds:
+        time.sleep(seconds)
