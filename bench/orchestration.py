@@ -1,0 +1,103 @@
+"""Prefect-side measures: a warm server, `cxr train` subprocesses, and task/flow run times from its API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cxr.server import DEFAULT_HOST, server_url, start_prefect_server, stop_process_group, wait_until_healthy
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """A `prefect server start` subprocess with its database in `home`; yields its API URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    with socket.socket() as sock:
+        sock.bind((DEFAULT_HOST, 0))
+        port = sock.getsockname()[1]
+    api_url = f"{server_url(port)}/api"
+    process = start_prefect_server(port, DEFAULT_HOST, home=home, log_path=log_path)
+    try:
+        wait_until_healthy(api_url, process, log_path)
+        yield api_url
+    finally:
+        stop_process_group(process.pid)
+
+
+def cxr_train(
+    data_dir: Path, *, api_url: str, image_size: int, epochs: int, model: str
+) -> tuple[dict, float]:
+    """Run `cxr train ... --json` as a subprocess against `api_url`; (its JSON summary, wall seconds)."""
+    command = [
+        *_cxr_command(),
+        "train",
+        "--data",
+        str(data_dir),
+        "--image-size",
+        str(image_size),
+        "--epochs",
+        str(epochs),
+        "--model",
+        model,
+        "--json",
+    ]
+    started = time.perf_counter()
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PREFECT_API_URL": api_url}, check=False
+    )
+    wall_s = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1]), wall_s
+
+
+def import_seconds(modules: tuple[str, ...] = ("cxr.cli", "flows.retrain")) -> float:
+    """Wall time of a fresh interpreter importing `modules`: the floor under any `cxr train` run."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {', '.join(modules)}"], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def run_times(api_url: str, flow_run_id: str) -> dict[str, Any]:
+    """The flow run's wall time and each of its task runs' own running time, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+        )
+    tasks = {run.name: _seconds(run.start_time, run.end_time) for run in task_runs}
+    flow_s = _seconds(flow_run.start_time, flow_run.end_time)
+    return {
+        "flow_s": round(flow_s, 3),
+        "tasks_s": round(sum(tasks.values()), 3),
+        "overhead_s": round(flow_s - sum(tasks.values()), 3),
+        "task_runs": {
+            run.name: {"s": round(tasks[run.name], 3), "state": run.state_name}
+            for run in sorted(task_runs, key=lambda run: run.expected_start_time or run.created)
+        },
+    }
+
+
+def _seconds(start, end) -> float:
+    """Duration of a run; a task that never ran (a cache hit) has no start time and counts as 0 s."""
+    if start is None or end is None:
+        return 0.0
+    return (end - start).total_seconds()
+
+
+def _cxr_command() -> list[str]:
+    script = Path(sys.executable).parent / "cxr"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cxr.cli"]
