@@ -17,7 +17,7 @@ install: $(BIN)/cxr
 
 # The main job: generate the synthetic demo data, run the retrain flow on it, register the model.
 demo: install
-	$(BIN)/cxr train --image-size 128 --epochs 8
+	$(BIN)/cxr train
 
 lint: install
 	$(BIN)/ruff check .

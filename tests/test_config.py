@@ -8,9 +8,17 @@ from pydantic import ValidationError
 from cxr.config import RetrainConfig
 
 
-def test_defaults_are_the_strong_model():
+def test_defaults_are_the_strong_model_at_its_own_size():
     config = RetrainConfig(data_dir="/data")
-    assert (config.model, config.image_size, config.trigger) == ("default", 224, "manual")
+    assert (config.model, config.image_size, config.epochs, config.trigger) == ("default", 160, 12, "manual")
+
+
+def test_seed_defaults_are_the_tutorials_and_explicit_values_win():
+    seed = RetrainConfig(data_dir="/data", model="seed")
+    assert (seed.image_size, seed.epochs, seed.batch_size) == (224, 10, 10)
+    assert RetrainConfig(data_dir="/data", model="seed", image_size=64).image_size == 64
+    # Round trip through the flow's JSON parameters keeps the resolved values.
+    assert RetrainConfig.model_validate(seed.model_dump(mode="json")) == seed
 
 
 def test_fractions_must_leave_training_data():

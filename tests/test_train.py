@@ -21,6 +21,7 @@ from tasks.train import (
     read_model_metadata,
     run_digest,
     train_model,
+    wilson_lower_bound,
 )
 
 SIZE = 32
@@ -108,6 +109,28 @@ def test_threshold_falls_back_to_youden_when_target_needs_zero_specificity():
     assert choice.rule == "youden-j"
     # J at 0.7: 0.75 + 1.0 - 1 = 0.75, the best of all thresholds.
     assert (choice.threshold, choice.sensitivity, choice.specificity) == pytest.approx((0.65, 0.75, 1.0))
+
+
+def test_threshold_with_confidence_bound_keeps_a_sensitivity_margin():
+    # 200 pneumonias scored 0.005..1.0 and 200 normals scored below 0.5: the observed rule stops at
+    # 95 % sensitivity; the 95 % lower bound needs about 97.5 % of them.
+    is_pneumonia = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    scores = np.r_[np.linspace(0.005, 1.0, 200), np.linspace(0.0, 0.49, 200)]
+    observed = choose_threshold(scores, is_pneumonia, 0.95)
+    bounded = choose_threshold(scores, is_pneumonia, 0.95, z=1.645)
+    assert observed.sensitivity == pytest.approx(0.95)
+    assert bounded.threshold < observed.threshold and 0.97 <= bounded.sensitivity < 0.99
+    assert bounded.rule == "max-specificity-at-sensitivity>=0.95-lower-bound-z1.645"
+    lower = wilson_lower_bound(np.array([bounded.sensitivity * 200]), 200, 1.645)[0]
+    assert lower >= 0.95
+
+
+def test_threshold_bound_falls_back_to_observed_on_small_validation_sets():
+    is_pneumonia = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    scores = np.array([0.9, 0.8, 0.7, 0.4, 0.6, 0.3, 0.2, 0.1])
+    assert choose_threshold(scores, is_pneumonia, 0.75, z=1.645) == choose_threshold(
+        scores, is_pneumonia, 0.75
+    )
 
 
 def test_threshold_needs_both_classes():
