@@ -345,6 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"error: not found: {error.filename or error}", file=sys.stderr)
         return 2
+    except OSError as error:  # environment trouble after the retries: disk, permissions, network
+        print(
+            f"error: {error.strerror or error}{f': {error.filename}' if error.filename else ''}",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as error:
+        if type(error).__module__.startswith("mlflow"):  # registry still unavailable after the retries
+            print(f"error: model registry: {str(error).splitlines()[0]}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -470,15 +470,12 @@ def test_event_data_outside_the_data_roots_is_refused(tmp_path, escape):
         RetrainConfig(data_dir=escape.format(root=root), data_roots=(str(root),), **TINY)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="deployments/serve.py: on-new-data does not pass data_roots yet (reported)"
-)
 def test_on_new_data_deployment_confines_event_folders(tmp_path):
     """The event-triggered deployment must carry data_roots, so an event naming /etc is refused."""
     from deployments.serve import ON_NEW_DATA, build_deployments
 
     deployments = {deployment.name: deployment for deployment in build_deployments(str(tmp_path))}
-    config = deployments[ON_NEW_DATA].parameters["config"]
+    config = deployments[ON_NEW_DATA].triggers[0].parameters["config"]
     assert config.get("data_roots")
     with pytest.raises(ValueError, match="outside the allowed data roots"):
         RetrainConfig(**{**config, "data_dir": "/etc"})
