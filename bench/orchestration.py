@@ -33,10 +33,17 @@ def prefect_server(home: Path) -> Iterator[str]:
         stop_process_group(process.pid)
 
 
+HEAVY_LIBRARIES = ("tensorflow", "keras", "sklearn", "mlflow", "matplotlib")
+
+
 def cxr_train(
-    data_dir: Path, *, api_url: str, image_size: int, epochs: int, model: str
-) -> tuple[dict, float]:
-    """Run `cxr train ... --json` as a subprocess against `api_url`; (its JSON summary, wall seconds)."""
+    data_dir: Path, *, api_url: str, image_size: int, epochs: int, model: str, profile_imports: bool = False
+) -> tuple[dict, float, str]:
+    """Run `cxr train ... --json` as a subprocess against `api_url`.
+
+    Returns its JSON summary, its wall seconds and its stderr (with `profile_imports`, Python's
+    `-X importtime` report).
+    """
     command = [
         *_cxr_command(),
         "train",
@@ -51,13 +58,35 @@ def cxr_train(
         "--json",
     ]
     started = time.perf_counter()
-    completed = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "PREFECT_API_URL": api_url}, check=False
-    )
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    if profile_imports:
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall_s = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}): {completed.stderr[-2000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1]), wall_s
+    return json.loads(completed.stdout.strip().splitlines()[-1]), wall_s, completed.stderr
+
+
+def import_profile(importtime: str, top: int = 8) -> dict[str, Any]:
+    """The costliest top-level imports (cumulative seconds) in a `-X importtime` report, and which
+    heavy libraries were imported at all."""
+    top_level: dict[str, float] = {}
+    imported: set[str] = set()
+    for line in importtime.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split(":", 1)[1].split("|")
+        if not cumulative.strip().isdigit():
+            continue  # the header line
+        imported.add(name.strip().split(".")[0])
+        if not name[1:].startswith(" "):  # nested imports are indented under their importer
+            top_level[name.strip()] = int(cumulative) / 1e6
+    costliest = sorted(top_level.items(), key=lambda item: item[1], reverse=True)[:top]
+    return {
+        "top_level_s": {name: round(seconds, 3) for name, seconds in costliest},
+        "heavy_libraries_imported": sorted(imported & set(HEAVY_LIBRARIES)),
+    }
 
 
 def import_seconds(modules: tuple[str, ...] = ("cxr.cli", "flows.retrain")) -> float:

@@ -163,10 +163,10 @@ def _measure_default(data, work: Path, sizes) -> dict[str, Any]:
     return measure_default_model(training[sizes.default_image_size], sizes)
 
 
-def _measure_orchestration(data, work: Path, sizes) -> dict[str, Any]:
+def _measure_orchestration(data, work: Path, sizes) -> dict[str, Any]:  # noqa: ARG001 - own demo data
     from bench.measures import measure_orchestration
 
-    return measure_orchestration(data.train_dir, work, sizes)
+    return measure_orchestration(work, sizes)
 
 
 _MEASURE_FUNCTIONS = {

@@ -9,11 +9,11 @@ code of the modules that implement it.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
+import importlib.util
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
@@ -40,8 +40,17 @@ def code_version(module_names: Iterable[str]) -> str:
     """Digest of the package version and the source of the given modules."""
     digest = hashlib.sha256(__version__.encode())
     for name in sorted(module_names):
-        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+        digest.update(module_source(name).encode())
     return digest.hexdigest()[:16]
+
+
+def module_source(name: str) -> str:
+    """The text of a module's file, found without importing it: importing `cxr.models` to hash it
+    would load TensorFlow into every run, even a fully cached one. (Same text as `inspect.getsource`.)"""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        raise ModuleNotFoundError(f"no Python source for module {name!r}")
+    return Path(spec.origin).read_text(encoding="utf-8")
 
 
 @dataclass

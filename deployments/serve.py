@@ -37,8 +37,9 @@ def default_timezone() -> str:
 
 def _config_parameters(data_dir: str, trigger: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Validated `retrain` parameters holding only the values given (flow defaults fill the rest)."""
-    config = RetrainConfig(**{**overrides, "data_dir": data_dir, "trigger": trigger})
-    return {"config": config.model_dump(mode="json", exclude_unset=True)}
+    given = {**overrides, "data_dir": data_dir, "trigger": trigger}
+    config = RetrainConfig(**given).model_dump(mode="json")
+    return {"config": {key: config[key] for key in given}}
 
 
 def build_deployments(

@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from cxr.caching import code_version, sha256_text, stable_json
 from cxr.config import RetrainConfig
 from flows.stages import StageRunner
-from tasks import batches, evaluate, ingest, register, split, train
+from tasks import batches, evaluate, ingest, register, report, split, train
 
 # Modules whose source decides a trained model; their digest is the lineage's code version.
 MODEL_CODE = ("cxr.imaging", "cxr.models", "tasks.batches", "tasks.split", "tasks.train")
@@ -76,7 +76,7 @@ def retrain(config: RetrainConfig) -> dict:
             metric=config.gate_metric, margin=config.gate_margin, sensitivity_floor=config.sensitivity_floor
         ),
     )
-    return {
+    summary = {
         "model_name": registered.model_name,
         "model_version": registered.version,
         "model_uri": registered.model_uri,
@@ -94,5 +94,6 @@ def retrain(config: RetrainConfig) -> dict:
         "split_counts": splits.counts,
         "flow_run_id": str(flow_run.id),
         "cached_tasks": run.cached,
-        "flow_seconds": round(time.perf_counter() - started, 2),
     }
+    report.report(evaluation, summary)
+    return {**summary, "flow_seconds": round(time.perf_counter() - started, 2)}

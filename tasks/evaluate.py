@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prefect import task
 from pydantic import BaseModel
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from cxr import CLASSES
 from cxr.caching import ContentKey, sha256_text, stable_json
@@ -87,6 +86,8 @@ def classification_metrics(is_pneumonia: np.ndarray, prob_pneumonia: np.ndarray,
     Undefined values (AUC with one class present, a ratio with an empty denominator) are None.
     `confusion` rows are the true class and columns the predicted class, both in CLASSES order.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score  # imported here: cached runs skip it
+
     y, p = _check_inputs(is_pneumonia, prob_pneumonia)
     counts = {name: int(mask.sum()) for name, mask in _outcomes(y, p >= threshold).items()}
     metrics: dict[str, Any] = {k: _as_json_number(v) for k, v in _threshold_metrics(**counts).items()}
@@ -187,6 +188,8 @@ def plot_confusion_matrix(confusion: list[list[int]], path: Path) -> Path:
 
 
 def _curve_plot(y: np.ndarray, p: np.ndarray, path: Path, *, roc: bool, score: float | None) -> Path:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     fig, ax = _figure()
     if score is None:
         ax.text(0.5, 0.5, "undefined: one class only", ha="center", va="center")
@@ -362,12 +365,11 @@ def publish_evaluation(result: EvaluationResult) -> None:
     retries=1,
 )
 def evaluate(model_path: str, model_sha256: str, batches: BatchesResult) -> EvaluationResult:
-    """Evaluate the trained model on the test split and publish the metrics, report and plots."""
+    """Evaluate the trained model on the test split (the `report` task publishes the results)."""
     key = sha256_text(stable_json({"model": model_sha256, "batches": batches.digest, "split": "test"}))[:16]
     result = evaluate_model(Path(model_path), batches, out_dir=state_dir("reports", key))
     if result.model_sha256 != model_sha256:
         raise ModelError(f"{model_path} changed since training (sha256 {result.model_sha256[:12]})")
-    publish_evaluation(result)
     metrics = result.metrics
     _run_logger().info(
         "test AUC %s, sensitivity %s, specificity %s on %d images",

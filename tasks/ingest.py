@@ -229,19 +229,41 @@ def label_for(relative: str, layout: str) -> Labelled:
     return Labelled(named[0] if len(named) == 1 and not folders else None, None)
 
 
+def _label_all(files: list[FoundFile], layout: str) -> list[Labelled]:
+    """`label_for` of every file; in folder layouts a label depends only on the folder, so once per folder."""
+    if layout == "flat":
+        return [label_for(item.relative, layout) for item in files]
+    by_folder: dict[str, Labelled] = {}
+    labels = []
+    for item in files:
+        folder = item.relative.rpartition("/")[0]
+        if folder not in by_folder:
+            by_folder[folder] = label_for(item.relative, layout)
+        labels.append(by_folder[folder])
+    return labels
+
+
 def parse_patient_id(file_name: str, pattern: str | re.Pattern[str] = DEFAULT_PATIENT_PATTERN) -> str | None:
     """Patient id from a file's stem by the regex group `patient` (else group 1); None if no match."""
-    match = re.match(pattern, Path(file_name).stem)
+    match = re.match(pattern, _stem(file_name))
     if match is None:
         return None
     return match.group("patient") if "patient" in match.re.groupindex else match.group(1)
 
 
+def _stem(file_name: str) -> str:
+    """`Path(file_name).stem` without building a Path (called once per manifest row)."""
+    name = file_name.rpartition("/")[2]
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
 def manifest_digest(manifest: pd.DataFrame) -> str:
     """SHA-256 over sorted (sha256, label, source_split, patient_id): changes only with content or labels."""
+    columns = [manifest[name].tolist() for name in ("sha256", "label", "source_split", "patient_id")]
     rows = sorted(
         "\t".join("" if value is None or value is pd.NA else str(value) for value in row)
-        for row in manifest[["sha256", "label", "source_split", "patient_id"]].itertuples(index=False)
+        for row in zip(*columns, strict=True)
     )
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
@@ -268,8 +290,7 @@ def ingest_folder(
 
     quarantine: list[dict[str, Any]] = []
     candidates: list[tuple[FoundFile, Labelled]] = []
-    for item in found:
-        labelled = label_for(item.relative, layout)
+    for item, labelled in zip(found, _label_all(found, layout), strict=True):
         if item.problem is not None:
             quarantine.append(_quarantine_row(item, *item.problem))
         elif labelled.label is None:
@@ -347,13 +368,23 @@ def _previous_checks(previous_manifest: Path | None) -> dict[tuple[str, int, int
     """Checks from the previous run keyed by (path, size, mtime); unreadable ones are always redone."""
     if previous_manifest is None or not Path(previous_manifest).is_file():
         return {}
-    frames = [pd.read_parquet(previous_manifest)]
+    import pyarrow.parquet as pq  # what pandas would use; read directly, as plain column lists
+
+    # Column lists zipped, not a dict per row: this runs over every file on each incremental ingest.
+    manifest = pq.read_table(previous_manifest, columns=MANIFEST_COLUMNS).to_pydict()
+    infos = map(ImageInfo, manifest["width"], manifest["height"], manifest["mode"], manifest["format"])
+    reusable = dict(
+        zip(
+            zip(manifest["path"], manifest["size_bytes"], manifest["mtime_ns"], strict=True),
+            map(FileCheck, manifest["path"], manifest["sha256"], infos),
+            strict=True,
+        )
+    )
     previous_quarantine = Path(previous_manifest).with_name(QUARANTINE_NAME)
-    if previous_quarantine.is_file():
-        frames.append(pd.read_csv(previous_quarantine, dtype={"sha256": "string", "mode": "string"}))
-    rows = pd.concat(frames, ignore_index=True).astype(object).where(lambda frame: frame.notna(), None)
-    reusable: dict[tuple[str, int, int], FileCheck] = {}
-    for row in rows.to_dict("records"):
+    if not previous_quarantine.is_file():
+        return reusable
+    frame = pd.read_csv(previous_quarantine, dtype={"sha256": "string", "mode": "string"})
+    for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
         key = (row["path"], int(row["size_bytes"]), int(row["mtime_ns"]))
         if row.get("sha256"):
             info = ImageInfo(int(row["width"]), int(row["height"]), str(row["mode"]), str(row["format"]))
@@ -409,6 +440,9 @@ def _deduplicate(
         by_content[entry[2].sha256].append(entry)
     accepted, rejected = [], []
     for copies in by_content.values():
+        if len(copies) == 1:  # the common case, kept cheap: this loop runs over every file
+            accepted.append(copies[0])
+            continue
         copies.sort(key=lambda entry: entry[0].relative)
         labels = sorted({labelled.label for _, labelled, _ in copies})
         if len(labels) > 1:
@@ -428,23 +462,23 @@ def _deduplicate(
 def _manifest_frame(
     accepted: list[tuple[FoundFile, Labelled, FileCheck]], patient_pattern: str
 ) -> pd.DataFrame:
-    rows = [
-        {
-            "path": item.path,
-            "label": labelled.label,
-            "patient_id": parse_patient_id(Path(item.relative).name, patient_pattern),
-            "width": check.info.width,
-            "height": check.info.height,
-            "mode": check.info.mode,
-            "format": check.info.format,
-            "sha256": check.sha256,
-            "source_split": labelled.source_split,
-            "size_bytes": item.size_bytes,
-            "mtime_ns": item.mtime_ns,
-        }
-        for item, labelled, check in accepted
-    ]
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values("path", kind="stable", ignore_index=True)
+    # Sorted by path first, then built column by column: no dict or Path per row.
+    accepted = sorted(accepted, key=lambda entry: entry[0].path)
+    pattern = re.compile(patient_pattern)
+    columns = {
+        "path": [item.path for item, _, _ in accepted],
+        "label": [labelled.label for _, labelled, _ in accepted],
+        "patient_id": [parse_patient_id(item.relative, pattern) for item, _, _ in accepted],
+        "width": [check.info.width for _, _, check in accepted],
+        "height": [check.info.height for _, _, check in accepted],
+        "mode": [check.info.mode for _, _, check in accepted],
+        "format": [check.info.format for _, _, check in accepted],
+        "sha256": [check.sha256 for _, _, check in accepted],
+        "source_split": [labelled.source_split for _, labelled, _ in accepted],
+        "size_bytes": [item.size_bytes for item, _, _ in accepted],
+        "mtime_ns": [item.mtime_ns for item, _, _ in accepted],
+    }
+    frame = pd.DataFrame(columns, columns=MANIFEST_COLUMNS)
     return frame.astype({"width": "int64", "height": "int64", "size_bytes": "int64", "mtime_ns": "int64"})
 
 

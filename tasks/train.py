@@ -19,24 +19,23 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from cxr import CLASSES, faults
 from cxr.caching import ContentKey, code_version, sha256_text, stable_json
-from cxr.device import DeviceInfo, configure_devices, distribution_strategy, seed_everything
 from cxr.errors import DataError, ModelError
-from cxr.models import PNEUMONIA_INDEX, build_augmentation, build_model
 from cxr.state import state_dir
 from tasks.batches import BatchesResult, load_split, make_dataset
+
+if TYPE_CHECKING:
+    import keras
 
 ProgressCallback = Callable[[int, dict[str, float]], None]
 HISTORY_FILE = "history.json"
@@ -116,6 +115,8 @@ def choose_threshold(
     is used instead. The decision is `P(pneumonia) >= threshold`; the threshold lies halfway between
     the chosen score and the next lower one.
     """
+    from sklearn.metrics import roc_curve  # here, so a fully cached run never loads sklearn
+
     is_pneumonia = np.asarray(is_pneumonia, dtype=bool)
     if is_pneumonia.all() or not is_pneumonia.any():
         raise DataError("choosing a threshold needs both classes in the validation split")
@@ -178,6 +179,12 @@ def train_model(
     if len(valid_labels) == 0:
         raise DataError("the validation split is empty")
 
+    # Imported here, not at module level, so that a fully cached run never loads TensorFlow.
+    import keras
+
+    from cxr.device import configure_devices, distribution_strategy, seed_everything
+    from cxr.models import PNEUMONIA_INDEX, build_augmentation, build_model
+
     keras.backend.clear_session()  # also resets the precision policy, which configure_devices sets
     device = seed_everything(seed, configure_devices())
     steps_per_epoch = math.ceil(len(train_labels) / batch_size)
@@ -208,7 +215,9 @@ def train_model(
         keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=patience, restore_best_weights=True
         ),
-        recorder,
+        keras.callbacks.LambdaCallback(
+            on_epoch_begin=recorder.on_epoch_begin, on_epoch_end=recorder.on_epoch_end
+        ),
     ]
     if tensorboard_dir is not None:
         if importlib.util.find_spec("tensorboard") is None:
@@ -283,6 +292,8 @@ def train_model(
 
 def load_trained_model(model_path: str | Path) -> keras.Model:
     """Load a `.keras` model with `safe_mode=True`; files that are missing, unreadable or run code are refused."""
+    import keras
+
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
@@ -313,11 +324,13 @@ def read_model_metadata(model_path: str | Path) -> dict[str, Any]:
         raise ModelError(f"cannot read model metadata {path}: {error}") from error
 
 
-class _EpochRecorder(keras.callbacks.Callback):
-    """Keeps the full history across resumptions (in the checkpoint folder) and reports each epoch."""
+class _EpochRecorder:
+    """Keeps the full history across resumptions (in the checkpoint folder) and reports each epoch.
+
+    A plain class hooked into Keras through a `LambdaCallback`, so this module imports without Keras.
+    """
 
     def __init__(self, path: Path, resumed_from_epoch: int, progress: ProgressCallback | None):
-        super().__init__()
         self.path = path
         self.progress = progress
         self.history: dict[str, list[float]] = self._earlier_epochs(resumed_from_epoch)
@@ -364,6 +377,8 @@ def _images_per_second(images_per_epoch: int, epoch_seconds: list[float]) -> flo
 def _binary_metrics(
     p_pneumonia: np.ndarray, is_pneumonia: np.ndarray, choice: ThresholdChoice
 ) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
     predicted = p_pneumonia >= choice.threshold
     return {
         "auc": float(roc_auc_score(is_pneumonia, p_pneumonia)),
@@ -428,6 +443,8 @@ def train(
     target_sensitivity: float,
 ) -> TrainResult:
     """Train and save a model; see `train_model`."""
+    from cxr.device import DeviceInfo
+
     logger = _logger()
     settings = {
         "model_name": model_name,
@@ -470,6 +487,8 @@ def train(
 
 def _publish(result: TrainResult) -> None:
     """Per-epoch history table and a short summary as Prefect artifacts."""
+    from cxr.device import DeviceInfo
+
     epochs = range(len(result.history.get("loss", [])))
     rows = [
         {"epoch": index + 1, **{name: round(values[index], 5) for name, values in result.history.items()}}

@@ -40,3 +40,21 @@ def test_quick_ingest_measure_reports_finite_ratios(tmp_path):
     assert printed["goals"]["ingest_vs_decode"]["goal"] == ">= 0.8"
     assert printed["machine"]["cores"] == os.cpu_count()
     assert printed["command"].startswith("python -m bench --quick")
+
+
+def test_import_profile_ranks_top_level_imports_and_finds_heavy_libraries():
+    from bench.orchestration import import_profile
+
+    report = "\n".join(
+        [
+            "import time: self [us] | cumulative | imported package",
+            "import time:       500 |       2000 |     tensorflow.python",
+            "import time:      1000 |    3000000 |   keras",
+            "import time:       100 |    3100000 | cxr.models",
+            "import time:       200 |     700000 | prefect",
+            "some other stderr line",
+        ]
+    )
+    profile = import_profile(report, top=2)
+    assert profile["top_level_s"] == {"cxr.models": 3.1, "prefect": 0.7}
+    assert profile["heavy_libraries_imported"] == ["keras", "tensorflow"]
