@@ -39,7 +39,9 @@ class RetrainConfig(BaseModel):
     early_stopping_patience: int = Field(4, ge=1)
     min_images_per_class: int = Field(2, ge=1, description="Stop before training below this per class")
     min_image_side: int = Field(64, ge=1, description="Quarantine images smaller than this (pixels)")
-    target_sensitivity: float = Field(0.95, gt=0, le=1, description="Threshold rule on the validation split")
+    target_sensitivity: float = Field(
+        0.97, gt=0, le=1, description="Validation sensitivity (95 % lower bound) the threshold must reach"
+    )
     registered_model_name: str = REGISTERED_MODEL_NAME
     gate_metric: str = Field("auc", description="Champion/challenger metric on the test split")
     gate_margin: float = Field(0.0, ge=0, description="Challenger must beat the champion by this much")
