@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from cxr import CLASSES, imaging
 from cxr.caching import ContentKey, code_version, sha256_text
 from cxr.errors import DataError
+from cxr.files import write_atomically
 from cxr.imaging import sha256_file
 from cxr.state import state_dir
 from tasks import split as split_stage
@@ -85,16 +86,11 @@ def batches_key(digest: str, image_size: int) -> str:
     return sha256_text(f"{digest}:{image_size}:{code_version(['cxr.imaging', __name__])}")[:16]
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(partial, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)  # a failed write (disk full) leaves no half file behind
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the checksum record vouches for it
 
 
 def _combined(first: str, second: str) -> str:
@@ -126,11 +122,9 @@ def _write_split(folder: Path, rows: pd.DataFrame, size: int, workers: int | Non
     labels = rows["label"].map(CLASSES.index).to_numpy(dtype=np.int8)
     record: dict[str, Any] = {"n": len(rows), "image_size": size}
     for name, array in (("images.npy", images), ("labels.npy", labels)):
-        _save_atomic(folder / name, array)
+        write_atomically(folder / name, lambda tmp, array=array: _save_npy(tmp, array))
         record[name] = {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
-    partial = folder / f".{CHECKSUMS_NAME}.{os.getpid()}.tmp"
-    partial.write_text(json.dumps(record, indent=2))
-    os.replace(partial, folder / CHECKSUMS_NAME)
+    write_atomically(folder / CHECKSUMS_NAME, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     verified = _verified(folder)
     if verified is None:
         raise OSError(f"arrays in {folder} changed while being written")

@@ -23,6 +23,7 @@ from prefect.logging import get_run_logger
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
 from cxr.errors import ModelError
+from cxr.files import write_atomically
 from cxr.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.registry import load_model_with_metadata
 from tasks.evaluate import predict_pneumonia_proba
@@ -192,15 +193,6 @@ def outcome_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     }
 
 
-def write_csv_atomic(frame: pd.DataFrame, out_csv: Path) -> Path:
-    """Write via a temporary sibling and rename, so a reader never sees half a CSV."""
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(f".{out_csv.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out_csv)
-    return out_csv
-
-
 def _json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows with NaN as None, since artifacts are JSON."""
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
@@ -243,7 +235,7 @@ def predict_files(model_uri: str, paths: list[str], out_csv: str, heatmaps_dir: 
         [Path(path) for path in paths],
         heatmaps_dir=Path(heatmaps_dir).resolve() if heatmaps_dir else None,
     )
-    out_path = write_csv_atomic(frame, Path(out_csv).resolve())
+    out_path = write_atomically(Path(out_csv).resolve(), lambda tmp: frame.to_csv(tmp, index=False))
     counts = outcome_counts(frame)
     scored = int((frame["status"] == OK).sum())
     _publish(frame, counts, out_path)

@@ -20,8 +20,6 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from pydantic import BaseModel
 from cxr import CLASSES
 from cxr.caching import ContentKey, sha256_text, stable_json
 from cxr.errors import DataError
+from cxr.files import write_atomically
 from cxr.imaging import sha256_file
 from cxr.state import state_dir
 
@@ -247,7 +246,7 @@ def split_manifest(
                 f"({patients[name]} patients in it); add data or change the fractions"
             )
     split_path = out_dir / SPLIT_NAME
-    _write_atomically(split_path, lambda partial: split.to_parquet(partial, index=False))
+    write_atomically(split_path, lambda partial: split.to_parquet(partial, index=False))
     return SplitResult(
         split_path=split_path,
         digest=split_digest(split),
@@ -255,17 +254,6 @@ def split_manifest(
         patients=patients,
         previous_split=previous_split,
     )
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via a temporary sibling and rename, so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)  # a failed write (disk full) leaves no half file behind
 
 
 def latest_split_index(
@@ -384,7 +372,7 @@ def split(
         previous_split=previous,
         **inputs,
     )
-    _write_atomically(
+    write_atomically(
         latest_split_index(**inputs),
         lambda partial: partial.write_text(
             LineageEntry(

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import zipfile
@@ -31,6 +30,7 @@ from pydantic import BaseModel
 from cxr import CLASSES, faults
 from cxr.caching import ContentKey, code_version, sha256_text, stable_json
 from cxr.errors import DataError, ModelError
+from cxr.files import write_atomically
 from cxr.state import state_dir
 from tasks.batches import BatchesResult, load_split, make_dataset
 
@@ -246,7 +246,7 @@ def train_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
-    _atomic_write(model_path, model.save)
+    write_atomically(model_path, lambda tmp: model.save(str(tmp)))
     history = recorder.history
     epochs_run = len(history.get("loss", []))
     best_epoch = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else epochs_run
@@ -266,7 +266,7 @@ def train_model(
         "valid_metrics": valid_metrics,
     }
     metadata_path = out_dir / "model.json"
-    _atomic_write(metadata_path, lambda path: Path(path).write_text(json.dumps(metadata, indent=2)))
+    write_atomically(metadata_path, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2)))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     return TrainResult(
@@ -350,7 +350,7 @@ class _EpochRecorder:
         values["epoch_seconds"] = time.perf_counter() - self._epoch_started
         for key, value in values.items():
             self.history.setdefault(key, []).append(value)
-        _atomic_write(self.path, lambda path: Path(path).write_text(json.dumps(self.history)))
+        write_atomically(self.path, lambda tmp: tmp.write_text(json.dumps(self.history)))
         if self.progress is not None:
             self.progress(epoch + 1, values)
         faults.kill_at("kill_after_epoch", epoch + 1)
@@ -388,16 +388,6 @@ def _binary_metrics(
         "threshold": choice.threshold,
         "n": float(len(is_pneumonia)),
     }
-
-
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Write through a temporary sibling (same suffix, which Keras checks), then rename over `path`."""
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(str(temporary))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _file_sha256(path: Path) -> str:

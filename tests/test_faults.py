@@ -322,7 +322,7 @@ def test_read_only_state_folder_is_one_clear_error(tmp_path, monkeypatch, capsys
 def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monkeypatch):
     """np.save writes half the array, then ENOSPC: no file of the split is left (not even the temporary
     one), no checksum vouches for anything, and a later call with space writes verified arrays.
-    Checked: without the `finally: unlink` in tasks/batches._save_atomic the .tmp file remains."""
+    Checked: without the `finally: unlink` in cxr.files.write_atomically the .tmp file remains."""
     from tasks import batches as batches_stage
     from tasks.ingest import ingest_folder
     from tasks.split import split_manifest

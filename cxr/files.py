@@ -1,0 +1,24 @@
+"""Atomic file writes: readers (and later runs) never see a half-written file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(temporary)` on a sibling of `path`, then rename it over `path`.
+
+    The temporary name keeps the suffix (Keras and NumPy check it) and includes the pid (concurrent
+    runs never share one). A failed write (disk full, crash) removes the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
