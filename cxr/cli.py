@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from cxr.config import RetrainConfig
     from cxr.errors import DataError
-    from flows.retrain import retrain
+    from flows.retrain import retrain, task_runner_from_env
 
     data_dir = Path(args.data) if args.data else _demo_data_dir()
     if not data_dir.is_dir():
@@ -79,8 +79,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     _use_dashboard_if_running()
     started = time.perf_counter()
+    flow = retrain.with_options(task_runner=task_runner_from_env())
     with tags(args.trigger):
-        summary = retrain(config)
+        summary = flow(config)
     summary["duration_s"] = round(time.perf_counter() - started, 2)
     if args.json:
         _print_json(summary)
@@ -208,7 +209,9 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.serve import serve_deployments
+    from flows.retrain import task_runner_from_env
 
+    task_runner_from_env()  # served runs use it too: without prefect-dask, fail now rather than per run
     _use_dashboard_if_running()
     data_dir = str(Path(args.data).resolve()) if args.data else str(_demo_data_dir())
     serve_deployments(

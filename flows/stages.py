@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,3 +31,17 @@ class StageRunner:
             "cached %s result points at missing or damaged files; recomputing", task.name
         )
         return task.with_options(refresh_cache=True)(*args, **kwargs)
+
+    def map(self, task: Task, items: Iterable[Any]) -> list[Any]:
+        """`task` over each item on the flow's task runner; results in item order.
+
+        The task counts as reused when every mapped run was (also when there was nothing to map:
+        then every item it could have had was reused upstream).
+        """
+        futures = task.map(list(items))
+        futures.wait()
+        states = [future.state for future in futures]
+        results = [state.result() for state in states]  # re-raises the first failure
+        if all(state.name == "Cached" for state in states):
+            self.cached.append(task.name)
+        return results

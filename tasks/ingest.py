@@ -1,14 +1,20 @@
 """Stage `ingest`: scan an image folder, label every file, check it, and write the manifest.
 
 Every file found ends up either in the manifest (Parquet) or in the quarantine list (CSV) with a
-reason, so `files_found == accepted + quarantined` always holds. Checking (full decode + SHA-256) runs
-in worker processes and is skipped for files whose (path, size, mtime) match the previous run.
+reason, so `files_found == accepted + quarantined` always holds. Checking (full decode + SHA-256) is
+skipped for files whose (path, size, mtime) match the previous run.
+
+Three pure steps: `plan_folder` (scan, label, reuse) -> `check_paths` -> `assemble_manifest` (minimum
+side, duplicates, files written). `ingest_folder` runs them in one call, checking in worker processes;
+the flow runs them as tasks `plan_ingest` -> `check_chunk` mapped over chunks (on the flow's task
+runner: threads, or a Dask cluster) -> `assemble_ingest`.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -16,7 +22,7 @@ import re
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -81,7 +87,9 @@ UNKNOWN_CLASS_HINTS = {
 }
 # Below this many files to check, a process pool costs more than it saves.
 POOL_MIN_FILES = 200
-CHUNK_SIZE = 64
+POOL_CHUNK_SIZE = 64
+# Files per mapped `check_chunk` task: big enough that task overhead stays small next to decoding.
+MAP_CHUNK_SIZE = 256
 QUARANTINE_TABLE_ROWS = 500
 
 logger = logging.getLogger(__name__)
@@ -268,6 +276,35 @@ def manifest_digest(manifest: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class IngestPlan:
+    """A scanned folder: files refused without opening, files to use, checks reused, files to check.
+
+    Built by `plan_folder`, completed by `assemble_manifest` once the `todo` files are checked.
+    """
+
+    data_dir: str
+    out_dir: str
+    min_side: int
+    patient_pattern: str
+    files_found: int
+    quarantine: list[dict[str, Any]]
+    candidates: list[tuple[FoundFile, Labelled]]
+    reused: dict[str, FileCheck]
+    scan_s: float
+
+    @property
+    def todo(self) -> list[FoundFile]:
+        """Candidates without a reusable check from the previous run."""
+        return [item for item, _ in self.candidates if item.path not in self.reused]
+
+    def chunks(self, size: int | None = None) -> list[list[tuple[str, int, int]]]:
+        """The `todo` files as (path, size, mtime_ns) lists of at most `size` (default MAP_CHUNK_SIZE)."""
+        size = size or MAP_CHUNK_SIZE
+        stamps = [(item.path, item.size_bytes, item.mtime_ns) for item in self.todo]
+        return [stamps[start : start + size] for start in range(0, len(stamps), size)]
+
+
 def ingest_folder(
     data_dir: Path,
     out_dir: Path,
@@ -278,6 +315,27 @@ def ingest_folder(
     patient_pattern: str = DEFAULT_PATIENT_PATTERN,
 ) -> IngestResult:
     """Scan, label, check and de-duplicate `data_dir`; write the manifest and quarantine list to `out_dir`."""
+    plan = plan_folder(
+        data_dir,
+        out_dir,
+        min_side=min_side,
+        previous_manifest=previous_manifest,
+        patient_pattern=patient_pattern,
+    )
+    started = time.perf_counter()
+    checks = check_paths([item.path for item in plan.todo], workers)
+    return assemble_manifest(plan, checks, check_s=time.perf_counter() - started)
+
+
+def plan_folder(
+    data_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    min_side: int,
+    previous_manifest: Path | None = None,
+    patient_pattern: str = DEFAULT_PATIENT_PATTERN,
+) -> IngestPlan:
+    """Scan and label `data_dir`; reuse the previous run's checks of files with unchanged (path, size, mtime)."""
     started = time.perf_counter()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -290,6 +348,7 @@ def ingest_folder(
 
     quarantine: list[dict[str, Any]] = []
     candidates: list[tuple[FoundFile, Labelled]] = []
+    reused: dict[str, FileCheck] = {}
     for item, labelled in zip(found, _label_all(found, layout), strict=True):
         if item.problem is not None:
             quarantine.append(_quarantine_row(item, *item.problem))
@@ -297,14 +356,47 @@ def ingest_folder(
             quarantine.append(_quarantine_row(item, "unknown_class", UNKNOWN_CLASS_HINTS[layout]))
         else:
             candidates.append((item, labelled))
+            previous = reusable.get((item.path, item.size_bytes, item.mtime_ns))
+            if previous is not None:
+                reused[item.path] = previous
+    return IngestPlan(
+        data_dir=str(data_dir),
+        out_dir=str(out_dir),
+        min_side=min_side,
+        patient_pattern=patient_pattern,
+        files_found=len(found),
+        quarantine=quarantine,
+        candidates=candidates,
+        reused=reused,
+        scan_s=time.perf_counter() - started,
+    )
 
-    checks, reused = _check_all([item for item, _ in candidates], reusable, workers)
+
+def check_paths(paths: list[str], workers: int | None = None) -> list[FileCheck]:
+    """`check_file` of every path: in this process when few (or `workers == 1`), else in a process pool."""
+    workers = workers or os.cpu_count() or 1
+    if len(paths) < POOL_MIN_FILES or workers == 1:
+        return [check_file(path) for path in paths]
+    return _check_in_pool(paths, workers)
+
+
+def assemble_manifest(plan: IngestPlan, checks: Iterable[FileCheck], *, check_s: float = 0.0) -> IngestResult:
+    """Apply the minimum side, remove duplicates and label conflicts, write manifest + quarantine list.
+
+    `checks` covers the plan's `todo` files (in any order); `check_s` is the time they took.
+    """
+    started = time.perf_counter()
+    by_path = {**plan.reused, **{check.path: check for check in checks}}
+    missing = [item.path for item in plan.todo if item.path not in by_path]
+    if missing:
+        raise ValueError(f"{len(missing)} planned files were not checked, e.g. {missing[0]}")
+    quarantine = list(plan.quarantine)
     passing: list[tuple[FoundFile, Labelled, FileCheck]] = []
-    for item, labelled in candidates:
-        check = checks[item.path]
+    for item, labelled in plan.candidates:
+        check = by_path[item.path]
         if check.reason is None:
             try:
-                check_min_side(check.info, min_side)
+                check_min_side(check.info, plan.min_side)
             except BadImage as error:
                 check = FileCheck(check.path, check.sha256, check.info, error.reason, error.detail)
         if check.reason is None:
@@ -314,8 +406,8 @@ def ingest_folder(
 
     accepted, rejected = _deduplicate(passing)
     quarantine.extend(rejected)
-    manifest = _manifest_frame(accepted, patient_pattern)
-    out_dir = Path(out_dir)
+    manifest = _manifest_frame(accepted, plan.patient_pattern)
+    out_dir = Path(plan.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path, quarantine_path = out_dir / MANIFEST_NAME, out_dir / QUARANTINE_NAME
     quarantine_frame = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).sort_values("path", kind="stable")
@@ -323,7 +415,8 @@ def ingest_folder(
     if manifest.empty:
         reasons = dict(Counter(row["reason"] for row in quarantine).most_common())
         raise DataError(
-            f"no usable images in {data_dir}: all {len(found)} files quarantined {reasons} (see {quarantine_path})"
+            f"no usable images in {plan.data_dir}: all {plan.files_found} files quarantined {reasons} "
+            f"(see {quarantine_path})"
         )
     _write_atomic(manifest_path, lambda tmp: manifest.to_parquet(tmp, index=False))
 
@@ -334,15 +427,15 @@ def ingest_folder(
         manifest_path=str(manifest_path),
         quarantine_path=str(quarantine_path),
         digest=manifest_digest(manifest),
-        files_found=len(found),
+        files_found=plan.files_found,
         accepted=len(manifest),
         quarantined=len(quarantine),
         quarantined_by_reason=dict(sorted(Counter(row["reason"] for row in quarantine).items())),
         per_class={label: int((manifest["label"] == label).sum()) for label in CLASSES},
         per_source_split=dict(per_source_split),
         duplicates=sum(row["reason"] == "duplicate" for row in quarantine),
-        elapsed_s=round(time.perf_counter() - started, 3),
-        reused=reused,
+        elapsed_s=round(plan.scan_s + check_s + time.perf_counter() - started, 3),
+        reused=len(plan.reused),
     )
 
 
@@ -394,34 +487,13 @@ def _previous_checks(previous_manifest: Path | None) -> dict[tuple[str, int, int
     return reusable
 
 
-def _check_all(
-    items: list[FoundFile], reusable: dict[tuple[str, int, int], FileCheck], workers: int | None
-) -> tuple[dict[str, FileCheck], int]:
-    """Checks for all items: reused where unchanged, else decoded (in a process pool when many)."""
-    checks: dict[str, FileCheck] = {}
-    todo: list[str] = []
-    for item in items:
-        previous = reusable.get((item.path, item.size_bytes, item.mtime_ns))
-        if previous is not None:
-            checks[item.path] = previous
-        else:
-            todo.append(item.path)
-    workers = workers or os.cpu_count() or 1
-    if len(todo) < POOL_MIN_FILES or workers == 1:
-        fresh = [check_file(path) for path in todo]
-    else:
-        fresh = _check_in_pool(todo, workers)
-    checks.update((check.path, check) for check in fresh)
-    return checks, len(items) - len(todo)
-
-
 def _check_in_pool(paths: list[str], workers: int) -> list[FileCheck]:
     """`check_file` over `paths` in worker processes; in this process if no pool can run here.
 
     The platform's default start method is used (fork on Linux): spawn would re-run an unguarded
     calling script in every worker. Workers only decode and hash, touching no state of the parent.
     """
-    size = min(CHUNK_SIZE, math.ceil(len(paths) / workers))
+    size = min(POOL_CHUNK_SIZE, math.ceil(len(paths) / workers))
     chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
     try:
         with ProcessPoolExecutor(workers) as pool:
@@ -543,33 +615,62 @@ def _retry_unless_user_error(task, task_run, state) -> bool:  # noqa: ANN001 - P
     return not isinstance(state.data, CxrError)
 
 
+# Every ingest step reads or writes files that may sit on flaky network storage.
+_TRANSIENT_IO_RETRIES: dict[str, Any] = {
+    "persist_result": True,
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_condition_fn": _retry_unless_user_error,
+}
+
+
 @task(
-    name="ingest",
+    name="ingest-plan",
     cache_policy=ContentKey(modules=("cxr.imaging",), fingerprint=_fingerprint_inputs),
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=_retry_unless_user_error,
+    **_TRANSIENT_IO_RETRIES,
 )
-def ingest(data_dir: str, min_side: int) -> IngestResult:
-    """Ingest `data_dir` into the state folder, reusing the previous run's checks of unchanged files."""
-    logger = get_run_logger()
+def plan_ingest(data_dir: str, min_side: int) -> IngestPlan:
+    """Plan the ingest of `data_dir` into the state folder, reusing the previous run's checks of unchanged files."""
     folder = Path(data_dir)
     # min_side is part of the folder name: a run with another minimum must not overwrite this manifest.
     out_dir = state_dir("manifests", f"{data_dir_fingerprint(folder)[:16]}-s{min_side}")
     index = _latest_index(folder)
     previous = Path(index.read_text().strip()) if index.is_file() else None
-    result = ingest_folder(folder, out_dir, min_side=min_side, previous_manifest=previous)
-    _write_atomic(index, lambda tmp: tmp.write_text(result.manifest_path))
-    logger.info(
-        "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused, %.1f s",
+    plan = plan_folder(folder, out_dir, min_side=min_side, previous_manifest=previous)
+    get_run_logger().info(
+        "ingest %s: %d found, %d checks reused, %d files to check in %d chunks",
         data_dir,
+        plan.files_found,
+        len(plan.reused),
+        len(plan.todo),
+        len(plan.chunks()),
+    )
+    return plan
+
+
+@task(name="ingest-check", cache_policy=ContentKey(modules=("cxr.imaging",)), **_TRANSIENT_IO_RETRIES)
+def check_chunk(files: list[tuple[str, int, int]]) -> list[FileCheck]:
+    """Decode and hash one chunk of (path, size, mtime_ns) files; the stamps make the cache key."""
+    return check_paths([path for path, _, _ in files], workers=1)
+
+
+@task(name="ingest-assemble", cache_policy=ContentKey(modules=("cxr.imaging",)), **_TRANSIENT_IO_RETRIES)
+def assemble_ingest(plan: IngestPlan, checks: list[list[FileCheck]]) -> IngestResult:
+    """Write the planned folder's manifest from the chunks' checks; publish the data report.
+
+    Its `elapsed_s` counts scanning and assembling: the checks ran as their own task runs.
+    """
+    logger = get_run_logger()
+    result = assemble_manifest(plan, itertools.chain.from_iterable(checks))
+    _write_atomic(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
+    logger.info(
+        "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused",
+        plan.data_dir,
         result.files_found,
         result.accepted,
         result.quarantined,
         result.quarantined_by_reason,
         result.reused,
-        result.elapsed_s,
     )
     create_markdown_artifact(
         key="data-report", markdown=data_report_markdown(result), description="Ingest summary"

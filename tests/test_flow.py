@@ -6,7 +6,8 @@ import pytest
 
 from cxr.config import RetrainConfig
 
-STAGES = ["ingest", "split", "batches", "train", "evaluate", "register"]
+INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
+STAGES = [*INGEST_STEPS, "split", "batches", "train", "evaluate", "register"]
 
 
 @pytest.fixture
@@ -22,13 +23,13 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     from cxr.registry import list_versions
     from flows.retrain import retrain
 
-    # A seed of its own: other tests train on the same sample, and only `ingest` may be shared with them.
+    # A seed of its own: other tests train on the same sample, and only ingest may be shared with them.
     config = RetrainConfig(
         data_dir=str(tiny_dataset), model="seed", image_size=32, epochs=1, batch_size=16, seed=11
     )
     first = retrain(config)
 
-    assert set(first["cached_tasks"]) <= {"ingest"}
+    assert set(first["cached_tasks"]) <= set(INGEST_STEPS)
     assert first["champion"] is True
     assert str(first["model_version"]) == "1"
     for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc"):
@@ -68,4 +69,4 @@ def test_changed_training_config_reuses_data_stages_only(prefect_harness, tiny_d
     retrain(base)
     changed = retrain(base.model_copy(update={"seed": 7}))
     # A new seed re-splits and retrains, but the folder's ingest is reused.
-    assert changed["cached_tasks"] == ["ingest"]
+    assert changed["cached_tasks"] == INGEST_STEPS

@@ -319,25 +319,6 @@ def test_retries_skip_user_errors():
     assert ingest_module._retry_unless_user_error(None, None, Failed(data=OSError("NFS hiccup")))
 
 
-def test_ingest_task_caches_and_reuses_previous_manifest(prefect_harness, tiny_kaggle):
-    from prefect import flow
-
-    from tasks.ingest import ingest
-
-    @flow
-    def twice(data_dir: str):
-        return ingest(data_dir, 32, return_state=True), ingest(data_dir, 32, return_state=True)
-
-    first, second = twice(str(tiny_kaggle))
-    assert first.is_completed() and second.name == "Cached"
-    assert first.result().accepted == 12
-    write_image(tiny_kaggle / "train" / "NORMAL" / "IM-0999-0001.jpeg", seed=999)
-    third, _ = twice(str(tiny_kaggle))
-    result = third.result()
-    assert third.name != "Cached" and result.accepted == 13 and result.reused == 12
-    assert Path(result.manifest_path).parent.name.endswith("-s32")
-
-
 @pytest.mark.real_data
 def test_real_original_resolution(shared_data, tmp_path):
     folder = shared_data / "original_resolution"
