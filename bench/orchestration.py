@@ -4,34 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from cxr.server import DEFAULT_HOST, server_url, start_prefect_server, stop_process_group, wait_until_healthy
-
-
-@contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """A `prefect server start` subprocess with its database in `home`; yields its API URL."""
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = home / "server.log"
-    with socket.socket() as sock:
-        sock.bind((DEFAULT_HOST, 0))
-        port = sock.getsockname()[1]
-    api_url = f"{server_url(port)}/api"
-    process = start_prefect_server(port, DEFAULT_HOST, home=home, log_path=log_path)
-    try:
-        wait_until_healthy(api_url, process, log_path)
-        yield api_url
-    finally:
-        stop_process_group(process.pid)
-
 
 HEAVY_LIBRARIES = ("tensorflow", "keras", "sklearn", "mlflow", "matplotlib")
 

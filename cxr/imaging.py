@@ -8,7 +8,6 @@ with a short snake_case `reason` that ingest writes to its quarantine list.
 from __future__ import annotations
 
 import errno
-import hashlib
 import struct
 import warnings
 import zlib
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxr import faults
+from cxr.files import sha256_file
 
 DEFAULT_MAX_PIXELS = 60_000_000
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -29,7 +29,6 @@ CONTENT_FAILURES = frozenset(
 )
 # Errors Pillow raises while decoding damaged data (zlib/struct surface from PNG and TIFF plugins).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
-_HASH_CHUNK = 1 << 20
 # Read errors a retry can cure (network storage hiccups): raised so the task retries, never quarantined.
 TRANSIENT_ERRNOS = frozenset(
     {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY}
@@ -64,15 +63,6 @@ class FileCheck:
     info: ImageInfo | None = None
     reason: str | None = None
     detail: str = ""
-
-
-def sha256_file(path: Path | str) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_min_side(info: ImageInfo, min_side: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.errors import ModelError
+from cxr.files import sha256_file
 from cxr.state import state_dir
 
 EXPERIMENT_NAME = "cxr-retrain"
@@ -185,14 +186,6 @@ def _registry_source(uri: str, tracking_uri: str) -> tuple[str, str, str | None]
         raise ModelError(f"no registered model at {uri}: {exc}") from exc
     immutable = f"models:/{version.name}/{version.version}"
     return immutable, immutable, version.tags.get("model_sha256")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> Path:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cxr.errors import CxrError
@@ -186,3 +189,28 @@ def mlflow_ui(port: int = 5000, host: str = DEFAULT_HOST) -> int:
     except KeyboardInterrupt:
         process.terminate()
         return process.wait()
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def temporary_prefect_server(home: Path) -> Iterator[str]:
+    """A `prefect server start` on a free loopback port with its database in `home`; yields its API URL.
+
+    For tests and benchmarks: the server and its children are stopped on exit.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    port = free_port()
+    api_url = f"{server_url(port)}/api"
+    process = start_prefect_server(port, DEFAULT_HOST, home=home, log_path=log_path)
+    try:
+        wait_until_healthy(api_url, process, log_path)
+        yield api_url
+    finally:
+        stop_process_group(process.pid)

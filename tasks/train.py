@@ -8,7 +8,6 @@ per-epoch history is kept next to it so the resumed run reports every epoch.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib.util
 import json
 import logging
@@ -30,7 +29,7 @@ from pydantic import BaseModel
 from cxr import CLASSES, faults
 from cxr.caching import ContentKey, code_version, sha256_text, stable_json
 from cxr.errors import DataError, ModelError
-from cxr.files import write_atomically
+from cxr.files import sha256_file, write_atomically
 from cxr.state import state_dir
 from tasks.batches import BatchesResult, load_split, make_dataset
 
@@ -74,9 +73,7 @@ class TrainResult(BaseModel):
         """Whether the saved model is still there, byte for byte, with its metadata."""
         model = Path(self.model_path)
         return (
-            model.is_file()
-            and Path(self.metadata_path).is_file()
-            and _file_sha256(model) == self.model_sha256
+            model.is_file() and Path(self.metadata_path).is_file() and sha256_file(model) == self.model_sha256
         )
 
 
@@ -271,7 +268,7 @@ def train_model(
 
     return TrainResult(
         model_path=str(model_path),
-        model_sha256=_file_sha256(model_path),
+        model_sha256=sha256_file(model_path),
         metadata_path=str(metadata_path),
         model_name=model_name,
         image_size=batches.image_size,
@@ -388,14 +385,6 @@ def _binary_metrics(
         "threshold": choice.threshold,
         "n": float(len(is_pneumonia)),
     }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:

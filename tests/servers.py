@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from unittest import mock
 
-from cxr.server import DEFAULT_HOST, server_url, start_prefect_server, stop_process_group, wait_until_healthy
+from cxr.server import stop_process_group, temporary_prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -28,27 +27,15 @@ STATE_VARIABLES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((DEFAULT_HOST, 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def prefect_server(home: Path) -> Iterator[str]:
     """A `prefect server start` subprocess with its database in `home`; yields its API URL."""
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = home / "server.log"
-    port = free_port()
-    api_url = f"{server_url(port)}/api"
     # A queued run retries for a free concurrency slot after 3 s instead of the default 30 s.
-    with mock.patch.dict(os.environ, {"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3"}):
-        process = start_prefect_server(port, DEFAULT_HOST, home=home, log_path=log_path)
-    try:
-        wait_until_healthy(api_url, process, log_path)
+    with (
+        mock.patch.dict(os.environ, {"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3"}),
+        temporary_prefect_server(home) as api_url,
+    ):
         yield api_url
-    finally:
-        stop_process_group(process.pid)
 
 
 @contextmanager

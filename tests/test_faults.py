@@ -102,6 +102,23 @@ def _versions(world: SimpleNamespace) -> list[dict]:
 # 1. Transient I/O -------------------------------------------------------------------------------
 
 
+def _ingest_and_split(world):
+    """The world's data ingested and split outside any flow."""
+    from tasks.ingest import ingest_folder
+    from tasks.split import split_manifest
+
+    ingested = ingest_folder(world.data, world.home / "ingest", min_side=world.config.min_image_side)
+    return split_manifest(
+        Path(ingested.manifest_path),
+        world.home / "split",
+        valid_fraction=0.15,
+        test_fraction=0.15,
+        seed=0,
+        keep_official_test=False,
+        min_images_per_class=2,
+    )
+
+
 def test_transient_read_errors_are_retried_and_change_nothing(prefect_harness, world, monkeypatch):
     """The first image read fails with EIO: ingest retries (after its 2 s delay) and the run's data is
     exactly that of a clean ingest. Checked: without the TRANSIENT_ERRNOS re-raise in cxr/imaging.py the
@@ -124,19 +141,8 @@ def test_batches_task_retries_transient_read_errors(prefect_harness, world, monk
     """Two failed reads, then the third attempt of `batches` (retries=2) writes the same arrays as a clean
     run. Checked: with `retries=0` in tasks/batches.py this raises the injected OSError."""
     from tasks import batches as batches_stage
-    from tasks.ingest import ingest_folder
-    from tasks.split import split_manifest
 
-    ingested = ingest_folder(world.data, world.home / "ingest", min_side=world.config.min_image_side)
-    split = split_manifest(
-        Path(ingested.manifest_path),
-        world.home / "split",
-        valid_fraction=0.15,
-        test_fraction=0.15,
-        seed=0,
-        keep_official_test=False,
-        min_images_per_class=2,
-    )
+    split = _ingest_and_split(world)
     clean = batches_stage.materialise_batches(split.split_path, world.home / "clean-batches", image_size=32)
     monkeypatch.setenv(faults.ENV_VAR, "read_image:2")
     fast_retries = batches_stage.batches.with_options(retry_delay_seconds=0, refresh_cache=True)
@@ -324,19 +330,8 @@ def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monk
     one), no checksum vouches for anything, and a later call with space writes verified arrays.
     Checked: without the `finally: unlink` in cxr.files.write_atomically the .tmp file remains."""
     from tasks import batches as batches_stage
-    from tasks.ingest import ingest_folder
-    from tasks.split import split_manifest
 
-    ingested = ingest_folder(world.data, world.home / "ingest", min_side=world.config.min_image_side)
-    split = split_manifest(
-        Path(ingested.manifest_path),
-        world.home / "split",
-        valid_fraction=0.15,
-        test_fraction=0.15,
-        seed=0,
-        keep_official_test=False,
-        min_images_per_class=2,
-    )
+    split = _ingest_and_split(world)
     real_save = np.save
 
     def save_until_disk_full(handle, array):  # noqa: ANN001

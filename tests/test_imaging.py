@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from cxr.imaging import BadImage, check_file, inspect_image, load_greyscale, sha256_file
+from tests.imagefiles import png_declaring
 
 # A 40x48 grey ramp using the whole 0..255 range, so range-scaling leaves it unchanged.
 GREY = np.linspace(0, 255, 40 * 48).round().astype(np.uint8).reshape(40, 48)
@@ -22,18 +21,6 @@ def write_noise_jpeg(path: Path, *, width: int = 48, height: int = 40, seed: int
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-    return path
-
-
-def png_declaring(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims width x height (the pixel data is a few bytes)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
 
 

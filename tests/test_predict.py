@@ -7,8 +7,6 @@ have a known right answer without training.
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import keras
@@ -18,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cxr import CLASSES
+from tests.imagefiles import png_declaring
 
 SIZE = 32
 THRESHOLD = 0.5
@@ -62,18 +61,6 @@ def blob_image(size: int, *, blob: bool, corner: tuple[int, int] = (0, 0)) -> np
 def write_png(path: Path, pixels: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
-    return path
-
-
-def png_declaring(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb's signature)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
 
 
