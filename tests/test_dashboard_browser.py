@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cxr.config import RetrainConfig
-from cxr.server import api_url_if_running, ensure_dashboard, pid_file, stop_dashboard
-from tests.servers import REPO, free_port
+from cxr.server import api_url_if_running, ensure_dashboard, free_port, pid_file, stop_dashboard
+from tests.servers import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "test-output"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from cxr.watch import DATA_ARRIVED_EVENT, emit_data_arrived, inbox_resource_id, watch_inbox
+from cxr.watch import DATA_ARRIVED_EVENT, inbox_resource_id
 from deployments.serve import EVENT_DATA_DIR, NIGHTLY, ON_NEW_DATA
 from tests.servers import REPO, prefect_server, serving, wait_for
 
@@ -147,12 +150,31 @@ def test_both_deployments_are_registered_with_schedule_trigger_and_limit(served,
         assert deployment.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
 
 
-def test_new_files_in_an_inbox_start_exactly_one_run(served, client, tiny_dataset, tmp_path):
+def _in_another_process(api_url: str, command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` against the test server: this process's event worker may still point elsewhere."""
+    environment = {**os.environ, "PREFECT_API_URL": api_url}
+    return subprocess.run(
+        command, check=True, env=environment, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def _emit_from_another_process(api_url: str, inbox: Path, new_files: int) -> None:
+    code = f"from pathlib import Path; from cxr.watch import emit_data_arrived; emit_data_arrived(Path({str(inbox)!r}), {new_files})"
+    _in_another_process(api_url, [sys.executable, "-c", code])
+
+
+def test_new_files_in_an_inbox_start_exactly_one_run(served, client, api_url, tiny_dataset, tmp_path):
     inbox = tmp_path / "inbox"
     shutil.copytree(tiny_dataset, inbox)
 
-    assert watch_inbox(inbox, settle_s=1.0, poll_s=0.2, once=True, timeout_s=60) == 1
-    emit_data_arrived(inbox, 1)  # a second burst inside the debounce window: no second run
+    # `cxr watch` in its own process, as users run it: one event once the copied files have settled.
+    watcher = _in_another_process(
+        api_url,
+        [sys.executable, "-m", "cxr.cli", "watch", str(inbox), "--settle", "1", "--poll", "0.2", "--once"],
+    )
+    assert watcher.stdout.strip().endswith("emitted 1 cxr.data.arrived event(s)")
+    # A second burst inside the debounce window, announced by another process (as `cxr watch` would).
+    _emit_from_another_process(api_url, inbox, 1)
 
     _wait_for_completed_runs(client, served[ON_NEW_DATA], count=1)
     time.sleep(2)  # give a (wrong) second run time to appear
@@ -164,16 +186,16 @@ def test_new_files_in_an_inbox_start_exactly_one_run(served, client, tiny_datase
     assert _run_name_pattern("new-data").fullmatch(run.name)
     assert {"metrics", "training-history"} <= _artifact_keys(client, run)
     # Both events reached the server (the second may still be in flight under load).
-    wait_for(lambda: len(_arrived_events(client, inbox)) == 2, timeout_s=30, what="both arrival events")
+    wait_for(lambda: len(_arrived_events(client, inbox)) == 2, timeout_s=60, what="both arrival events")
 
 
-def test_back_to_back_triggers_run_one_after_the_other(served, client, tiny_dataset, tmp_path):
+def test_back_to_back_triggers_run_one_after_the_other(served, client, api_url, tiny_dataset, tmp_path):
     from prefect.deployments import run_deployment
 
     before = len(_runs_of(client, served[ON_NEW_DATA]))
     for name in ("left", "right"):
         shutil.copytree(tiny_dataset, tmp_path / name)
-        emit_data_arrived(tmp_path / name, 40)
+        _emit_from_another_process(api_url, tmp_path / name, 40)
     run_deployment(f"retrain/{NIGHTLY}", timeout=0)
 
     runs = _wait_for_completed_runs(client, served[ON_NEW_DATA], count=before + 2)
