@@ -15,7 +15,8 @@ import pandas as pd
 from cxr.caching import sha256_text
 from cxr.config import RetrainConfig
 from cxr.errors import DataError
-from cxr.registry import load_model_with_metadata, resolve_model, sha256_file
+from cxr.files import sha256_file
+from cxr.registry import load_model_with_metadata, resolve_model
 from cxr.state import state_dir
 from tasks.batches import materialise_batches
 from tasks.evaluate import evaluate_model
