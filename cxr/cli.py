@@ -105,6 +105,9 @@ def _print_training_summary(summary: dict[str, Any]) -> None:
     print(
         f"registered {summary['model_uri']} as {role}; reused cached tasks: {summary['cached_tasks'] or 'none'}"
     )
+    from cxr.state import cxr_home, default_tracking_uri
+
+    print(f"registry: {default_tracking_uri()}; state folder: {cxr_home()}")
     print("see it: `cxr models`, `cxr mlflow-ui` (registry) and `cxr dashboard` (Prefect runs)")
 
 
