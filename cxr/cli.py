@@ -13,6 +13,8 @@ from typing import Any
 from cxr.state import configure_environment, state_dir
 
 DEMO_SIZE = 256
+# Commands whose Prefect runs and events go to the local dashboard when one is up.
+RECORDED_COMMANDS = {"train", "predict", "serve", "watch"}
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -57,14 +59,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from cxr.config import RetrainConfig
-    from cxr.errors import DataError
+    from cxr.errors import DataError, ModelError
     from flows.retrain import retrain, task_runner_from_env
 
     data_dir = Path(args.data) if args.data else _demo_data_dir()
     if not data_dir.is_dir():
         raise DataError(f"data folder not found: {data_dir}")
+    backbone_weights = Path(args.backbone_weights) if args.backbone_weights else None
+    if backbone_weights is not None and not backbone_weights.is_file():
+        raise ModelError(f"backbone weights file not found: {backbone_weights}")
     overrides = {
         "model": args.model,
+        # Absolute, so the flow (maybe in a worker with another working folder) finds the same file.
+        "backbone_weights": str(backbone_weights.resolve()) if backbone_weights else None,
         "image_size": args.image_size,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -77,7 +84,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         trigger=args.trigger,
         **{key: value for key, value in overrides.items() if value is not None},
     )
-    _use_dashboard_if_running()
     started = time.perf_counter()
     flow = retrain.with_options(task_runner=task_runner_from_env())
     with tags(args.trigger):
@@ -143,7 +149,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from flows.predict import predict
 
-    _use_dashboard_if_running()
     summary = predict(
         paths=list(args.paths),
         model_uri=args.model,
@@ -215,7 +220,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flows.retrain import task_runner_from_env
 
     task_runner_from_env()  # served runs use it too: without prefect-dask, fail now rather than per run
-    _use_dashboard_if_running()
     data_dir = str(Path(args.data).resolve()) if args.data else str(_demo_data_dir())
     serve_deployments(
         data_dir, cron=args.cron, timezone=args.timezone, debounce_s=args.debounce, event_roots=args.data_root
@@ -226,7 +230,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from cxr.watch import watch_inbox
 
-    _use_dashboard_if_running()
     emitted = watch_inbox(Path(args.inbox), settle_s=args.settle, poll_s=args.poll, once=args.once)
     print(f"emitted {emitted} cxr.data.arrived event(s)")
     return 0
@@ -258,7 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data", help="image folder (Kaggle layout, NORMAL/PNEUMONIA folders or flat named files)"
     )
-    train.add_argument("--model", choices=["seed", "default"])
+    train.add_argument("--model", choices=["seed", "default", "mobilenet"])
+    train.add_argument(
+        "--backbone-weights",
+        metavar="FILE",
+        help="start the model's backbone from this weights file (.weights.h5; --model mobilenet only)",
+    )
     train.add_argument("--image-size", type=int)
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
@@ -340,13 +348,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         configure_environment()
+        if args.command in RECORDED_COMMANDS:
+            _use_dashboard_if_running()  # before Prefect is imported: it reads its settings once
         return args.handler(args)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:
         first = error.errors()[0]
-        print(f"error: invalid {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        message = first["msg"].removeprefix("Value error, ")
+        where = ".".join(map(str, first["loc"]))
+        print(f"error: invalid {where}: {message}" if where else f"error: {message}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:
         print(f"error: not found: {error.filename or error}", file=sys.stderr)

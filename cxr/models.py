@@ -3,22 +3,31 @@
 Preprocessing lives inside each model as registered layers (no Lambda), so a saved `.keras` file is
 self-contained and loads with `safe_mode=True`. Augmentation is separate (`build_augmentation`)
 because it belongs to the training input pipeline, not to the served model.
+
+Pretrained weights are never downloaded: a pretrained-capable model (`PRETRAINABLE_MODELS`) starts
+from random weights, or from a backbone weights file the user supplies (`backbone_weights=`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers, ops
 
 from cxr import CLASSES
+from cxr.config import PRETRAINABLE_MODELS  # models with a `BACKBONE_LAYER`
 from cxr.errors import ModelError
 
 PNEUMONIA_INDEX = CLASSES.index("pneumonia")
 # The smallest input every architecture can downsample without reaching zero size.
 MIN_IMAGE_SIZE = 16
+# MobileNetV3 halves the size five times and refuses inputs below 32 pixels.
+MIN_IMAGE_SIZES: dict[str, int] = {"mobilenet": 32}
+# The layer of a pretrained-capable model that `backbone_weights` are loaded into.
+BACKBONE_LAYER = "backbone"
 # VGG16 'caffe' preprocessing: ImageNet channel means in BGR order.
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
 # The AUC metric resolves probabilities from sigmoid(-16) ~ 1e-7 to 1 - 1e-7.
@@ -37,6 +46,21 @@ class GreyToVGG16(layers.Layer):
         rgb = ops.concatenate([inputs, inputs, inputs], axis=-1)
         bgr = ops.flip(rgb, axis=-1)
         return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEANS, dtype=bgr.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class GreyToRGB(layers.Layer):
+    """Grey (S, S, 1) -> three equal channels (S, S, 3), values unchanged.
+
+    For ImageNet-style backbones that take 0..255 RGB and rescale it themselves (MobileNetV3's own
+    `Rescaling` layer, `include_preprocessing=True`).
+    """
+
+    def call(self, inputs):
+        return ops.concatenate([inputs, inputs, inputs], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 3)
@@ -155,6 +179,36 @@ def _build_default(image_size: int, learning_rate: float, steps_per_epoch: int |
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.3, name="head_dropout")(x)
     model = keras.Model(inputs, _softmax_head(x), name="default")
+    _compile_with_warmup_cosine(model, learning_rate, steps_per_epoch, epochs)
+    return model
+
+
+def _build_mobilenet(image_size: int, learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
+    """MobileNetV3-Small (~0.94 M parameters without its ImageNet top) on the grey image as RGB.
+
+    Random weights (`weights=None`, nothing is downloaded); `build_model(backbone_weights=...)` loads
+    a user-supplied file into the backbone. Global average pooling, dropout, then the softmax head.
+    """
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = GreyToRGB(dtype="float32", name="grey_to_rgb")(inputs)
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=(image_size, image_size, 3),
+        include_top=False,
+        weights=None,
+        include_preprocessing=True,  # its own Rescaling: 0..255 -> -1..1
+        name=BACKBONE_LAYER,
+    )
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="head_dropout")(x)
+    model = keras.Model(inputs, _softmax_head(x), name="mobilenet")
+    _compile_with_warmup_cosine(model, learning_rate, steps_per_epoch, epochs)
+    return model
+
+
+def _compile_with_warmup_cosine(
+    model: keras.Model, learning_rate: float, steps_per_epoch: int | None, epochs: int | None
+) -> None:
     model.compile(
         optimizer=keras.optimizers.AdamW(
             learning_rate=_warmup_cosine(learning_rate, steps_per_epoch, epochs),
@@ -164,7 +218,6 @@ def _build_default(image_size: int, learning_rate: float, steps_per_epoch: int |
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.05),
         metrics=_metrics(),
     )
-    return model
 
 
 def _warmup_cosine(learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
@@ -186,8 +239,12 @@ def _warmup_cosine(learning_rate: float, steps_per_epoch: int | None, epochs: in
 
 
 _Builder = Callable[[int, float, int | None, int | None], keras.Model]
-_BUILDERS: dict[str, _Builder] = {"seed": _build_seed, "default": _build_default}
-DEFAULT_LEARNING_RATES: dict[str, float] = {"seed": 1e-4, "default": 1e-3}
+_BUILDERS: dict[str, _Builder] = {
+    "seed": _build_seed,
+    "default": _build_default,
+    "mobilenet": _build_mobilenet,
+}
+DEFAULT_LEARNING_RATES: dict[str, float] = {"seed": 1e-4, "default": 1e-3, "mobilenet": 1e-3}
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
@@ -203,19 +260,42 @@ def build_model(
     learning_rate: float | None = None,
     steps_per_epoch: int | None = None,
     epochs: int | None = None,
+    backbone_weights: str | Path | None = None,
 ) -> keras.Model:
     """A compiled model `name` for (image_size, image_size, 1) inputs.
 
     `learning_rate=None` uses the model's own default. `steps_per_epoch` and `epochs` give the
     default model its warm-up + cosine schedule; build inside a distribution strategy's scope if any.
+    `backbone_weights`: a weights file (e.g. `backbone.save_weights("b.weights.h5")`) loaded into the
+    backbone of a model in `PRETRAINABLE_MODELS`.
     """
     _check_name(name)
-    if image_size < MIN_IMAGE_SIZE:
-        raise ModelError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
+    min_size = MIN_IMAGE_SIZES.get(name, MIN_IMAGE_SIZE)
+    if image_size < min_size:
+        raise ModelError(f"image_size must be at least {min_size} pixels for {name!r}, got {image_size}")
     rate = DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
     if rate <= 0:
         raise ModelError(f"learning_rate must be positive, got {rate}")
-    return _BUILDERS[name](image_size, rate, steps_per_epoch, epochs)
+    if backbone_weights is not None and name not in PRETRAINABLE_MODELS:
+        raise ModelError(
+            f"model {name!r} has no pretrained backbone; backbone weights work with: {', '.join(PRETRAINABLE_MODELS)}"
+        )
+    model = _BUILDERS[name](image_size, rate, steps_per_epoch, epochs)
+    if backbone_weights is not None:
+        _load_backbone_weights(model.get_layer(BACKBONE_LAYER), Path(backbone_weights))
+    return model
+
+
+def _load_backbone_weights(backbone: keras.Model, path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"backbone weights file not found: {path}")
+    try:
+        backbone.load_weights(path)
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        raise ModelError(
+            f"cannot load backbone weights {path} into {backbone.name!r} "
+            f"(expected a Keras .weights.h5 file saved from the same backbone): {error}"
+        ) from error
 
 
 def build_augmentation(name: str, *, seed: int | None = None) -> keras.Sequential | None:

@@ -89,6 +89,7 @@ def retrain(config: RetrainConfig) -> dict:
         seed=config.seed,
         patience=config.early_stopping_patience,
         target_sensitivity=config.target_sensitivity,
+        backbone_weights=config.backbone_weights,
     )
     evaluation = run(evaluate.evaluate, trained.model_path, trained.model_sha256, data)
     lineage = {

@@ -159,10 +159,12 @@ def train_model(
     checkpoint_dir: Path,
     tensorboard_dir: Path | None = None,
     progress: ProgressCallback | None = None,
+    backbone_weights: str | None = None,
 ) -> TrainResult:
     """Train `model_name` on the train split; write `model.keras` + `model.json` into `out_dir`.
 
-    Early stopping watches the validation AUC and keeps the best epoch's weights. A backup in
+    `backbone_weights`: a user-supplied weights file the model's backbone starts from (see
+    `cxr.models.build_model`). Early stopping watches the validation AUC and keeps the best epoch's weights. A backup in
     `checkpoint_dir` from an interrupted run with the same inputs is resumed; it is deleted on success.
     `progress(epoch, logs)` is called after each epoch (1-based epoch numbers).
     """
@@ -192,6 +194,7 @@ def train_model(
             learning_rate=learning_rate,
             steps_per_epoch=steps_per_epoch,
             epochs=epochs,
+            backbone_weights=backbone_weights,
         )
     train_data = make_dataset(
         train_images,
@@ -259,6 +262,8 @@ def train_model(
         "best_epoch": best_epoch,
         "seed": seed,
         "batches_digest": batches.digest,
+        "backbone_weights": backbone_weights,
+        "backbone_weights_sha256": backbone_weights_digest(backbone_weights),
         "device": device.model_dump(),
         "valid_metrics": valid_metrics,
     }
@@ -404,9 +409,19 @@ def run_digest(batches: BatchesResult, **settings: Any) -> str:
     return sha256_text(stable_json(payload))[:16]
 
 
+def backbone_weights_digest(path: str | None) -> str | None:
+    """SHA-256 of a backbone weights file, so replacing the file at the same path retrains (None: no file)."""
+    if path is None or not Path(path).is_file():
+        return None  # a missing file fails in build_model, with a clear ModelError
+    return sha256_file(Path(path))
+
+
 @task(
     name="train",
-    cache_policy=ContentKey(modules=("cxr.models", "cxr.device")),
+    cache_policy=ContentKey(
+        modules=("cxr.models", "cxr.device"),
+        fingerprint=lambda inputs: str(backbone_weights_digest(inputs.get("backbone_weights"))),
+    ),
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,  # a retry resumes from the last finished epoch
@@ -420,6 +435,7 @@ def train(
     seed: int,
     patience: int,
     target_sensitivity: float,
+    backbone_weights: str | None = None,
 ) -> TrainResult:
     """Train and save a model; see `train_model`."""
     from cxr.device import DeviceInfo
@@ -433,8 +449,9 @@ def train(
         "seed": seed,
         "patience": patience,
         "target_sensitivity": target_sensitivity,
+        "backbone_weights": backbone_weights,
     }
-    key = run_digest(batches, **settings)
+    key = run_digest(batches, **settings, backbone_weights_sha256=backbone_weights_digest(backbone_weights))
 
     def log_epoch(epoch: int, logs: dict[str, float]) -> None:
         shown = " ".join(f"{name}={value:.4f}" for name, value in sorted(logs.items()))

@@ -10,8 +10,10 @@ from sklearn.metrics import roc_auc_score
 from cxr.device import configure_devices, distribution_strategy, seed_everything
 from cxr.errors import ModelError
 from cxr.models import (
+    BACKBONE_LAYER,
     IMAGENET_BGR_MEANS,
     MODEL_NAMES,
+    GreyToRGB,
     GreyToVGG16,
     PerImageStandardization,
     PositiveClassAUC,
@@ -109,6 +111,91 @@ def test_default_model_builds_small_and_has_a_compact_size():
     assert rates[0] < rates[1] == pytest.approx(1e-3) and rates[2] < rates[1]  # warm-up, peak, decay
 
 
+def test_mobilenet_is_mobilenet_v3_small_on_the_grey_image_as_rgb():
+    for size in (32, 64):
+        model = build_model("mobilenet", size, steps_per_epoch=5, epochs=3)
+        assert [layer.name for layer in model.layers] == [
+            "image",
+            "grey_to_rgb",
+            BACKBONE_LAYER,
+            "gap",
+            "head_dropout",
+            "probabilities",
+        ]
+        backbone = model.get_layer(BACKBONE_LAYER)
+        assert backbone.input_shape == (None, size, size, 3)
+        # MobileNetV3's own preprocessing takes the 0..255 values GreyToRGB passes on.
+        rescaling = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Rescaling))
+        assert (rescaling.scale, rescaling.offset) == pytest.approx((1 / 127.5, -1.0))
+        probabilities = model.predict(_images(3, size), verbose=0)
+        assert probabilities.shape == (3, 2)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert 900_000 <= model.count_params() <= 1_000_000
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    with pytest.raises(ModelError, match="at least 32"):
+        build_model("mobilenet", 16)
+
+
+def test_grey_to_rgb_copies_the_grey_channel_unchanged():
+    grey = _images(2, 4)
+    rgb = np.asarray(GreyToRGB()(grey))
+    assert rgb.shape == (2, 4, 4, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], grey[..., 0])
+
+
+def test_backbone_weights_from_a_user_file_are_loaded(tmp_path):
+    source = build_model("mobilenet", 32).get_layer(BACKBONE_LAYER)
+    path = tmp_path / "b.weights.h5"
+    source.save_weights(path)
+    # Another size: convolution weights do not depend on it.
+    backbone = build_model("mobilenet", 64, backbone_weights=str(path)).get_layer(BACKBONE_LAYER)
+    for loaded, saved in zip(backbone.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, saved)
+    fresh = build_model("mobilenet", 32).get_layer(BACKBONE_LAYER)
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(fresh.get_weights(), source.get_weights(), strict=True)
+    )
+
+
+def test_missing_or_incompatible_backbone_weights_are_refused(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        build_model("mobilenet", 32, backbone_weights=tmp_path / "missing.weights.h5")
+    other = tmp_path / "default.weights.h5"
+    build_model("default", 32).save_weights(other)
+    garbage = tmp_path / "garbage.weights.h5"
+    garbage.write_bytes(b"not an HDF5 file")
+    for path in (other, garbage):
+        with pytest.raises(ModelError, match="cannot load backbone weights"):
+            build_model("mobilenet", 32, backbone_weights=path)
+    with pytest.raises(ModelError, match="no pretrained backbone"):
+        build_model("seed", 32, backbone_weights=other)
+
+
+def test_config_accepts_backbone_weights_only_for_pretrainable_models():
+    from pydantic import ValidationError
+
+    from cxr.config import RetrainConfig
+
+    config = RetrainConfig(data_dir="/data", model="mobilenet", backbone_weights="/w/b.weights.h5")
+    assert (config.image_size, config.epochs, config.batch_size) == (160, 8, 32)
+    assert RetrainConfig(data_dir="/data").backbone_weights is None
+    for model in ("seed", "default"):
+        with pytest.raises(ValidationError, match="backbone_weights only apply to mobilenet"):
+            RetrainConfig(data_dir="/data", model=model, backbone_weights="/w/b.weights.h5")
+
+
+def test_train_cache_key_follows_the_backbone_weights_content(tmp_path):
+    from tasks.train import backbone_weights_digest
+
+    path = tmp_path / "b.weights.h5"
+    path.write_bytes(b"first")
+    first = backbone_weights_digest(str(path))
+    path.write_bytes(b"second")  # same path, other weights: must not reuse the cached model
+    assert first != backbone_weights_digest(str(path)) and len(first) == 64
+    assert backbone_weights_digest(None) is None
+
+
 def test_output_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -127,6 +214,8 @@ def test_models_train_under_mixed_precision(name):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = build_model(name, 32, steps_per_epoch=2, epochs=1)
+        # Tracing MobileNetV3's graph takes ~25 s on a CPU; eagerly it runs the same float16 maths in ~3 s.
+        model.run_eagerly = name == "mobilenet"
         labels = keras.utils.to_categorical(np.arange(16) % 2, 2)
         history = model.fit(_images(16, 32), labels, batch_size=8, epochs=1, verbose=0)
     finally:
