@@ -5,8 +5,6 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from tasks.ingest import (
     parse_patient_id,
     scan_folder,
 )
+from tests.imagefiles import png_declaring
 
 
 def write_image(path: Path, seed: int, size: int = 40, fmt: str = "JPEG") -> Path:
@@ -68,7 +67,7 @@ def bad_corpus(tmp_path, monkeypatch) -> Path:
     data = write_image(tmp_path / "big.jpeg", seed=40, size=256).read_bytes()
     (pneumonia / "truncated.jpeg").write_bytes(data[: len(data) // 2])
     write_image(pneumonia / "tiny.jpeg", seed=41, size=16)
-    _png_declaring(pneumonia / "bomb.png", 50_000, 50_000)
+    png_declaring(pneumonia / "bomb.png", 50_000, 50_000)
     (pneumonia / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(200))
     unreadable = write_image(pneumonia / "locked.jpeg", seed=42)
     unreadable.chmod(0)
@@ -90,15 +89,6 @@ def bad_corpus(tmp_path, monkeypatch) -> Path:
     with open(bad_name, "wb") as handle:
         handle.write(write_image(tmp_path / "for-bad-name.jpeg", seed=60).read_bytes())
     return root
-
-
-def _png_declaring(path: Path, width: int, height: int) -> None:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
 
 
 def test_bad_corpus_every_reason_quarantined(bad_corpus, tmp_path):
