@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from cxr.config import RetrainConfig
     from cxr.errors import DataError, ModelError
-    from flows.retrain import retrain, task_runner_from_env
+    from flows.retrain import retrain
 
     data_dir = Path(args.data) if args.data else _demo_data_dir()
     if not data_dir.is_dir():
@@ -85,9 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{key: value for key, value in overrides.items() if value is not None},
     )
     started = time.perf_counter()
-    flow = retrain.with_options(task_runner=task_runner_from_env())
     with tags(args.trigger):
-        summary = flow(config)
+        summary = retrain(config)
     summary["duration_s"] = round(time.perf_counter() - started, 2)
     if args.json:
         _print_json(summary)

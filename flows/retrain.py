@@ -60,7 +60,7 @@ def retrain_run_name() -> str:
     flow_run_name=retrain_run_name,
     persist_result=True,
     # Chosen when this module is imported, so served runs (a fresh process importing the flow by
-    # module path) honour $CXR_DASK_ADDRESS too; `cxr train` re-reads it via `with_options`.
+    # module path) honour $CXR_DASK_ADDRESS as `cxr train` does (it imports the flow when it runs).
     task_runner=task_runner_from_env(),
 )
 def retrain(config: RetrainConfig) -> dict:

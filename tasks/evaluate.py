@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from cxr import CLASSES
@@ -330,18 +330,6 @@ def champion_scorer_for(
     return lambda model_uri: score_model(model_uri, *_load_split(batches, split), tracking_uri)
 
 
-def _run_logger():  # noqa: ANN202
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        import logging
-
-        return logging.getLogger(__name__)
-
-
 def publish_evaluation(result: EvaluationResult) -> None:
     """Prefect artifacts: the metrics table, the report with embedded plots, and one image per plot."""
     from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
@@ -371,7 +359,7 @@ def evaluate(model_path: str, model_sha256: str, batches: BatchesResult) -> Eval
     if result.model_sha256 != model_sha256:
         raise ModelError(f"{model_path} changed since training (sha256 {result.model_sha256[:12]})")
     metrics = result.metrics
-    _run_logger().info(
+    get_run_logger().info(
         "test AUC %s, sensitivity %s, specificity %s on %d images",
         _fmt(metrics["auc"]),
         _fmt(metrics["sensitivity"]),

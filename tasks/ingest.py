@@ -36,8 +36,9 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from cxr import CLASSES
-from cxr.caching import ContentKey
+from cxr.caching import ContentKey, sha256_text
 from cxr.errors import CxrError, DataError
+from cxr.files import write_atomically
 from cxr.imaging import (
     CONTENT_FAILURES,
     BadImage,
@@ -411,14 +412,14 @@ def assemble_manifest(plan: IngestPlan, checks: Iterable[FileCheck], *, check_s:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path, quarantine_path = out_dir / MANIFEST_NAME, out_dir / QUARANTINE_NAME
     quarantine_frame = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).sort_values("path", kind="stable")
-    _write_atomic(quarantine_path, lambda tmp: quarantine_frame.to_csv(tmp, index=False))
+    write_atomically(quarantine_path, lambda tmp: quarantine_frame.to_csv(tmp, index=False))
     if manifest.empty:
         reasons = dict(Counter(row["reason"] for row in quarantine).most_common())
         raise DataError(
             f"no usable images in {plan.data_dir}: all {plan.files_found} files quarantined {reasons} "
             f"(see {quarantine_path})"
         )
-    _write_atomic(manifest_path, lambda tmp: manifest.to_parquet(tmp, index=False))
+    write_atomically(manifest_path, lambda tmp: manifest.to_parquet(tmp, index=False))
 
     per_source_split: dict[str, dict[str, int]] = defaultdict(dict)
     for (split, label), count in manifest.groupby(["source_split", "label"], dropna=False).size().items():
@@ -554,17 +555,6 @@ def _manifest_frame(
     return frame.astype({"width": "int64", "height": "int64", "size_bytes": "int64", "mtime_ns": "int64"})
 
 
-def _write_atomic(path: Path, write) -> None:  # noqa: ANN001 - a callable taking the temporary path
-    """Write via a temporary sibling and rename, so a retried or killed run never leaves half a file."""
-    # The pid keeps two concurrent runs on the same folder from writing into one temporary file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no half file behind
-
-
 def data_dir_fingerprint(data_dir: Path | str) -> str:
     """Digest of the folder's listing (relative path, size, mtime_ns of every file), not its bytes."""
     digest = hashlib.sha256()
@@ -602,7 +592,7 @@ def data_report_markdown(result: IngestResult) -> str:
 
 
 def _latest_index(data_dir: Path) -> Path:
-    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    key = sha256_text(str(data_dir.resolve()))[:16]
     return state_dir("manifests") / f"latest-{key}.txt"
 
 
@@ -662,7 +652,7 @@ def assemble_ingest(plan: IngestPlan, checks: list[list[FileCheck]]) -> IngestRe
     """
     logger = get_run_logger()
     result = assemble_manifest(plan, itertools.chain.from_iterable(checks))
-    _write_atomic(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
+    write_atomically(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
     logger.info(
         "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused",
         plan.data_dir,
