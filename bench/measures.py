@@ -295,12 +295,13 @@ def measure_orchestration(work: Path, sizes: Sizes) -> dict[str, Any]:
     up. A third, cached run is profiled with `-X importtime` to show what its start-up pays for.
     """
     from bench.data import DEMO_IMAGE_SIZE
-    from bench.orchestration import cxr_train, import_profile, import_seconds, prefect_server, run_times
+    from bench.orchestration import cxr_train, import_profile, import_seconds, run_times
     from cxr.demo_data import write_demo_dataset
+    from cxr.server import temporary_prefect_server
 
     data_dir = work / "rerun" / "chest_xray"
     write_demo_dataset(data_dir, n=sizes.rerun_images, size=DEMO_IMAGE_SIZE, seed=3)
-    with prefect_server(work / "prefect-server") as api_url:
+    with temporary_prefect_server(work / "prefect-server") as api_url:
         kwargs = {
             "api_url": api_url,
             "image_size": sizes.rerun_image_size,
