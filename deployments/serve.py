@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr.config import RetrainConfig
 from cxr.errors import DataError
-from cxr.watch import DATA_ARRIVED_EVENT, INBOX_RESOURCE_PREFIX
+from cxr.watch import DATA_ARRIVED_EVENT, DEFAULT_DEBOUNCE_S, INBOX_RESOURCE_PREFIX
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 NIGHTLY = "nightly"
 ON_NEW_DATA = "on-new-data"
 DEFAULT_CRON = "0 2 * * *"
-DEFAULT_DEBOUNCE_S = 600.0
 # Jinja template the server renders from the triggering event when it creates the flow run.
 EVENT_DATA_DIR = "{{ event.payload.data_dir }}"
 

@@ -47,7 +47,8 @@ def client(api_url):
 
 @pytest.fixture(scope="module")
 def served(api_url, client, tmp_path_factory, tiny_dataset):
-    """`serve_deployments` in a subprocess; yields {deployment name: deployment}."""
+    """`serve_deployments` in a subprocess; yields {deployment name: deployment} once both deployments and
+    the on-new-data automation are readable (serve registers them one after the other)."""
     home = tmp_path_factory.mktemp("serve-home")
     options = {
         "data_dir": str(tiny_dataset),
@@ -63,7 +64,7 @@ def served(api_url, client, tmp_path_factory, tiny_dataset):
         def registered():
             assert process.poll() is None, (home / "serve.log").read_text()
             found = {name: _deployment(client, name) for name in (NIGHTLY, ON_NEW_DATA)}
-            return found if all(found.values()) else None
+            return found if all(found.values()) and _automations(client, found[ON_NEW_DATA]) else None
 
         yield wait_for(registered, timeout_s=120, what="both deployments")
 
@@ -75,6 +76,10 @@ def _deployment(client, name):
         return client.read_deployment_by_name(f"retrain/{name}")
     except ObjectNotFound:
         return None
+
+
+def _automations(client, deployment):
+    return client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
 
 
 def _runs_of(client, deployment):
@@ -135,7 +140,7 @@ def test_both_deployments_are_registered_with_schedule_trigger_and_limit(served,
 
     assert on_new_data.schedules == []
     assert on_new_data.tags == ["new-data"]
-    [automation] = client.read_resource_related_automations(f"prefect.deployment.{on_new_data.id}")
+    [automation] = _automations(client, on_new_data)
     trigger = automation.trigger
     assert trigger.expect == {DATA_ARRIVED_EVENT}
     assert (trigger.threshold, trigger.within) == (1, timedelta(seconds=DEBOUNCE_S))
@@ -170,12 +175,14 @@ def test_new_files_in_an_inbox_start_exactly_one_run(served, client, api_url, ti
     # `cxr watch` in its own process, as users run it: one event once the copied files have settled.
     watcher = _in_another_process(
         api_url,
-        [sys.executable, "-m", "cxr.cli", "watch", str(inbox), "--settle", "1", "--poll", "0.2", "--once"],
+        [sys.executable, "-m", "cli.main", "watch", str(inbox), "--settle", "1", "--poll", "0.2", "--once"],
     )
     assert watcher.stdout.strip().endswith("emitted 1 cxr.data.arrived event(s)")
     # A second burst inside the debounce window, announced by another process (as `cxr watch` would).
     _emit_from_another_process(api_url, inbox, 1)
 
+    # Both events reached the server before the count is checked (the second may still be in flight).
+    wait_for(lambda: len(_arrived_events(client, inbox)) == 2, timeout_s=60, what="both arrival events")
     _wait_for_completed_runs(client, served[ON_NEW_DATA], count=1)
     time.sleep(2)  # give a (wrong) second run time to appear
     runs = _runs_of(client, served[ON_NEW_DATA])
@@ -185,8 +192,6 @@ def test_new_files_in_an_inbox_start_exactly_one_run(served, client, api_url, ti
     assert run.parameters["config"]["trigger"] == "new-data"
     assert _run_name_pattern("new-data").fullmatch(run.name)
     assert {"metrics", "training-history"} <= _artifact_keys(client, run)
-    # Both events reached the server (the second may still be in flight under load).
-    wait_for(lambda: len(_arrived_events(client, inbox)) == 2, timeout_s=60, what="both arrival events")
 
 
 def test_back_to_back_triggers_run_one_after_the_other(served, client, api_url, tiny_dataset, tmp_path):

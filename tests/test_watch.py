@@ -10,7 +10,7 @@ import pytest
 from cxr.errors import DataError
 from cxr.watch import inbox_resource_id, snapshot, watch_inbox
 
-FAST = {"settle_s": 0.4, "poll_s": 0.05}
+FAST = {"settle_s": 0.4, "poll_s": 0.05, "debounce_s": 0.0}
 
 
 class Recorder:
@@ -18,9 +18,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, int]] = []
+        self.times: list[float] = []
 
     def __call__(self, inbox, new_files: int) -> None:
         self.events.append((str(inbox), new_files))
+        self.times.append(time.time())
 
 
 def write_files(folder, names, *, pause_every: int = 0, pause_s: float = 0.0) -> None:
@@ -84,6 +86,48 @@ def test_keeps_watching_and_emits_once_per_settled_batch(tmp_path):
     writer.join()
     assert emitted == 2
     assert [count for _, count in recorder.events] == [1, 2]
+
+
+def test_files_inside_the_debounce_window_are_announced_when_it_ends(tmp_path):
+    """Trailing edge: later files are held, not dropped, and all of them go out in ONE event at the window's
+    end. Checked: emitting at once gives 3 events inside the window; dropping them gives 1."""
+    inbox = tmp_path / "inbox"
+    write_files(inbox, ["first.png"])
+    recorder = Recorder()
+
+    def two_more_inside_the_window() -> None:
+        time.sleep(0.7)  # the first event went out after settling (0.2 s)
+        write_files(inbox, ["second.png"])
+        time.sleep(0.5)
+        write_files(inbox, ["third.png"])
+
+    writer = threading.Thread(target=two_more_inside_the_window)
+    writer.start()
+    emitted = watch_inbox(inbox, timeout_s=5.0, emit=recorder, settle_s=0.2, poll_s=0.05, debounce_s=2.5)
+    writer.join()
+
+    assert emitted == 2
+    assert [count for _, count in recorder.events] == [1, 2]
+    assert recorder.times[1] - recorder.times[0] >= 2.5
+
+
+def test_a_restarted_watcher_keeps_the_debounce_window(tmp_path):
+    inbox = tmp_path / "inbox"
+    write_files(inbox, ["first.png"])
+    recorder = Recorder()
+    assert (
+        watch_inbox(inbox, once=True, timeout_s=5, emit=recorder, settle_s=0.1, poll_s=0.05, debounce_s=1.5)
+        == 1
+    )
+
+    write_files(inbox, ["second.png"])
+    # Restarted at once: it holds the new file until 1.5 s after the first event instead of announcing it now.
+    assert (
+        watch_inbox(inbox, once=True, timeout_s=5, emit=recorder, settle_s=0.1, poll_s=0.05, debounce_s=1.5)
+        == 1
+    )
+    assert [count for _, count in recorder.events] == [1, 1]
+    assert recorder.times[1] - recorder.times[0] >= 1.5
 
 
 def test_partial_and_hidden_files_are_not_data(tmp_path):
