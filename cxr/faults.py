@@ -11,6 +11,8 @@ Points used by the code base:
 - `kill_after_epoch:E` SIGKILL this process right after training epoch E is backed up
 - `kill_before_version:1` SIGKILL after the model is logged to MLflow, before its version is created
 - `pause_in_gate:S`   sleep S seconds between reading the champion and moving the alias
+- `hang_<point>:S`    block S seconds where `hang(point)` is called (`hang_read_image:600`: a stalled
+                      NFS read; `hang_registry:600`: a registry call that never returns)
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import time
 from collections import Counter
 
 ENV_VAR = "CXR_FAULTS"
+
+# A planned hang sleeps in slices this long: Prefect's timeout can only interrupt a worker thread
+# between Python calls, as it could a real stalled read that returns to Python now and then.
+HANG_SLICE_S = 0.1
 
 _hits: Counter[str] = Counter()
 _hits_lock = threading.Lock()
@@ -73,3 +79,13 @@ def pause(point: str) -> None:
     seconds = planned(point)
     if seconds:
         time.sleep(seconds)
+
+
+def hang(point: str) -> None:
+    """Block for the seconds planned as `hang_<point>:S` (a call that does not return), else return at once."""
+    seconds = planned(f"hang_{point}")
+    if not seconds:
+        return
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(HANG_SLICE_S, left))
