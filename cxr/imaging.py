@@ -8,6 +8,7 @@ with a short snake_case `reason` that ingest writes to its quarantine list.
 from __future__ import annotations
 
 import errno
+import io
 import struct
 import warnings
 import zlib
@@ -90,6 +91,24 @@ def load_greyscale(
     `size=None` keeps the native size. JPEGs much larger than `size` are decoded at reduced scale.
     """
     _, decoded = _decode(Path(path), draft_side=size, max_pixels=max_pixels)
+    return _grey_at_size(decoded, size)
+
+
+def decode_greyscale(
+    data: bytes, size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """`load_greyscale` for an encoded image held in memory (an upload); DICOM is told by its preamble."""
+    if not data:
+        raise BadImage("empty_file", "no bytes")
+    handle = io.BytesIO(data)
+    if data[128:132] == b"DICM":
+        _, decoded = _decode_dicom(handle, max_pixels=max_pixels)
+    else:
+        _, decoded = _decode_raster(handle, draft_side=size, max_pixels=max_pixels)
+    return _grey_at_size(decoded, size)
+
+
+def _grey_at_size(decoded: Image.Image, size: int | None) -> np.ndarray:
     image = _to_grey(decoded)
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
