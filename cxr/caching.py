@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
+from prefect.transactions import IsolationLevel
 
 from cxr import __version__
+from cxr.locking import cache_lock_manager
 
 
 def stable_json(value: Any) -> str:
@@ -59,10 +61,16 @@ class ContentKey(CachePolicy):
 
     `modules` lists the modules whose source decides the output (the task's own module is always
     included); `fingerprint` maps the task's inputs to a digest of content they point at.
+    Serializable: a task holds a lock on its key (in the state folder) while it computes, so an
+    identical run started at the same time waits for the result and reuses it.
     """
 
     modules: tuple[str, ...] = ()
     fingerprint: Callable[[dict[str, Any]], str] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.isolation_level = self.isolation_level or IsolationLevel.SERIALIZABLE
+        self.lock_manager = self.lock_manager or cache_lock_manager()
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:  # noqa: ANN001
         task = task_ctx.task

@@ -1,0 +1,90 @@
+"""Identical runs started together compute each cached result once: the second waits and reuses it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cxr.config import RetrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def isolated_registry(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_two_identical_runs_started_together_train_once(prefect_harness, tiny_dataset, isolated_registry):
+    """Checked: with ContentKey's isolation level left at Prefect's default (READ_COMMITTED) both runs
+    train, and the registry ends with two versions or one run fails on the model file the other rewrote."""
+    from cxr.registry import list_versions
+    from flows.retrain import retrain
+
+    # A seed of its own, so no earlier test's cached training can answer for both runs.
+    config = RetrainConfig(
+        data_dir=str(tiny_dataset), model="seed", image_size=32, epochs=1, batch_size=16, seed=23
+    )
+    start = threading.Barrier(2)
+    results: list[dict] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(retrain(config))
+        except BaseException as error:  # reported below with the other run's result
+            errors.append(error)
+
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(timeout=600)
+
+    assert not errors, errors
+    trained = [result for result in results if "train" not in result["cached_tasks"]]
+    assert len(trained) == 1, [result["cached_tasks"] for result in results]
+    assert results[0]["model_version"] == results[1]["model_version"]
+    assert results[0]["metrics"] == results[1]["metrics"]
+    assert len(list_versions("cxr-pneumonia", isolated_registry)) == 1
+
+
+def test_a_cache_lock_dies_with_its_holder(tmp_path, monkeypatch):
+    """A run killed while it computes leaves no stale lock (Prefect's FileSystemLockManager would)."""
+    from cxr.locking import cache_lock_manager
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    locks = cache_lock_manager()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cxr.locking import cache_lock_manager\n"
+            "cache_lock_manager().acquire_lock('k1', 'other')\n"
+            "print('held', flush=True); sys.stdin.read()\n",
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert locks.is_locked("k1")
+        assert locks.acquire_lock("k1", "me", acquire_timeout=0.3) is False
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert locks.wait_for_lock("k1", timeout=5)
+    assert locks.acquire_lock("k1", "me", acquire_timeout=0)
+    assert locks.is_lock_holder("k1", "me") and not locks.is_lock_holder("k1", "other")
+    locks.release_lock("k1", "me")
+    assert not locks.is_locked("k1")
