@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from cxr.errors import CxrError
+from cxr.quiet import quiet_native_logs
 
 
 def cxr_home() -> Path:
@@ -45,13 +46,13 @@ def configure_environment() -> None:
         "KERAS_HOME": str(home / "keras"),
         "MPLCONFIGDIR": str(home / "matplotlib"),
         "MPLBACKEND": "Agg",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         "MLFLOW_ARTIFACTS_DESTINATION": str(home / "mlflow" / "artifacts"),
         "GIT_PYTHON_REFRESH": "quiet",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    quiet_native_logs()  # TensorFlow's native log levels are read when it loads
     try:
         for sub in ("prefect", "keras", "matplotlib", "mlflow"):
             (home / sub).mkdir(parents=True, exist_ok=True)
