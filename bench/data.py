@@ -1,4 +1,4 @@
-"""The files every measure runs on: a writable working copy (synthetic, or sampled from a real folder)."""
+"""The files every measure runs on: a writable working copy (sampled from real X-rays, or synthetic)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,31 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
 DEMO_IMAGE_SIZE = 256  # like `cxr demo-data`: larger than the 224 px the models see, so resizing is real work
+# What users train on: the Kaggle training images, next to the repository when this machine has them.
+DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kaggle_train_224"
 
 
 @dataclass(frozen=True)
 class BenchData:
-    """`ingest_dir` is ingested in full and then grown by the files in `extra_dir`; `train_dir` trains."""
+    """`ingest_dir` is ingested in full and then grown by the files in `extra_dir`; `train_dir` trains
+    in-process, is predicted and shifted; `rerun_dir` (other files) is what `cxr train` trains on.
+    """
 
     ingest_dir: Path
     extra_dir: Path
     train_dir: Path
+    rerun_dir: Path
     source: str
 
 
-def prepare_data(work: Path, *, source: Path | None, ingest_images: int, train_images: int) -> BenchData:
+def default_source() -> Path | None:
+    """The Kaggle training folder when it is there, else None (synthetic data)."""
+    return DEFAULT_SOURCE if DEFAULT_SOURCE.is_dir() else None
+
+
+def prepare_data(
+    work: Path, *, source: Path | None, ingest_images: int, train_images: int, rerun_images: int
+) -> BenchData:
     """Create the working folders under `work` (0 images: that folder is skipped).
 
     The ingest folder comes with ~1 % extra files (in `extra_dir`) for the incremental ingest.
@@ -30,6 +42,7 @@ def prepare_data(work: Path, *, source: Path | None, ingest_images: int, train_i
         work / "ingest" / "chest_xray",
         work / "extra",
         work / "train" / "chest_xray",
+        work / "rerun" / "chest_xray",
         str(source.resolve()) if source else f"synthetic (cxr.demo_data, {DEMO_IMAGE_SIZE} px)",
     )
     if source is None:
@@ -41,16 +54,22 @@ def prepare_data(work: Path, *, source: Path | None, ingest_images: int, train_i
             _keep_first(data.extra_dir, extra)
         if train_images:
             write_demo_dataset(data.train_dir, n=train_images, size=DEMO_IMAGE_SIZE, seed=2)
+        if rerun_images:
+            write_demo_dataset(data.rerun_dir, n=rerun_images, size=DEMO_IMAGE_SIZE, seed=3)
         return data
     files = image_files(source)
-    if len(files) < max(ingest_images + extra, train_images):
+    if len(files) < max(ingest_images + extra, train_images + rerun_images):
         raise SystemExit(f"{source} holds {len(files)} images; the benchmark needs more")
     if ingest_images:
         chosen = _spread(files, ingest_images + extra)
         _copy(source, chosen[:ingest_images], data.ingest_dir)
         _copy(source, chosen[ingest_images:], data.extra_dir)
-    if train_images:
-        _copy(source, _spread(files, train_images), data.train_dir)
+    # Disjoint samples: the model `cxr train` registers is predicted and shifted on `train_dir`.
+    training = _spread(files, train_images) if train_images else []
+    _copy(source, training, data.train_dir)
+    if rerun_images:
+        chosen = set(training)
+        _copy(source, _spread([path for path in files if path not in chosen], rerun_images), data.rerun_dir)
     return data
 
 

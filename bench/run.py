@@ -7,6 +7,7 @@ main module, and the state folder must be set before Prefect or TensorFlow is im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -20,16 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-MEASURES = ("ingest", "pipelines", "default", "orchestration")
-# key -> (comparison, goal); ingest_vs_decode's goal depends on the cores used and is added per run.
-GOALS: dict[str, tuple[str, float]] = {
-    "pipeline_efficiency": (">=", 0.95),
-    "vs_tutorial_pipeline": (">=", 1.4),
-    "cached_rerun_ratio": ("<=", 0.03),
-    "incremental_ingest_ratio": ("<=", 0.05),
-    "flop_efficiency": (">=", 0.5),
-    "orchestration_overhead_s": ("<", 2.0),
-}
+from bench.sizes import PRESETS
+from bench.suite import GOALS, MEASURES, Context, selection
+
 # Variables that would point the benchmark at the user's own state instead of its throwaway one.
 _STATE_VARIABLES = (
     "PREFECT_API_URL",
@@ -43,22 +37,40 @@ _STATE_VARIABLES = (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 cores")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="full",
+        help="sizes: tiny (every measure in about a minute, for CI), quick (minutes), full (default)",
+    )
+    parser.add_argument("--quick", action="store_const", dest="preset", const="quick", help="--preset quick")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument(
-        "--data", type=Path, help="image folder to sample from (default: synthetic demo data)"
+        "--data",
+        type=Path,
+        help="image folder to sample from (default: ../shared/data/kaggle_train_224 when present, else "
+        "synthetic demo data)",
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="use synthetic demo data even when real is there"
     )
     parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--gpu", action="store_true", help="require a GPU and train in mixed precision")
-    parser.add_argument("--only", help=f"comma-separated subset of {','.join(MEASURES)}")
+    names = [measure.name for measure in MEASURES]
+    parser.add_argument(
+        "--only", help=f"comma-separated subset of {','.join(names)} (with the measures they need)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (printed on stderr)")
     for field in ("ingest_images", "train_images", "image_size", "default_image_size", "epochs", "repeats"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, help="override the preset's value")
     args = parser.parse_args(argv)
-    args.measures = tuple(args.only.split(",")) if args.only else MEASURES
-    unknown = set(args.measures) - set(MEASURES)
+    wanted = args.only.split(",") if args.only else names
+    unknown = set(wanted) - set(names)
     if unknown:
-        parser.error(f"unknown measure(s) {sorted(unknown)}; choose from {','.join(MEASURES)}")
+        parser.error(f"unknown measure(s) {sorted(unknown)}; choose from {','.join(names)}")
+    if args.data and args.synthetic:
+        parser.error("--data and --synthetic exclude each other")
+    args.measures = selection(wanted)
     return args
 
 
@@ -87,36 +99,50 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_benchmarks(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Run the selected measures in a fixed order and assemble the report."""
-    from bench.data import prepare_data
-    from bench.measures import FULL, QUICK, machine, peak_memory_mib
+    """Run the selected measures in MEASURES order (one Prefect server for all) and assemble the report."""
+    from bench.data import default_source, prepare_data
+    from bench.measures import machine, peak_memory_mib
 
     started = time.perf_counter()
     load_before = machine()["load_average_1m"]
-    sizes = _sizes(args, QUICK if args.quick else FULL)
-    trains_here = {"pipelines", "default"} & set(args.measures)
-    device = _configure_device(args.gpu) if trains_here or args.gpu else None
+    sizes = _sizes(args, PRESETS[args.preset])
+    names = {measure.name for measure in args.measures}
+    folders = set().union(*(measure.folders for measure in args.measures))
+    source = None if args.synthetic else args.data or default_source()
     data = prepare_data(
         work / "data",
-        source=args.data,
-        ingest_images=sizes.ingest_images if "ingest" in args.measures else 0,
-        train_images=sizes.train_images if set(args.measures) - {"ingest"} else 0,
+        source=source,
+        ingest_images=sizes.ingest_images if "ingest" in folders else 0,
+        train_images=sizes.train_images if "train" in folders else 0,
+        rerun_images=sizes.rerun_images if "rerun" in folders else 0,
     )
-    results: dict[str, Any] = {}
-    for name in args.measures:
-        _log(f"measuring {name} ...")
-        measure_started = time.perf_counter()
-        results.update(_MEASURE_FUNCTIONS[name](data, work / name, sizes))
-        _log(f"{name} done in {time.perf_counter() - measure_started:.1f} s")
-    if "train_seed_gflop_s" in results and "matmul_gflop_s" in results:
-        results["seed_flop_efficiency"] = round(results["train_seed_gflop_s"] / results["matmul_gflop_s"], 3)
+    with contextlib.ExitStack() as stack:
+        api_url = None
+        if any(measure.server for measure in args.measures):
+            from cxr.server import temporary_prefect_server
+
+            # Set before Prefect is imported here, and inherited by `cxr` and Dask worker processes.
+            api_url = stack.enter_context(temporary_prefect_server(work / "prefect-server"))
+            os.environ["PREFECT_API_URL"] = api_url
+        trains_here = names & {"pipelines", "default", "flops", "predict"}
+        device = _configure_device(args.gpu) if trains_here or args.gpu else None
+        context = Context(data, work, sizes, workers=os.cpu_count() or 1, api_url=api_url)
+        for measure in args.measures:
+            _log(f"measuring {measure.name} ...")
+            measure_started = time.perf_counter()
+            context.work = work / measure.name
+            context.results.update(measure.run(context))
+            _log(f"{measure.name} done in {time.perf_counter() - measure_started:.1f} s")
+    results = context.results
     return {
         "results": results,
         "goals": goal_table(results),
+        "measures": [measure.name for measure in args.measures],
         "peak_memory_mib": peak_memory_mib(),
         "machine": {**machine(), "load_average_1m_at_start": load_before},
         "device": device,
         "data_source": data.source,
+        "preset": args.preset,
         "sizes": dataclasses.asdict(sizes),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": args.command,
@@ -141,40 +167,6 @@ def goal_table(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "met": bool(met and math.isfinite(value)),
         }
     return table
-
-
-def _measure_ingest(data, work: Path, sizes) -> dict[str, Any]:
-    from bench.measures import measure_ingest
-
-    return measure_ingest(data, work, workers=os.cpu_count() or 1)
-
-
-def _measure_pipelines(data, work: Path, sizes) -> dict[str, Any]:
-    from bench.measures import measure_pipelines, prepare_training_data
-
-    training = prepare_training_data(data.train_dir, work, [sizes.image_size])
-    return measure_pipelines(training[sizes.image_size], work, sizes)
-
-
-def _measure_default(data, work: Path, sizes) -> dict[str, Any]:
-    from bench.measures import measure_default_model, prepare_training_data
-
-    training = prepare_training_data(data.train_dir, work, [sizes.default_image_size])
-    return measure_default_model(training[sizes.default_image_size], sizes)
-
-
-def _measure_orchestration(data, work: Path, sizes) -> dict[str, Any]:  # noqa: ARG001 - own demo data
-    from bench.measures import measure_orchestration
-
-    return measure_orchestration(work, sizes)
-
-
-_MEASURE_FUNCTIONS = {
-    "ingest": _measure_ingest,
-    "pipelines": _measure_pipelines,
-    "default": _measure_default,
-    "orchestration": _measure_orchestration,
-}
 
 
 def _sizes(args: argparse.Namespace, preset):

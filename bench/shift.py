@@ -15,10 +15,15 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
+
+from bench.data import image_files
+from bench.orchestration import CHAMPION
+from bench.suite import Context
 
 Shift = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -64,6 +69,34 @@ def write_shifted(test_rows: pd.DataFrame, out: Path, shift: Shift | None, seed:
             image = shift(image, rng)
         image.save(folder / f"{Path(row.path).stem}.png")
     return out
+
+
+def measure_shift(context: Context) -> dict[str, Any]:
+    """The champion `cxr train` registered, scored on `train_dir` (images it never trained on) under
+    each shift: the worst AUC, sensitivity and specificity, and the AUC lost to the worst shift.
+    """
+    from cxr.scoring import evaluate_folder
+
+    paths = image_files(context.data.train_dir)
+    rows = pd.DataFrame(
+        {"path": list(map(str, paths)), "label": [path.parent.name.lower() for path in paths]}
+    )
+    metrics = {
+        name: evaluate_folder(CHAMPION, write_shifted(rows, context.work / name, shift))["metrics"]
+        for name, shift in SHIFTS.items()
+    }
+    worst = {
+        key: min(values[key] for values in metrics.values()) for key in ("auc", "sensitivity", "specificity")
+    }
+    return {
+        "shift_auc_none": round(metrics["none"]["auc"], 4),
+        "shift_auc_worst": round(worst["auc"], 4),
+        "shift_auc_drop": round(metrics["none"]["auc"] - worst["auc"], 4),
+        "shift_sensitivity_worst": round(worst["sensitivity"], 4),
+        "shift_specificity_worst": round(worst["specificity"], 4),
+        "shift_files": len(paths),
+        "shift_metrics": metrics,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
