@@ -91,17 +91,26 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def image_from_cell(value: Any, size: int) -> np.ndarray:  # noqa: ANN401 - whatever a DataFrame cell holds
-    """One cell of the `image` column as a (size, size) float32 image; BadImage says why not."""
+    """One cell of the `image` column as a (size, size) float32 image; BadImage says why not.
+
+    Text is base64 (what JSON clients send); so are bytes that are valid base64 (MLflow's server
+    hands `{"inputs": ...}` payloads over undecoded), since no image file is valid base64.
+    """
     if isinstance(value, str):
-        try:
-            value = base64.b64decode(value)
-        except (binascii.Error, ValueError) as error:
-            raise BadImage("not_an_image", "a text cell must hold base64-encoded image bytes") from error
+        value = value.encode()
     if isinstance(value, bytes | bytearray | memoryview):
-        return decode_greyscale(bytes(value), size).astype(np.float32)
+        data = bytes(value)
+        return decode_greyscale(_base64_payload(data) or data, size).astype(np.float32)
     if value is None or (isinstance(value, float) and np.isnan(value)):
         raise BadImage("missing", "empty cell")
     return grey_from_array(value, size)
+
+
+def _base64_payload(data: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(b"".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 class PneumoniaModel(mlflow.pyfunc.PythonModel):

@@ -22,7 +22,8 @@ ISOLATION_CHECK = (
     f"leaked = [name for name in {REPO_PACKAGES!r} if importlib.util.find_spec(name) is not None]\n"
     "assert not leaked, f'repository packages importable: {leaked}'\n"
 )
-# Console scripts MLflow runs by name (`mlflow models serve` starts `uvicorn` from PATH).
+# Console scripts MLflow runs by name (`mlflow models serve` starts `uvicorn` from PATH); each checks
+# isolation before it starts, so a server whose workers could import the repository never comes up.
 CONSOLE_SCRIPTS = {"mlflow": "mlflow.cli:cli", "uvicorn": "uvicorn.main:main"}
 
 
@@ -36,7 +37,7 @@ def isolated_python(root: Path) -> Path:
         module, function = target.split(":")
         script = root / "bin" / name
         script.write_text(
-            f"#!{python}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
+            f"#!{python}\n{ISOLATION_CHECK}import sys\nfrom {module} import {function}\nsys.exit({function}())\n"
         )
         script.chmod(0o755)
     return python

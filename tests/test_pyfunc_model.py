@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import urllib.error
+import urllib.request
 from importlib.metadata import version as package_version
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +28,9 @@ from cxr.pyfunc_model import (
     image_from_cell,
     operating_points,
 )
-from tests.isolated import isolated_python, run_isolated
+from cxr.server import free_port, stop_process_group
+from tests.isolated import isolated_env, isolated_python, run_isolated
+from tests.servers import wait_for
 from tests.test_imaging import write_dicom
 
 SIZE = 32
@@ -114,6 +119,7 @@ def test_cells_accept_arrays_and_base64():
     assert np.array_equal(image_from_cell(grey, SIZE), from_png)
     assert np.array_equal(image_from_cell(grey[..., None], SIZE), from_png)
     assert np.array_equal(image_from_cell(base64.b64encode(png_bytes(grey)).decode(), SIZE), from_png)
+    assert np.array_equal(image_from_cell(base64.encodebytes(png_bytes(grey)), SIZE), from_png)
     assert np.allclose(image_from_cell(grey.astype(np.float32), SIZE), from_png, atol=1)
     assert image_from_cell(np.stack([grey] * 3, axis=-1), SIZE).shape == (SIZE, SIZE)
     for bad in (np.zeros((2, 3, 4, 5)), np.full((8, 8), 300.0), np.full((8, 8), np.nan), np.array([["a"]])):
@@ -234,3 +240,58 @@ def test_isolated_python_cannot_import_the_repo(tmp_path):
     assert "ok" in run_isolated(python, "import mlflow\nprint('ok')\n", cwd=tmp_path / "cwd")
     with pytest.raises(AssertionError, match="repository packages importable"):
         run_isolated(python, "", cwd=tmp_path / "elsewhere")
+
+
+def _answers_ping(port: int, process: subprocess.Popen, log: Path) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"mlflow models serve exited {process.returncode}:\n{log.read_text()[-4000:]}")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _invoke(port: int, body: dict) -> list[dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())["predictions"]
+
+
+def test_mlflow_models_serve_answers_like_cxr_predict_without_the_repo(champion, images, tmp_path):
+    """`mlflow models serve --env-manager local` from an environment that cannot import this repository."""
+    python = isolated_python(tmp_path / "venv")
+    port = free_port()
+    env = {**isolated_env(python, tmp_path), "MLFLOW_TRACKING_URI": champion["tracking_uri"]}
+    command = ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local"]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: _answers_ping(port, process, log), timeout_s=240, what="the MLflow scoring server")
+        encoded = [base64.b64encode(path.read_bytes()).decode() for path in images]
+        split = {"columns": ["image"], "data": [[text] for text in encoded]}
+        served = pd.DataFrame(_invoke(port, {"dataframe_split": split}))
+        named = pd.DataFrame(
+            _invoke(port, {"inputs": {"image": encoded}, "params": {"operating_point": "default"}})
+        )
+    finally:
+        stop_process_group(process.pid)
+    expected = champion["expected"]
+    assert list(served["status"]) == list(expected["status"])
+    scored = expected["status"] == "ok"
+    assert list(served.loc[scored, "label"]) == list(expected.loc[scored, "label"])
+    assert np.allclose(served.loc[scored, "p_pneumonia"], expected.loc[scored, "probability"], atol=1e-6)
+    assert named[["label", "status"]].equals(served[["label", "status"]])
+    assert set(served["operating_point"]) == {"default"}
