@@ -1,7 +1,7 @@
 """`cxr evaluate`: score a model on a whole labelled folder, outside the retraining flow.
 
-The folder goes through the pipeline's own stages (ingest checks, batches at the model's image size,
-the evaluate stage's metrics) so its numbers are comparable with the test metrics of a retrain run.
+The folder goes through the pipeline's own library steps (ingest checks, batches at the model's image
+size, the evaluation's metrics) so its numbers are comparable with the test metrics of a retrain run.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import pandas as pd
 
 from cxr.caching import sha256_text
 from cxr.config import RetrainConfig
+from cxr.datasets import materialise_batches
 from cxr.errors import DataError
+from cxr.evaluation import evaluate_model
 from cxr.files import sha256_file
+from cxr.ingesting import ingest_folder
+from cxr.manifests import MANIFEST_NAME
 from cxr.registry import load_model_with_metadata, resolve_model
 from cxr.state import state_dir
-from tasks.batches import materialise_batches
-from tasks.evaluate import evaluate_model
-from tasks.ingest import MANIFEST_NAME, ingest_folder
 
 # Every accepted file of the folder is scored as this split.
 SPLIT = "test"

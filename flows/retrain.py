@@ -17,7 +17,18 @@ from flows.stages import StageRunner
 from tasks import batches, evaluate, ingest, register, report, split, train
 
 # Modules whose source decides a trained model; their digest is the lineage's code version.
-MODEL_CODE = ("cxr.imaging", "cxr.models", "tasks.batches", "tasks.split", "tasks.train")
+MODEL_CODE = (
+    "cxr.imaging",
+    "cxr.datasets",
+    "cxr.splitting",
+    "cxr.models",
+    "cxr.device",
+    "cxr.training",
+    "cxr.thresholds",
+    "tasks.batches",
+    "tasks.split",
+    "tasks.train",
+)
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
 

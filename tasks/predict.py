@@ -23,11 +23,11 @@ from prefect.logging import get_run_logger
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
 from cxr.errors import ModelError
+from cxr.evaluation import predict_pneumonia_proba
 from cxr.files import write_atomically
 from cxr.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.registry import load_model_with_metadata
-from tasks.evaluate import predict_pneumonia_proba
-from tasks.ingest import display_path, scan_folder
+from cxr.scanning import display_path, scan_folder
 
 OK = "ok"
 COLUMNS = ["path", "probability", "label", "status", "detail", "heatmap"]

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from prefect import task
@@ -14,7 +14,10 @@ from pydantic import BaseModel, Field
 
 from cxr import faults
 from cxr.caching import ContentKey
+from cxr.datasets import BatchesResult
+from cxr.evaluation import EvaluationResult, champion_scorer_for
 from cxr.locking import registry_lock
+from cxr.metrics import CI_METRICS
 from cxr.registry import (
     CHAMPION_ALIAS,
     MODEL_ARTIFACT,
@@ -27,11 +30,7 @@ from cxr.registry import (
     version_metrics,
 )
 from cxr.state import default_tracking_uri
-from tasks.evaluate import CI_METRICS, EvaluationResult, champion_scorer_for
-
-if TYPE_CHECKING:
-    from tasks.batches import BatchesResult
-    from tasks.train import TrainResult
+from cxr.training import TrainResult
 
 # Test metrics compared in the promotion decision and stored as `test_<metric>` version tags.
 DECISION_METRICS = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
@@ -302,7 +301,9 @@ def _tracking_store(inputs: dict[str, Any]) -> str:
 
 @task(
     name="register",
-    cache_policy=ContentKey(modules=("cxr.registry", "tasks.evaluate"), fingerprint=_tracking_store),
+    cache_policy=ContentKey(
+        modules=("cxr.registry", "cxr.evaluation", "cxr.metrics"), fingerprint=_tracking_store
+    ),
     persist_result=True,
     retries=3,
     retry_delay_seconds=[2, 5, 15],

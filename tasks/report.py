@@ -12,7 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.evaluate import EvaluationResult, publish_evaluation
+from cxr.evaluation import EvaluationResult, publish_evaluation
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
-from tasks import batches as batches_module
-from tasks.batches import load_split, make_dataset, materialise_batches
+from cxr import datasets as batches_module
+from cxr.datasets import load_split, make_dataset, materialise_batches
 
 SIZE = 16
 

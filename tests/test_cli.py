@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cxr.cli import main
+from cli.main import main
 
 TRAIN_KEYS = {
     "model_name",

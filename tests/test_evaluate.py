@@ -18,14 +18,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from cxr import evaluation as evaluate_module
+from cxr import metrics as metrics_module
 from cxr.errors import DataError
-from tasks import evaluate as evaluate_module
-from tasks.evaluate import (
-    bootstrap_ci,
-    classification_metrics,
-    evaluate_model,
-    predict_pneumonia_proba,
-)
+from cxr.evaluation import evaluate_model, predict_pneumonia_proba
+from cxr.metrics import bootstrap_ci, classification_metrics
+from cxr.plots import write_plots
 
 SIZE = 32
 
@@ -92,7 +90,7 @@ def test_one_class_gives_undefined_metrics_not_a_crash(tmp_path):
     json.dumps(metrics, allow_nan=False)  # JSON-safe: no NaN anywhere
     ci = bootstrap_ci(y, p, 0.5, n_boot=50)
     assert ci["auc"] is None and ci["specificity"] is None and ci["sensitivity"] is not None
-    plots = evaluate_module.write_plots(y, p, metrics, tmp_path)
+    plots = write_plots(y, p, metrics, tmp_path)
     assert all(path.stat().st_size > 0 for path in plots.values())
 
 
@@ -121,7 +119,7 @@ def test_bootstrap_auc_matches_sklearn_on_a_resample():
     p = rng.random(200).round(1)
     drawn = rng.integers(0, 200, 200)
     weights = np.bincount(drawn, minlength=200)[None].astype(float)
-    assert evaluate_module._weighted_auc(y, p, weights)[0] == pytest.approx(roc_auc_score(y[drawn], p[drawn]))
+    assert metrics_module._weighted_auc(y, p, weights)[0] == pytest.approx(roc_auc_score(y[drawn], p[drawn]))
 
 
 def test_predict_uses_first_softmax_output_and_resizes():
@@ -138,7 +136,7 @@ def test_predict_uses_first_softmax_output_and_resizes():
 def test_evaluate_model_writes_report_and_plots(tmp_path, monkeypatch):
     images, labels = bright_dark_images(40)
     model_path = save_model(brightness_model(40.0), tmp_path / "model", threshold=0.5)
-    monkeypatch.setattr(evaluate_module, "_load_split", lambda batches, split: (images, labels))
+    monkeypatch.setattr(evaluate_module, "load_split", lambda batches, split: (images, labels))
     result = evaluate_model(model_path, object(), out_dir=tmp_path / "report")
     assert result.n == 40 and result.split == "test"
     assert result.metrics["auc"] > 0.9 and result.metrics["threshold"] == 0.5

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from cli.main import main
 from cxr import REGISTERED_MODEL_NAME, faults
-from cxr.cli import main
 from cxr.config import RetrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def _start_cli(
     world: SimpleNamespace, args: list[str], planned_faults: str | None = None
 ) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "cxr.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=REPO,
         env=_cli_env(world, planned_faults),
         stdout=subprocess.PIPE,
@@ -104,8 +104,8 @@ def _versions(world: SimpleNamespace) -> list[dict]:
 
 def _ingest_and_split(world):
     """The world's data ingested and split outside any flow."""
-    from tasks.ingest import ingest_folder
-    from tasks.split import split_manifest
+    from cxr.ingesting import ingest_folder
+    from cxr.splitting import split_manifest
 
     ingested = ingest_folder(world.data, world.home / "ingest", min_side=world.config.min_image_side)
     return split_manifest(
@@ -123,8 +123,8 @@ def test_transient_read_errors_are_retried_and_change_nothing(prefect_harness, w
     """The first image read fails with EIO: ingest retries (after its 2 s delay) and the run's data is
     exactly that of a clean ingest. Checked: without the TRANSIENT_ERRNOS re-raise in cxr/imaging.py the
     file is quarantined as 'unreadable' and `accepted`/`data_digest` differ from the clean run."""
+    from cxr.ingesting import ingest_folder
     from flows.retrain import retrain
-    from tasks.ingest import ingest_folder
 
     clean = ingest_folder(world.data, world.home / "clean", min_side=world.config.min_image_side)
     monkeypatch.setenv(faults.ENV_VAR, "read_image:1")
@@ -140,10 +140,11 @@ def test_transient_read_errors_are_retried_and_change_nothing(prefect_harness, w
 def test_batches_task_retries_transient_read_errors(prefect_harness, world, monkeypatch):
     """Two failed reads, then the third attempt of `batches` (retries=2) writes the same arrays as a clean
     run. Checked: with `retries=0` in tasks/batches.py this raises the injected OSError."""
+    from cxr.datasets import materialise_batches
     from tasks import batches as batches_stage
 
     split = _ingest_and_split(world)
-    clean = batches_stage.materialise_batches(split.split_path, world.home / "clean-batches", image_size=32)
+    clean = materialise_batches(split.split_path, world.home / "clean-batches", image_size=32)
     monkeypatch.setenv(faults.ENV_VAR, "read_image:2")
     fast_retries = batches_stage.batches.with_options(retry_delay_seconds=0, refresh_cache=True)
 
@@ -329,7 +330,7 @@ def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monk
     """np.save writes half the array, then ENOSPC: no file of the split is left (not even the temporary
     one), no checksum vouches for anything, and a later call with space writes verified arrays.
     Checked: without the `finally: unlink` in cxr.files.write_atomically the .tmp file remains."""
-    from tasks import batches as batches_stage
+    from cxr import datasets as batches_stage
 
     split = _ingest_and_split(world)
     real_save = np.save

@@ -12,16 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import tasks.ingest as ingest_module
+import cxr.ingesting as ingest_module
 from cxr.errors import DataError
-from tasks.ingest import (
-    MANIFEST_COLUMNS,
-    data_dir_fingerprint,
-    data_report_markdown,
-    ingest_folder,
-    parse_patient_id,
-    scan_folder,
-)
+from cxr.ingesting import ingest_folder
+from cxr.layouts import parse_patient_id
+from cxr.manifests import MANIFEST_COLUMNS
+from cxr.scanning import data_dir_fingerprint, scan_folder
+from tasks import ingest as ingest_stage
+from tasks.ingest import data_report_markdown
 from tests.imagefiles import png_declaring
 
 
@@ -305,8 +303,8 @@ def test_data_report_markdown(tiny_kaggle, tmp_path):
 def test_retries_skip_user_errors():
     from prefect.states import Failed
 
-    assert not ingest_module._retry_unless_user_error(None, None, Failed(data=DataError("bad folder")))
-    assert ingest_module._retry_unless_user_error(None, None, Failed(data=OSError("NFS hiccup")))
+    assert not ingest_stage._retry_unless_user_error(None, None, Failed(data=DataError("bad folder")))
+    assert ingest_stage._retry_unless_user_error(None, None, Failed(data=OSError("NFS hiccup")))
 
 
 @pytest.mark.real_data

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import tasks.ingest as ingest_module
+import cxr.ingesting as ingest_module
 from cxr.demo_data import write_demo_dataset
 from cxr.errors import CxrError
-from tasks.ingest import assemble_manifest, check_paths, ingest_folder, plan_folder
+from cxr.ingesting import assemble_manifest, check_paths, ingest_folder, plan_folder
 
 MIN_SIDE = 32
 PLAN_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]

@@ -186,7 +186,7 @@ def test_config_accepts_backbone_weights_only_for_pretrainable_models():
 
 
 def test_train_cache_key_follows_the_backbone_weights_content(tmp_path):
-    from tasks.train import backbone_weights_digest
+    from cxr.training import backbone_weights_digest
 
     path = tmp_path / "b.weights.h5"
     path.write_bytes(b"first")

@@ -13,7 +13,7 @@ import pytest
 
 from cxr import registry
 from cxr.errors import ModelError
-from tasks.evaluate import evaluate_predictions, predict_pneumonia_proba, score_model
+from cxr.evaluation import evaluate_predictions, predict_pneumonia_proba, score_model
 from tasks.register import GatePolicy, register_model
 from tests.test_evaluate import SIZE, bright_dark_images, brightness_model, save_model
 

@@ -12,7 +12,7 @@ import pytest
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
 from cxr.errors import DataError
-from tasks.split import SPLITS, assign_splits, split_manifest
+from cxr.splitting import SPLITS, assign_splits, split_manifest
 
 PARAMS = {"valid_fraction": 0.15, "test_fraction": 0.15, "seed": 42, "keep_official_test": False}
 KAGGLE_PATIENT = re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)[_-]")

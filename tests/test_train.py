@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 
 from cxr import CLASSES
+from cxr.datasets import BatchesResult
 from cxr.errors import DataError, ModelError
-from tasks.batches import BatchesResult
-from tasks.train import (
-    BACKUP_METADATA_FILE,
-    choose_threshold,
-    class_weights,
-    load_trained_model,
-    read_model_metadata,
-    run_digest,
-    train_model,
-    wilson_lower_bound,
-)
+from cxr.history import BACKUP_METADATA_FILE
+from cxr.registry import load_model_with_metadata
+from cxr.thresholds import choose_threshold, wilson_lower_bound
+from cxr.training import class_weights, train_model
+from tasks.train import run_digest
 
 SIZE = 32
 
@@ -159,7 +154,7 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
     model_path = Path(result.model_path)
     assert model_path.name == "model.keras" and not list(model_path.parent.glob(".*tmp*"))
     assert hashlib.sha256(model_path.read_bytes()).hexdigest() == result.model_sha256
-    metadata = read_model_metadata(model_path)
+    loaded, metadata = load_model_with_metadata(model_path)
     assert metadata == json.loads(Path(result.metadata_path).read_text())
     assert metadata["classes"] == list(CLASSES) and metadata["image_size"] == SIZE
     assert (metadata["threshold"], metadata["threshold_rule"]) == (result.threshold, result.threshold_rule)
@@ -168,7 +163,6 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
     assert not (tmp_path / "run" / "checkpoint").exists()  # backup removed after success
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
 
-    loaded = load_trained_model(model_path)
     images = np.load(batches.splits["valid"].images).astype("float32")
     p_pneumonia = loaded.predict(images, verbose=0)[:, 0]
     is_pneumonia = np.load(batches.splits["valid"].labels) == 0
@@ -179,8 +173,8 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
 def test_same_seed_gives_identical_weights_on_cpu(batches, tmp_path):
     """The default model: augmentation, dropout and shuffling are all seeded."""
     first, second = (_train(batches, tmp_path / name, model_name="default", epochs=1) for name in "ab")
-    weights_first = load_trained_model(first.model_path).get_weights()
-    weights_second = load_trained_model(second.model_path).get_weights()
+    weights_first = load_model_with_metadata(first.model_path)[0].get_weights()
+    weights_second = load_model_with_metadata(second.model_path)[0].get_weights()
     for a, b in zip(weights_first, weights_second, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -212,34 +206,40 @@ def test_bad_training_settings_are_refused(batches, tmp_path):
         _train(batches, tmp_path, model_name="nope")
 
 
+def _save_with_metadata(model: keras.Model, path: Path) -> Path:
+    model.save(path)
+    path.with_name("model.json").write_text(json.dumps({"threshold": 0.5, "image_size": SIZE}))
+    return path
+
+
 def test_lambda_models_are_refused(tmp_path):
     inputs = keras.Input((SIZE, SIZE, 1))
     outputs = keras.layers.Dense(2, activation="softmax")(
         keras.layers.Flatten()(keras.layers.Lambda(lambda x: x / 255.0)(inputs))
     )
-    path = tmp_path / "lambda.keras"
-    keras.Model(inputs, outputs).save(path)
-    with pytest.raises(ModelError, match="arbitrary code"):
-        load_trained_model(path)
+    path = _save_with_metadata(keras.Model(inputs, outputs), tmp_path / "lambda.keras")
+    with pytest.raises(ModelError, match="cannot load .* safely"):
+        load_model_with_metadata(path)
 
 
 def test_unreadable_or_missing_model_files_are_refused(tmp_path):
     with pytest.raises(ModelError, match="not found"):
-        load_trained_model(tmp_path / "missing.keras")
+        load_model_with_metadata(tmp_path / "missing.keras")
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"not a zip file")
+    with pytest.raises(ModelError, match="no model.json"):
+        load_model_with_metadata(garbage)
+    garbage.with_name("model.json").write_text("{}")
     with pytest.raises(ModelError, match="cannot load"):
-        load_trained_model(garbage)
-    with pytest.raises(ModelError, match="metadata"):
-        read_model_metadata(garbage)
+        load_model_with_metadata(garbage)
 
 
 def test_models_with_the_wrong_output_are_refused(tmp_path):
     inputs = keras.Input((SIZE, SIZE, 1))
-    path = tmp_path / "three.keras"
-    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(path)
-    with pytest.raises(ModelError, match="not a classifier"):
-        load_trained_model(path)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    path = _save_with_metadata(model, tmp_path / "three.keras")
+    with pytest.raises(ModelError, match="2-way softmax"):
+        load_model_with_metadata(path)
 
 
 def test_run_digest_names_one_checkpoint_folder_per_set_of_inputs(batches, tmp_path):

@@ -1,0 +1,1 @@
+"""Entry points on top of every layer: the `cxr` command line."""

@@ -1,0 +1,217 @@
+"""The `cxr` sub-commands. Each imports what it needs when it runs, after the environment is set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cxr.state import state_dir
+
+DEMO_SIZE = 256
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload, default=str, allow_nan=False, separators=(",", ":")))
+
+
+def _demo_data_dir() -> Path:
+    """The demo dataset in the state folder, generated on first use."""
+    from cxr.demo_data import write_demo_dataset
+
+    out = state_dir("demo-data") / "chest_xray"
+    if not (out / "train").is_dir():
+        write_demo_dataset(out, n=400, size=DEMO_SIZE, seed=0)
+    return out
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from cxr.demo_data import write_demo_dataset
+
+    counts = write_demo_dataset(Path(args.out), n=args.n, size=args.size, seed=args.seed)
+    if args.json:
+        _print_json({"out": str(Path(args.out).resolve()), "counts": counts})
+    else:
+        print(f"wrote synthetic dataset to {Path(args.out).resolve()}: {counts}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prefect import tags
+
+    from cxr.config import RetrainConfig
+    from cxr.errors import DataError, ModelError
+    from flows.retrain import retrain
+
+    data_dir = Path(args.data) if args.data else _demo_data_dir()
+    if not data_dir.is_dir():
+        raise DataError(f"data folder not found: {data_dir}")
+    backbone_weights = Path(args.backbone_weights) if args.backbone_weights else None
+    if backbone_weights is not None and not backbone_weights.is_file():
+        raise ModelError(f"backbone weights file not found: {backbone_weights}")
+    overrides = {
+        "model": args.model,
+        # Absolute, so the flow (maybe in a worker with another working folder) finds the same file.
+        "backbone_weights": str(backbone_weights.resolve()) if backbone_weights else None,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "learning_rate": args.learning_rate,
+    }
+    config = RetrainConfig(
+        data_dir=str(data_dir.resolve()),
+        keep_official_test=args.keep_official_test,
+        trigger=args.trigger,
+        **{key: value for key, value in overrides.items() if value is not None},
+    )
+    started = time.perf_counter()
+    with tags(args.trigger):
+        summary = retrain(config)
+    summary["duration_s"] = round(time.perf_counter() - started, 2)
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_training_summary(summary)
+    return 0
+
+
+def _print_training_summary(summary: dict[str, Any]) -> None:
+    metrics = summary["metrics"]
+    shown = ", ".join(
+        f"{key} {metrics[key]:.3f}"
+        for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
+        if metrics.get(key) is not None
+    )
+    role = "champion" if summary["champion"] else "challenger (not promoted)"
+    print(
+        f"trained {summary['architecture']} on {summary['images']['accepted']} images in {summary['duration_s']} s"
+    )
+    print(f"test metrics: {shown}")
+    print(
+        f"registered {summary['model_uri']} as {role}; reused cached tasks: {summary['cached_tasks'] or 'none'}"
+    )
+    from cxr.state import cxr_home, default_tracking_uri
+
+    print(f"registry: {default_tracking_uri()}; state folder: {cxr_home()}")
+    print("see it: `cxr models`, `cxr mlflow-ui` (registry) and `cxr dashboard` (Prefect runs)")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from cxr.ingesting import ingest_folder
+
+    data_dir = Path(args.data)
+    out_dir = Path(args.out) if args.out else state_dir("manifests", "cli")
+    result = ingest_folder(data_dir, out_dir, min_side=args.min_side)
+    payload = result.model_dump(mode="json")
+    if args.json:
+        _print_json(payload)
+    else:
+        print(
+            f"{result.files_found} files: {result.accepted} accepted, {result.quarantined} quarantined "
+            f"{result.quarantined_by_reason}; per class {result.per_class}; manifest {result.manifest_path}"
+        )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cxr.scoring import evaluate_folder
+
+    result = evaluate_folder(args.model, Path(args.data))
+    if args.json:
+        _print_json(result)
+    else:
+        metrics = result["metrics"]
+        print(", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from flows.predict import predict
+
+    summary = predict(
+        paths=list(args.paths),
+        model_uri=args.model,
+        out_csv=args.out,
+        heatmaps_dir=args.heatmaps,
+    )
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"scored {summary['scored']} files ({summary['failed']} failed) -> {summary['out_csv']}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cxr.registry import list_versions
+    from cxr.state import default_tracking_uri
+
+    versions = list_versions(args.name, default_tracking_uri())
+    if args.json:
+        _print_json({"model_name": args.name, "versions": versions})
+        return 0
+    for row in versions:
+        metrics = row.get("metrics", {})
+        print(
+            f"v{row['version']:<3} {','.join(row.get('aliases', [])) or '-':<10} "
+            f"auc={metrics.get('auc')} acc={metrics.get('accuracy')} data={row.get('data_digest', '')[:12]} "
+            f"created={row.get('created')}"
+        )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from cxr.registry import promote
+    from cxr.state import default_tracking_uri
+
+    promote(args.name, int(args.version), args.reason, default_tracking_uri())
+    print(f"{args.name} v{args.version} is now champion ({args.reason})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from cxr.registry import rollback
+    from cxr.state import default_tracking_uri
+
+    version = rollback(args.name, args.reason, default_tracking_uri())
+    print(f"{args.name} champion rolled back to v{version} ({args.reason})")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from cxr.server import ensure_dashboard, stop_dashboard
+
+    if args.stop:
+        print("dashboard stopped" if stop_dashboard() else "no dashboard was running")
+        return 0
+    print(ensure_dashboard(port=args.port))
+    return 0
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    from cxr.server import mlflow_ui
+
+    mlflow_ui(port=args.port)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deployments.serve import serve_deployments
+    from flows.retrain import task_runner_from_env
+
+    task_runner_from_env()  # served runs use it too: without prefect-dask, fail now rather than per run
+    data_dir = str(Path(args.data).resolve()) if args.data else str(_demo_data_dir())
+    serve_deployments(
+        data_dir, cron=args.cron, timezone=args.timezone, debounce_s=args.debounce, event_roots=args.data_root
+    )
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from cxr.watch import watch_inbox
+
+    emitted = watch_inbox(Path(args.inbox), settle_s=args.settle, poll_s=args.poll, once=args.once)
+    print(f"emitted {emitted} cxr.data.arrived event(s)")
+    return 0

@@ -1,0 +1,185 @@
+"""`cxr`: the command line's parser and entry point; the sub-commands are in `cli.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from cli.commands import (
+    DEMO_SIZE,
+    cmd_dashboard,
+    cmd_demo_data,
+    cmd_evaluate,
+    cmd_ingest,
+    cmd_mlflow_ui,
+    cmd_models,
+    cmd_predict,
+    cmd_promote,
+    cmd_rollback,
+    cmd_serve,
+    cmd_train,
+    cmd_watch,
+)
+from cxr.state import configure_environment
+
+# Commands whose Prefect runs and events go to the local dashboard when one is up.
+RECORDED_COMMANDS = {"train", "predict", "serve", "watch"}
+
+
+def _use_dashboard_if_running() -> None:
+    """Record runs in the local dashboard when one is up; else Prefect starts a temporary server."""
+    import os
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from cxr.server import api_url_if_running
+
+    url = api_url_if_running()
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cxr import REGISTERED_MODEL_NAME
+
+    parser = argparse.ArgumentParser(
+        prog="cxr", description="Chest X-ray pneumonia classifier retraining pipeline"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = command("demo-data", cmd_demo_data, "write a synthetic X-ray dataset in the Kaggle layout")
+    demo.add_argument("out")
+    demo.add_argument("--n", type=int, default=400, help="number of images")
+    demo.add_argument("--size", type=int, default=DEMO_SIZE, help="image side in pixels")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", action="store_true")
+
+    train = command("train", cmd_train, "run the retrain flow (on the demo data when --data is not given)")
+    train.add_argument(
+        "--data", help="image folder (Kaggle layout, NORMAL/PNEUMONIA folders or flat named files)"
+    )
+    train.add_argument("--model", choices=["seed", "default", "mobilenet"])
+    train.add_argument(
+        "--backbone-weights",
+        metavar="FILE",
+        help="start the model's backbone from this weights file (.weights.h5; --model mobilenet only)",
+    )
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--keep-official-test", action="store_true", help="use the folder's test/ split as test set"
+    )
+    train.add_argument("--trigger", choices=["manual", "nightly", "new-data"], default="manual")
+    train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    ingest = command("ingest", cmd_ingest, "check and index a folder of images (manifest + quarantine list)")
+    ingest.add_argument("--data", required=True)
+    ingest.add_argument("--out", help="folder for manifest.parquet and quarantine.csv")
+    ingest.add_argument("--min-side", type=int, default=64)
+    ingest.add_argument("--json", action="store_true")
+
+    evaluate = command("evaluate", cmd_evaluate, "score a model on a labelled folder")
+    evaluate.add_argument("--model", default=f"models:/{REGISTERED_MODEL_NAME}@champion")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--json", action="store_true")
+
+    predict = command("predict", cmd_predict, "score images or folders with the champion model")
+    predict.add_argument("paths", nargs="+")
+    predict.add_argument("--model", default=f"models:/{REGISTERED_MODEL_NAME}@champion")
+    predict.add_argument("--out", default="predictions.csv")
+    predict.add_argument("--heatmaps", help="folder for Grad-CAM overlay PNGs")
+    predict.add_argument("--json", action="store_true")
+
+    models = command("models", cmd_models, "list registered model versions")
+    models.add_argument("--name", default=REGISTERED_MODEL_NAME)
+    models.add_argument("--json", action="store_true")
+
+    promote = command("promote", cmd_promote, "make VERSION the champion")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="manual promotion")
+    promote.add_argument("--name", default=REGISTERED_MODEL_NAME)
+
+    rollback = command("rollback", cmd_rollback, "move champion back to the previous champion")
+    rollback.add_argument("--reason", default="manual rollback")
+    rollback.add_argument("--name", default=REGISTERED_MODEL_NAME)
+
+    dashboard = command("dashboard", cmd_dashboard, "start (or reuse) the local Prefect dashboard")
+    dashboard.add_argument("--port", type=int, default=4200)
+    dashboard.add_argument("--stop", action="store_true", help="stop the dashboard this state folder started")
+
+    mlflow_ui = command("mlflow-ui", cmd_mlflow_ui, "open the MLflow registry UI on 127.0.0.1")
+    mlflow_ui.add_argument("--port", type=int, default=5000)
+
+    serve = command("serve", cmd_serve, "serve the nightly and on-new-data deployments")
+    serve.add_argument("--data", help="data folder for the nightly run (default: demo data)")
+    serve.add_argument("--cron", default="0 2 * * *")
+    serve.add_argument(
+        "--timezone", default=None, help="IANA zone of the cron (default $CXR_TIMEZONE or UTC)"
+    )
+    serve.add_argument(
+        "--debounce", type=float, default=600.0, help="at most one on-new-data run per inbox per N s"
+    )
+    serve.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        help="folder that event-named data folders must lie in (repeatable; default: the --data folder's parent)",
+    )
+
+    watch = command("watch", cmd_watch, "emit cxr.data.arrived when new files in INBOX have settled")
+    watch.add_argument("inbox")
+    watch.add_argument("--settle", type=float, default=30.0, help="seconds without changes before announcing")
+    watch.add_argument("--poll", type=float, default=5.0)
+    watch.add_argument("--once", action="store_true", help="exit after the first event")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from cxr.errors import CxrError
+
+    try:
+        configure_environment()
+        if args.command in RECORDED_COMMANDS:
+            _use_dashboard_if_running()  # before Prefect is imported: it reads its settings once
+        return args.handler(args)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        where = ".".join(map(str, first["loc"]))
+        print(f"error: invalid {where}: {message}" if where else f"error: {message}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"error: not found: {error.filename or error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # environment trouble after the retries: disk, permissions, network
+        print(
+            f"error: {error.strerror or error}{f': {error.filename}' if error.filename else ''}",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as error:
+        if type(error).__module__.startswith("mlflow"):  # registry still unavailable after the retries
+            print(f"error: model registry: {str(error).splitlines()[0]}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

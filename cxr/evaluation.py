@@ -1,0 +1,170 @@
+"""Evaluate a trained model on a held-out split: metrics with bootstrap CIs, plots, a report and its artifacts."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from cxr import CLASSES
+from cxr.datasets import BatchesResult, load_split
+from cxr.errors import DataError
+from cxr.files import sha256_file
+from cxr.metrics import CI_METRICS, bootstrap_ci, classification_metrics
+from cxr.plots import write_plots
+from cxr.registry import load_model_with_metadata, resolve_model
+
+
+class EvaluationResult(BaseModel):
+    """Test-split metrics of one model, their 95 % CIs and where the plots and report were written."""
+
+    metrics: dict[str, Any]
+    ci: dict[str, list[float] | None]
+    plots: dict[str, Path]
+    report_path: Path
+    split: str
+    n: int
+    model_sha256: str
+
+    def is_intact(self) -> bool:
+        """Whether the report and plots this result points at are still there."""
+        return all(Path(path).is_file() for path in [self.report_path, *self.plots.values()])
+
+
+def predict_pneumonia_proba(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:  # noqa: ANN001
+    """P(pneumonia) per image: the model's first softmax output on raw 0..255 float32 pixels."""
+    if images.ndim != 4 or images.shape[-1] != 1:
+        raise DataError(f"expected greyscale images (N, S, S, 1), got shape {images.shape}")
+    expected = tuple(model.input_shape[1:3])
+    if None not in expected and expected != images.shape[1:3]:
+        import tensorflow as tf
+
+        # A model trained at another size (e.g. the champion) still scores the same images.
+        images = tf.image.resize(images.astype(np.float32), expected).numpy()
+    output = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+    return np.asarray(output[:, 0], dtype=float)
+
+
+def format_metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def metric_rows(metrics: dict, ci: dict) -> list[dict[str, str]]:
+    """(metric, value, 95 % CI) rows of every scalar metric, for tables and reports."""
+    rows = []
+    for name in (*CI_METRICS, "pr_auc"):
+        interval = ci.get(name)
+        ci_text = f"{interval[0]:.4f} – {interval[1]:.4f}" if interval else "n/a"
+        rows.append({"metric": name, "value": format_metric(metrics[name]), "95 % CI": ci_text})
+    return rows
+
+
+def confusion_markdown(confusion: list[list[int]]) -> str:
+    header = "| true \\ predicted | " + " | ".join(CLASSES) + " |\n|---|---|---|\n"
+    return header + "\n".join(
+        f"| {name} | {row[0]} | {row[1]} |" for name, row in zip(CLASSES, confusion, strict=True)
+    )
+
+
+def report_markdown(result: EvaluationResult, image_links: dict[str, str]) -> str:
+    """The evaluation report; `image_links` maps plot names to a relative path or a data: URI."""
+    table = "| metric | value | 95 % CI |\n|---|---|---|\n" + "\n".join(
+        f"| {row['metric']} | {row['value']} | {row['95 % CI']} |"
+        for row in metric_rows(result.metrics, result.ci)
+    )
+    images = "\n\n".join(f"![{name}]({link})" for name, link in image_links.items())
+    return (
+        f"# Evaluation on the {result.split} split\n\n"
+        f"Model sha256 `{result.model_sha256[:16]}`, {result.n} images, "
+        f"threshold P(pneumonia) >= {result.metrics['threshold']:.4f}.\n\n"
+        f"{table}\n\n## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
+    )
+
+
+def png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def evaluate_predictions(
+    is_pneumonia: np.ndarray,
+    prob_pneumonia: np.ndarray,
+    *,
+    threshold: float,
+    split: str,
+    model_sha256: str,
+    out_dir: Path,
+) -> EvaluationResult:
+    """Metrics, CIs, plots and a markdown report (`report.md`) for predictions already made."""
+    metrics = classification_metrics(is_pneumonia, prob_pneumonia, threshold)
+    ci = bootstrap_ci(is_pneumonia, prob_pneumonia, threshold)
+    plots = write_plots(is_pneumonia, prob_pneumonia, metrics, out_dir)
+    result = EvaluationResult(
+        metrics=metrics,
+        ci=ci,
+        plots=plots,
+        report_path=out_dir / "report.md",
+        split=split,
+        n=metrics["n"],
+        model_sha256=model_sha256,
+    )
+    result.report_path.write_text(report_markdown(result, {name: path.name for name, path in plots.items()}))
+    return result
+
+
+def evaluate_model(
+    model_path: Path,
+    batches: BatchesResult,
+    *,
+    split: str = "test",
+    out_dir: Path,
+    threshold: float | None = None,
+) -> EvaluationResult:
+    """Score `split` of `batches` with the model; threshold defaults to the one in its model.json."""
+    path = resolve_model(model_path)
+    model, metadata = load_model_with_metadata(path)
+    if threshold is None:
+        threshold = float(metadata["threshold"])
+    images, labels = load_split(batches, split)
+    prob = predict_pneumonia_proba(model, images)
+    return evaluate_predictions(
+        labels == CLASSES.index("pneumonia"),
+        prob,
+        threshold=threshold,
+        split=split,
+        model_sha256=sha256_file(path),
+        out_dir=out_dir,
+    )
+
+
+def score_model(uri_or_path: str | Path, images: np.ndarray, labels: np.ndarray, tracking_uri: str) -> dict:
+    """classification_metrics of a (registered) model on labelled images, at the model's own threshold."""
+    model, metadata = load_model_with_metadata(uri_or_path, tracking_uri)
+    prob = predict_pneumonia_proba(model, images)
+    return classification_metrics(labels == CLASSES.index("pneumonia"), prob, float(metadata["threshold"]))
+
+
+def champion_scorer_for(
+    batches: BatchesResult, tracking_uri: str, split: str = "test"
+) -> Callable[[str], dict]:
+    """A function that scores a registered model (by URI) on `split` of `batches`."""
+    return lambda model_uri: score_model(model_uri, *load_split(batches, split), tracking_uri)
+
+
+def publish_evaluation(result: EvaluationResult) -> None:
+    """Prefect artifacts: the metrics table, the report with embedded plots, and one image per plot."""
+    from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(
+        key="metrics",
+        table=metric_rows(result.metrics, result.ci),
+        description=f"{result.split} split metrics",
+    )
+    uris = {name: png_data_uri(path) for name, path in result.plots.items()}
+    create_markdown_artifact(key="evaluation-report", markdown=report_markdown(result, uris))
+    # The Prefect UI renders data: URIs in image artifacts, so plots need no web server.
+    for name, uri in uris.items():
+        create_image_artifact(image_url=uri, key=name, description=f"{name} ({result.split} split)")

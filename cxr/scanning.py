@@ -1,0 +1,109 @@
+"""Walk an input folder: every entry under it, with problems found without opening a file.
+
+Shared by ingest (which labels and checks the files) and prediction (which scores them).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """One entry of the folder scan; `problem` is a (reason, detail) found without opening it."""
+
+    path: str
+    relative: str
+    size_bytes: int
+    mtime_ns: int
+    problem: tuple[str, str] | None = None
+
+
+def display_path(path: str) -> str:
+    """`path` as valid UTF-8 text (undecodable bytes shown as backslash escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def scan_folder(root: Path) -> list[FoundFile]:
+    """Every non-directory entry under `root`, sorted by relative path.
+
+    Directory symlinks are followed once; a directory reached again (a cycle) is reported as
+    `symlink_loop`, dangling links as `broken_symlink`, undecodable names as `bad_filename`.
+    """
+    root = Path(root)
+    return sorted(_walk(root, "", {_dir_identity(root)}), key=lambda item: item.relative)
+
+
+def _dir_identity(path: Path | str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _walk(directory: Path | str, prefix: str, visited: set[tuple[int, int]]) -> Iterator[FoundFile]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda item: item.name)
+    except OSError as error:
+        yield _problem(str(directory), prefix or ".", "unreadable", f"folder cannot be listed: {error}")
+        return
+    for entry in entries:
+        relative = f"{prefix}{entry.name}"
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False  # dangling or looping link: described as a file
+        if not is_dir:
+            yield _describe(entry, relative)
+            continue
+        identity = _dir_identity(entry.path)
+        if identity in visited:
+            yield _problem(entry.path, relative, "symlink_loop", "folder link leads back into the scan")
+            continue
+        visited.add(identity)
+        yield from _walk(entry.path, f"{relative}/", visited)
+
+
+def _problem(path: str, relative: str, reason: str, detail: str, size: int = 0, mtime: int = 0) -> FoundFile:
+    return FoundFile(display_path(path), display_path(relative), size, mtime, (reason, detail))
+
+
+def _describe(entry: os.DirEntry, relative: str) -> FoundFile:
+    try:
+        stat = entry.stat(follow_symlinks=True)
+    except OSError as error:
+        link = entry.stat(follow_symlinks=False)
+        if error.errno == errno.ELOOP:
+            reason, detail = "symlink_loop", "link resolves to itself"
+        elif entry.is_symlink():
+            reason, detail = "broken_symlink", f"link target missing: {os.readlink(entry.path)!r}"
+        else:
+            reason, detail = "unreadable", str(error)
+        return _problem(entry.path, relative, reason, detail, link.st_size, link.st_mtime_ns)
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return _problem(
+            entry.path,
+            relative,
+            "bad_filename",
+            "file name is not valid UTF-8; rename it",
+            stat.st_size,
+            stat.st_mtime_ns,
+        )
+    if not entry.is_file():
+        return _problem(
+            entry.path, relative, "not_an_image", "not a regular file", stat.st_size, stat.st_mtime_ns
+        )
+    return FoundFile(entry.path, relative, stat.st_size, stat.st_mtime_ns)
+
+
+def data_dir_fingerprint(data_dir: Path | str) -> str:
+    """Digest of the folder's listing (relative path, size, mtime_ns of every file), not its bytes."""
+    digest = hashlib.sha256()
+    for item in scan_folder(Path(data_dir).resolve()) if Path(data_dir).is_dir() else []:
+        digest.update(f"{item.relative}\0{item.size_bytes}\0{item.mtime_ns}\0{item.problem}\n".encode())
+    return digest.hexdigest()

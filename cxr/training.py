@@ -1,0 +1,227 @@
+"""Train a model: fit on the train split, pick its decision threshold on the valid split, save it.
+
+Training resumes after a crash (or a retry) from the last finished epoch: Keras' `BackupAndRestore`
+keeps the weights in a checkpoint folder keyed by the run's inputs, and the per-epoch history is kept
+next to it (`cxr.history`) so the resumed run reports every epoch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+from pydantic import BaseModel
+
+from cxr import CLASSES
+from cxr.datasets import BatchesResult, load_split, make_dataset
+from cxr.errors import DataError
+from cxr.files import sha256_file, write_atomically
+from cxr.history import HISTORY_FILE, EpochRecorder, ProgressCallback, finished_epochs, images_per_second
+from cxr.thresholds import DECISION_RULE, SENSITIVITY_CONFIDENCE_Z, binary_metrics, choose_threshold
+
+if TYPE_CHECKING:
+    import keras
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The task run's logger inside a Prefect run, else this module's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+class TrainResult(BaseModel):
+    model_path: str
+    model_sha256: str
+    metadata_path: str
+    model_name: str
+    image_size: int
+    threshold: float
+    threshold_rule: str
+    epochs_run: int
+    best_epoch: int
+    resumed_from_epoch: int
+    device: dict[str, Any]
+    history: dict[str, list[float]]
+    train_seconds: float
+    images_per_second: float
+    valid_metrics: dict[str, float]
+
+    def is_intact(self) -> bool:
+        """Whether the saved model is still there, byte for byte, with its metadata."""
+        model = Path(self.model_path)
+        return (
+            model.is_file() and Path(self.metadata_path).is_file() and sha256_file(model) == self.model_sha256
+        )
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Balanced weights n / (k * n_c), so each class contributes equally to the loss."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(CLASSES))
+    if (counts == 0).any():
+        missing = [name for name, count in zip(CLASSES, counts, strict=True) if count == 0]
+        raise DataError(f"the training split has no images of class {', '.join(missing)}")
+    return {index: float(counts.sum() / (len(counts) * count)) for index, count in enumerate(counts)}
+
+
+def train_model(
+    batches: BatchesResult,
+    *,
+    model_name: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float | None,
+    seed: int,
+    patience: int,
+    target_sensitivity: float,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    tensorboard_dir: Path | None = None,
+    progress: ProgressCallback | None = None,
+    backbone_weights: str | None = None,
+) -> TrainResult:
+    """Train `model_name` on the train split; write `model.keras` + `model.json` into `out_dir`.
+
+    `backbone_weights`: a user-supplied weights file the model's backbone starts from (see
+    `cxr.models.build_model`). Early stopping watches the validation AUC and keeps the best epoch's weights. A backup in
+    `checkpoint_dir` from an interrupted run with the same inputs is resumed; it is deleted on success.
+    `progress(epoch, logs)` is called after each epoch (1-based epoch numbers).
+    """
+    if epochs < 1 or batch_size < 1 or patience < 1:
+        raise DataError(
+            f"epochs, batch_size and patience must be positive: {epochs}, {batch_size}, {patience}"
+        )
+    train_images, train_labels = load_split(batches, "train")
+    valid_images, valid_labels = load_split(batches, "valid")
+    weights = class_weights(train_labels)
+    if len(valid_labels) == 0:
+        raise DataError("the validation split is empty")
+
+    # Imported here, not at module level, so that a fully cached run never loads TensorFlow.
+    import keras
+
+    from cxr.device import configure_devices, distribution_strategy, seed_everything
+    from cxr.models import PNEUMONIA_INDEX, build_augmentation, build_model
+
+    keras.backend.clear_session()  # also resets the precision policy, which configure_devices sets
+    device = seed_everything(seed, configure_devices())
+    steps_per_epoch = math.ceil(len(train_labels) / batch_size)
+    with distribution_strategy(device).scope():
+        model = build_model(
+            model_name,
+            batches.image_size,
+            learning_rate=learning_rate,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            backbone_weights=backbone_weights,
+        )
+    train_data = make_dataset(
+        train_images,
+        train_labels,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        augment=build_augmentation(model_name, seed=seed),
+    )
+    valid_data = make_dataset(valid_images, valid_labels, batch_size=batch_size, shuffle=False, seed=seed)
+
+    checkpoint_dir = Path(checkpoint_dir)
+    resumed_from_epoch = finished_epochs(checkpoint_dir)
+    recorder = EpochRecorder(checkpoint_dir / HISTORY_FILE, resumed_from_epoch, progress)
+    callbacks: list[keras.callbacks.Callback] = [
+        # First, so an epoch is backed up before anything later in the list can fail.
+        keras.callbacks.BackupAndRestore(str(checkpoint_dir)),
+        keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=patience, restore_best_weights=True
+        ),
+        keras.callbacks.LambdaCallback(
+            on_epoch_begin=recorder.on_epoch_begin, on_epoch_end=recorder.on_epoch_end
+        ),
+    ]
+    if tensorboard_dir is not None:
+        if importlib.util.find_spec("tensorboard") is None:
+            # TensorFlow only writes summaries through the tensorboard package; logs are optional.
+            _logger().warning("tensorboard is not installed: no TensorBoard logs for this run")
+        else:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), write_graph=False))
+
+    started = time.perf_counter()
+    model.fit(
+        train_data,
+        validation_data=valid_data,
+        epochs=epochs,
+        class_weight=weights,
+        callbacks=callbacks,
+        shuffle=False,  # make_dataset already shuffles, by the seed
+        verbose=0,
+    )
+    train_seconds = time.perf_counter() - started
+
+    p_pneumonia = model.predict(valid_data, verbose=0)[:, PNEUMONIA_INDEX]
+    is_pneumonia = valid_labels == PNEUMONIA_INDEX
+    choice = choose_threshold(p_pneumonia, is_pneumonia, target_sensitivity, z=SENSITIVITY_CONFIDENCE_Z)
+    valid_metrics = binary_metrics(p_pneumonia, is_pneumonia, choice)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / "model.keras"
+    write_atomically(model_path, lambda tmp: model.save(str(tmp)))
+    history = recorder.history
+    epochs_run = len(history.get("loss", []))
+    best_epoch = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else epochs_run
+    metadata = {
+        "model_name": model_name,
+        "image_size": batches.image_size,
+        "classes": list(CLASSES),
+        "threshold": choice.threshold,
+        "threshold_rule": choice.rule,
+        "decision": DECISION_RULE,
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "seed": seed,
+        "batches_digest": batches.digest,
+        "backbone_weights": backbone_weights,
+        "backbone_weights_sha256": backbone_weights_digest(backbone_weights),
+        "device": device.model_dump(),
+        "valid_metrics": valid_metrics,
+    }
+    metadata_path = out_dir / "model.json"
+    write_atomically(metadata_path, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2)))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    return TrainResult(
+        model_path=str(model_path),
+        model_sha256=sha256_file(model_path),
+        metadata_path=str(metadata_path),
+        model_name=model_name,
+        image_size=batches.image_size,
+        threshold=choice.threshold,
+        threshold_rule=choice.rule,
+        epochs_run=epochs_run,
+        best_epoch=best_epoch,
+        resumed_from_epoch=resumed_from_epoch,
+        device=device.model_dump(),
+        history=history,
+        train_seconds=round(train_seconds, 3),
+        images_per_second=images_per_second(len(train_labels), history["epoch_seconds"][resumed_from_epoch:]),
+        valid_metrics=valid_metrics,
+    )
+
+
+def backbone_weights_digest(path: str | None) -> str | None:
+    """SHA-256 of a backbone weights file, so replacing the file at the same path retrains (None: no file)."""
+    if path is None or not Path(path).is_file():
+        return None  # a missing file fails in build_model, with a clear ModelError
+    return sha256_file(Path(path))
