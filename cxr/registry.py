@@ -24,6 +24,7 @@ from cxr.state import state_dir
 EXPERIMENT_NAME = "cxr-retrain"
 CHAMPION_ALIAS = "champion"
 HISTORY_TAG = "champion_history"
+CHANGE_TAG = "champion_change"
 MODEL_ARTIFACT = "model"
 # Where the trained files sit inside a logged model (mlflow's `extra_files` folder).
 EXTRA_FILES_DIR = "extra_files"
@@ -122,11 +123,41 @@ def champion_history(name: str, tracking_uri: str) -> list[dict[str, Any]]:
     return json.loads(tags.get(HISTORY_TAG, "[]"))
 
 
-def _move_champion(name: str, version: int, stack: list[dict[str, Any]], tracking_uri: str) -> None:
-    """Record the history first and move the alias last, so a failure never leaves an unrecorded champion."""
+def _move_champion(
+    name: str, version: int, stack: list[dict[str, Any]], tracking_uri: str, *, action: str, reason: str
+) -> None:
+    """Record the history first and move the alias last, so a failure never leaves an unrecorded champion.
+
+    The move itself (from, to, how, why, when, which flow run) is kept in the `champion_change` tag and
+    announced as a `cxr.champion.changed` event (notifications).
+    """
+    from prefect.runtime import flow_run
+
+    from cxr.notify import announce_champion_change
+
+    previous = champion_version(name, tracking_uri)
+    change = {
+        "model_name": name,
+        "version": version,
+        "previous": previous,
+        "action": action,
+        "reason": reason,
+        "at": now_iso(),
+        "flow_run": flow_run.name if flow_run.id else None,
+        "model_uri": f"models:/{name}/{version}",
+    }
     mlflow_client = client(tracking_uri)
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(stack[-MAX_HISTORY:]))
+    mlflow_client.set_registered_model_tag(name, CHANGE_TAG, json.dumps(change))
     mlflow_client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+    if previous != version:
+        announce_champion_change(change)
+
+
+def last_champion_change(name: str, tracking_uri: str) -> dict[str, Any] | None:
+    """The latest move of the `champion` alias (see `_move_champion`), or None before the first."""
+    recorded = client(tracking_uri).get_registered_model(name).tags.get(CHANGE_TAG)
+    return json.loads(recorded) if recorded else None
 
 
 def promote(name: str, version: int, reason: str, tracking_uri: str) -> None:
@@ -143,7 +174,7 @@ def promote(name: str, version: int, reason: str, tracking_uri: str) -> None:
     mlflow_client.set_model_version_tag(name, str(version), "promoted_at", at)
     stack = champion_history(name, tracking_uri)
     stack.append({"version": int(version), "reason": reason, "at": at})
-    _move_champion(name, int(version), stack, tracking_uri)
+    _move_champion(name, int(version), stack, tracking_uri, action="promotion", reason=reason)
 
 
 def rollback(name: str, reason: str, tracking_uri: str) -> int:
@@ -160,7 +191,7 @@ def rollback(name: str, reason: str, tracking_uri: str) -> int:
     mlflow_client = client(tracking_uri)
     mlflow_client.set_model_version_tag(name, str(current), "rollback_reason", reason)
     mlflow_client.set_model_version_tag(name, str(current), "rolled_back_at", now_iso())
-    _move_champion(name, previous, stack, tracking_uri)
+    _move_champion(name, previous, stack, tracking_uri, action="rollback", reason=reason)
     return previous
 
 

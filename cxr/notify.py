@@ -1,0 +1,197 @@
+"""Messages to a webhook when a retraining run fails or crashes and when the champion changes.
+
+Built from Prefect parts, so the Prefect server sends them (a run killed with `kill -9` is still
+reported once the server marks it Crashed):
+
+- a Custom Webhook notification block holding the URL (or any notification block the user saved,
+  e.g. Slack or e-mail);
+- automation `cxr-retrain-failed`: on `prefect.flow-run.Failed`/`Crashed` of the `retrain` flow;
+- automation `cxr-champion-changed`: on the `cxr.champion.changed` event, which the registry emits
+  whenever the `champion` alias moves (gate promotion, `cxr promote`, `cxr rollback`).
+
+The webhook receives JSON `{"text": "<subject>\\n<body>", "subject": ..., "body": ...}` (`text` is
+what Slack-style incoming webhooks show).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cxr.errors import CxrError
+
+CHAMPION_CHANGED_EVENT = "cxr.champion.changed"
+MODEL_RESOURCE_PREFIX = "cxr.model."
+RETRAIN_FLOW = "retrain"
+WEBHOOK_BLOCK_NAME = "cxr-notify"
+RUN_FAILED_AUTOMATION = "cxr-retrain-failed"
+CHAMPION_AUTOMATION = "cxr-champion-changed"
+WEBHOOK_JSON = {"text": "{{subject}}\n{{body}}", "subject": "{{subject}}", "body": "{{body}}"}
+
+log = logging.getLogger(__name__)
+
+
+def run_link(ui_url: str) -> str:
+    """Jinja for the dashboard page of the automation's flow run."""
+    return f"{ui_url}/runs/flow-run/{{{{ flow_run.id }}}}"
+
+
+def run_failed_message(ui_url: str) -> tuple[str, str]:
+    """(subject, body) Jinja templates the server renders for a failed or crashed run."""
+    subject = "cxr: retraining run {{ flow_run.name }} {{ flow_run.state.name | lower }}"
+    body = (
+        "Retraining run {{ flow_run.name }} ended {{ flow_run.state.name }}"
+        "{% if flow_run.state.message %}: {{ flow_run.state.message }}{% endif %}\n"
+        "Started by: {{ flow_run.tags | join(', ') or 'manual' }}"
+        "{% if deployment %} (deployment {{ deployment.name }}){% endif %}\n"
+        f"Logs and artifacts: {run_link(ui_url)}\n"
+        "The champion model is unchanged."
+    )
+    return subject, body
+
+
+def champion_changed_message(ui_url: str) -> tuple[str, str]:
+    """(subject, body) Jinja templates the server renders for a `cxr.champion.changed` event."""
+    payload = "event.payload"
+    subject = f"cxr: champion is now {{{{ {payload}.model_name }}}} v{{{{ {payload}.version }}}}"
+    body = (
+        f"{{{{ {payload}.model_name }}}}: champion v{{{{ {payload}.previous or 'none' }}}} -> "
+        f"v{{{{ {payload}.version }}}} by {{{{ {payload}.action }}}}: {{{{ {payload}.reason }}}}\n"
+        f"Model: {{{{ {payload}.model_uri }}}}\n"
+        f"{{% if flow_run %}}Run {{{{ flow_run.name }}}}: {run_link(ui_url)}\n{{% endif %}}"
+        f"Dashboard: {ui_url}"
+    )
+    return subject, body
+
+
+def _ui_url(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def save_webhook_block(webhook_url: str) -> Any:  # noqa: ANN401 - prefect BlockDocument id (UUID)
+    """Store `webhook_url` as the `cxr-notify` Custom Webhook block (replacing an older one); its id."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    if not webhook_url.startswith(("http://", "https://")):
+        raise CxrError(f"notification webhook must be an http(s) URL: {webhook_url}")
+    block = CustomWebhookNotificationBlock(name=WEBHOOK_BLOCK_NAME, url=webhook_url, json_data=WEBHOOK_JSON)
+    return block.save(WEBHOOK_BLOCK_NAME, overwrite=True)
+
+
+def saved_block_id(block_slug: str) -> Any:  # noqa: ANN401 - UUID
+    """The id of a saved notification block named `TYPE/NAME` (e.g. `slack-webhook/ops`)."""
+    from prefect.blocks.core import Block
+
+    try:
+        block = Block.load(block_slug)
+    except (ValueError, KeyError) as error:
+        raise CxrError(f"no saved Prefect block {block_slug!r}: {error}") from error
+    if "notify" not in block.get_block_capabilities():
+        raise CxrError(f"Prefect block {block_slug!r} cannot send notifications")
+    return block._block_document_id
+
+
+def configure_notifications(
+    *, webhook_url: str | None = None, block_slug: str | None = None, api_url: str | None = None
+) -> list[str]:
+    """Create (or replace) the two automations on the Prefect server at `api_url` (default: settings).
+
+    Exactly one of `webhook_url` (saved as the `cxr-notify` block) and `block_slug` (a notification
+    block saved earlier) names where messages go. Returns the automations' names.
+    """
+    from prefect.automations import Automation
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.settings import PREFECT_API_URL
+
+    if (webhook_url is None) == (block_slug is None):
+        raise CxrError("give either a notification webhook URL or a saved notification block")
+    api_url = api_url or PREFECT_API_URL.value()
+    if not api_url:
+        raise CxrError("notifications need a Prefect server: start one with `cxr dashboard`")
+    block_id = save_webhook_block(webhook_url) if webhook_url else saved_block_id(block_slug)
+    ui_url = _ui_url(api_url)
+    failed_subject, failed_body = run_failed_message(ui_url)
+    champion_subject, champion_body = champion_changed_message(ui_url)
+    automations = [
+        Automation(
+            name=RUN_FAILED_AUTOMATION,
+            description="Message when a retraining run fails or crashes.",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.role": "flow", "prefect.resource.name": RETRAIN_FLOW},
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=[SendNotification(block_document_id=block_id, subject=failed_subject, body=failed_body)],
+        ),
+        Automation(
+            name=CHAMPION_AUTOMATION,
+            description="Message when the champion model changes.",
+            trigger=EventTrigger(
+                expect={CHAMPION_CHANGED_EVENT},
+                match={"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}*"},
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=[
+                SendNotification(block_document_id=block_id, subject=champion_subject, body=champion_body)
+            ],
+        ),
+    ]
+    _replace_automations(automations)
+    return [automation.name for automation in automations]
+
+
+def _replace_automations(automations: list[Any]) -> None:
+    """Delete automations of the same names, then create these: rerunning `cxr serve` never duplicates."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for automation in automations:
+            for existing in client.read_automations_by_name(automation.name):
+                client.delete_automation(existing.id)
+    for automation in automations:
+        automation.create()
+
+
+def announce_champion_change(change: dict[str, Any]) -> None:
+    """Post `cxr.champion.changed` with `change` as payload to the Prefect server, if one is configured.
+
+    Sent synchronously (a short-lived `cxr promote` must not exit before it is delivered). Inside a
+    flow run the event names that run, so the message links to it. Without a configured server
+    nothing is sent: no automation could be listening. A failure to send is logged, never raised:
+    the champion has already moved.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    model_name = change["model_name"]
+    related = []
+    if flow_run.id:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+                "prefect.resource.role": "flow-run",
+                "prefect.resource.name": flow_run.name,
+            }
+        )
+    event = Event(
+        event=CHAMPION_CHANGED_EVENT,
+        resource={
+            "prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}{model_name}",
+            "prefect.resource.name": model_name,
+        },
+        related=related,
+        payload=change,
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
+    except Exception as error:  # any transport or HTTP error: the move itself stands
+        log.warning("could not announce the champion change to %s: %s", PREFECT_API_URL.value(), error)
