@@ -86,13 +86,26 @@ def _print_training_summary(summary: dict[str, Any]) -> None:
         if metrics.get(key) is not None
     )
     role = "champion" if summary["champion"] else "challenger (not promoted)"
-    print(
-        f"trained {summary['architecture']} on {summary['images']['accepted']} images in {summary['duration_s']} s"
-    )
+    reused = summary.get("reused", {})
+    if "train" in reused:
+        made = reused["train"] or "in an earlier run"
+        print(
+            f"reused the {summary['architecture']} model trained {made}: nothing was trained "
+            f"(run took {summary['duration_s']} s)"
+        )
+    else:
+        print(
+            f"trained {summary['architecture']} on {summary['images']['accepted']} images, "
+            f"{summary['epochs_run']} epochs (run took {summary['duration_s']} s)"
+        )
     print(f"test metrics: {shown}")
-    print(
-        f"registered {summary['model_uri']} as {role}; reused cached tasks: {summary['cached_tasks'] or 'none'}"
-    )
+    earlier = " (registered by an earlier run)" if "register" in reused else ""
+    print(f"model {summary['model_uri']}: {role}{earlier}")
+    if reused:
+        print(
+            "reused cached results: "
+            + ", ".join(f"{task} (made {made or '?'})" for task, made in reused.items())
+        )
     from cxr.state import cxr_home, default_tracking_uri
 
     print(f"registry: {default_tracking_uri()}; state folder: {cxr_home()}")
@@ -203,10 +216,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     task_runner_from_env()  # served runs use it too: without prefect-dask, fail now rather than per run
     data_dir = str(Path(args.data).resolve()) if args.data else str(_demo_data_dir())
+    if args.notify_webhook or args.notify_block:
+        from cxr.notify import configure_notifications
+
+        names = configure_notifications(webhook_url=args.notify_webhook, block_slug=args.notify_block)
+        print(f"notifications ({', '.join(names)}) -> {args.notify_block or args.notify_webhook}", flush=True)
     serve_deployments(
         data_dir, cron=args.cron, timezone=args.timezone, debounce_s=args.debounce, event_roots=args.data_root
     )
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cxr.status import gather_status
+
+    status = gather_status(args.name)
+    if args.json:
+        _print_json(status)
+    else:
+        _print_status(status)
+    return 0
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    champion = status["champion"]
+    if champion:
+        metrics = champion["metrics"]
+        shown = " ".join(
+            f"{key} {metrics[key]:.3f}" for key in ("auc", "sensitivity", "specificity") if key in metrics
+        )
+        print(f"champion   {champion['model_uri']} ({champion['architecture']}): {shown}")
+        change = champion.get("last_change")
+        if change:
+            run = f" in run {change['flow_run']}" if change.get("flow_run") else ""
+            print(f"           since {change['at']} by {change['action']}{run}: {change['reason']}")
+        else:
+            print(f"           promoted {champion['promoted_at']}: {champion['reason']}")
+    else:
+        print("champion   none")
+    if status["recent_runs"] is not None:
+        print("recent runs" if status["recent_runs"] else "recent runs: none")
+        for run in status["recent_runs"]:
+            took = "-" if run["duration_s"] is None else f"{run['duration_s']:.0f} s"
+            print(f"  {run['name']:<32} {run['state']:<10} {run['trigger']:<9} {took:>7}  {run['started']}")
+    scheduled = status["next_scheduled"]
+    if scheduled:
+        print(f"next run   {scheduled['name']} ({scheduled['deployment']}) at {scheduled['at']}")
+    print(f"dashboard  {status['dashboard_url'] or 'not running'}")
+    serving = status["serving"]
+    if serving is not None:
+        polled = ", ".join(
+            f"{row['deployment']} {'up' if row['up'] else 'down'}" for row in serving["deployments"]
+        )
+        print(f"serving    {'yes' if serving['up'] else 'no'}" + (f" ({polled})" if polled else ""))
+    for inbox in status["inboxes"]:
+        waiting = "missing" if inbox["waiting_files"] is None else f"{inbox['waiting_files']} file(s) waiting"
+        print(f"inbox      {inbox['path']}: {waiting}")
+    for note in status["notes"]:
+        print(f"note: {note}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

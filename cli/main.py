@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -18,19 +19,23 @@ from cli.commands import (
     cmd_promote,
     cmd_rollback,
     cmd_serve,
+    cmd_status,
     cmd_train,
     cmd_watch,
 )
+from cxr.progress import enable_terminal_progress
+from cxr.quiet import set_verbose
 from cxr.state import configure_environment
 
+NOTIFY_WEBHOOK_ENV = "CXR_NOTIFY_WEBHOOK"
+
 # Commands whose Prefect runs and events go to the local dashboard when one is up.
-RECORDED_COMMANDS = {"train", "predict", "serve", "watch"}
+# promote/rollback announce the champion change there (notifications).
+RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback"}
 
 
 def _use_dashboard_if_running() -> None:
     """Record runs in the local dashboard when one is up; else Prefect starts a temporary server."""
-    import os
-
     if os.environ.get("PREFECT_API_URL"):
         return
     from cxr.server import api_url_if_running
@@ -47,11 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cxr", description="Chest X-ray pneumonia classifier retraining pipeline"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's native log lines (same as CXR_LOG_LEVEL=DEBUG)",
+    )
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
         sub.set_defaults(handler=handler)
         return sub
 
@@ -136,6 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="folder that event-named data folders must lie in (repeatable; default: the --data folder's parent)",
     )
+    notify = serve.add_mutually_exclusive_group()
+    notify.add_argument(
+        "--notify-webhook",
+        metavar="URL",
+        default=os.environ.get(NOTIFY_WEBHOOK_ENV),
+        help=f"post a message here when a retraining run fails or the champion changes (default ${NOTIFY_WEBHOOK_ENV})",
+    )
+    notify.add_argument(
+        "--notify-block",
+        metavar="TYPE/NAME",
+        help="send those messages through a saved Prefect notification block instead (e.g. slack-webhook/ops)",
+    )
+
+    status = command(
+        "status", cmd_status, "champion, recent runs, next nightly run, what is up, inbox backlog"
+    )
+    status.add_argument("--name", default=REGISTERED_MODEL_NAME)
+    status.add_argument("--json", action="store_true")
 
     watch = command("watch", cmd_watch, "emit cxr.data.arrived when new files in INBOX have settled")
     watch.add_argument("inbox")
@@ -151,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from cxr.errors import CxrError
 
+    if args.verbose:
+        set_verbose()
+    enable_terminal_progress(not getattr(args, "json", False))
     try:
-        configure_environment()
+        configure_environment()  # also quiets TensorFlow's native logs (cxr.quiet) unless verbose
         if args.command in RECORDED_COMMANDS:
             _use_dashboard_if_running()  # before Prefect is imported: it reads its settings once
         return args.handler(args)

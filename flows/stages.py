@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prefect import Task, get_run_logger
+from prefect import State, Task, get_run_logger
+from prefect.futures import as_completed
 
 
 @dataclass
 class StageRunner:
-    """Calls tasks in order; `cached` lists the names of the tasks whose results were reused.
+    """Calls tasks in order; `cached` lists the names of the tasks whose results were reused, and
+    `reused` when each reused result was made (UTC, ISO; None when its store cannot tell).
 
     A cached result that points at files which are gone or damaged (results may define `is_intact()`)
     is recomputed with `refresh_cache`, so a cleaned or corrupted state folder never breaks a run.
     """
 
     cached: list[str] = field(default_factory=list)
+    reused: dict[str, str | None] = field(default_factory=dict)
+
+    def _reused(self, task: Task, states: list[State]) -> None:
+        self.cached.append(task.name)
+        made = [moment for moment in map(_made_at, states) if moment]
+        self.reused[task.name] = max(made) if made else None
+        get_run_logger().info(
+            "reused the cached %s result made %s", task.name, self.reused[task.name] or "earlier"
+        )
 
     def __call__(self, task: Task, *args: Any, **kwargs: Any) -> Any:
         state = task(*args, return_state=True, **kwargs)
@@ -25,23 +39,47 @@ class StageRunner:
         if state.name != "Cached":
             return result
         if getattr(result, "is_intact", lambda: True)():
-            self.cached.append(task.name)
+            self._reused(task, [state])
             return result
         get_run_logger().warning(
             "cached %s result points at missing or damaged files; recomputing", task.name
         )
         return task.with_options(refresh_cache=True)(*args, **kwargs)
 
-    def map(self, task: Task, items: Iterable[Any]) -> list[Any]:
+    def map(
+        self, task: Task, items: Iterable[Any], *, on_done: Callable[[Any], None] | None = None
+    ) -> list[Any]:
         """`task` over each item on the flow's task runner; results in item order.
 
-        The task counts as reused when every mapped run was (also when there was nothing to map:
-        then every item it could have had was reused upstream).
+        `on_done(item)` is called as each item's run finishes (progress). The task counts as reused
+        when every mapped run was (also when there was nothing to map: then every item it could have
+        had was reused upstream).
         """
-        futures = task.map(list(items))
-        futures.wait()
+        items = list(items)
+        futures = task.map(items)
+        if on_done is None:
+            futures.wait()
+        else:
+            position = {id(future): index for index, future in enumerate(futures)}
+            for future in as_completed(list(futures)):
+                on_done(items[position[id(future)]])
         states = [future.state for future in futures]
         results = [state.result() for state in states]  # re-raises the first failure
         if all(state.name == "Cached" for state in states):
-            self.cached.append(task.name)
+            self._reused(task, states)
         return results
+
+
+def _made_at(state: State) -> str | None:
+    """When a cached state's persisted result was written: its local result file's time."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    key = getattr(getattr(state.data, "metadata", None), "storage_key", None)
+    if not key:
+        return None
+    path = Path(key) if os.path.isabs(key) else Path(PREFECT_LOCAL_STORAGE_PATH.value()) / key
+    try:
+        stamp = path.stat().st_mtime
+    except OSError:  # another result store (remote block) or already cleaned
+        return None
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).isoformat(timespec="seconds")
