@@ -1,0 +1,147 @@
+"""What the MLflow run of a trained model records, and the model card of its registered version.
+
+The run holds the lineage (params), test and validation metrics, the training curves, the evaluation
+plots and report, the self-contained pyfunc model (`cxr.pyfunc_logging`), the network's
+`model.summary()`, the TensorBoard logs, `prefect.*` tags naming the flow run that made it and,
+once the version number is known, the model card.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr.evaluation import EvaluationResult
+from cxr.metrics import CI_METRICS
+from cxr.model_card import ModelCard, PointResult
+from cxr.pyfunc_logging import log_pyfunc_model
+from cxr.pyfunc_model import operating_points
+from cxr.registry import MODEL_ARTIFACT, load_model_with_metadata
+from cxr.run_links import flow_run_tags
+from cxr.training import TrainResult
+
+# Test metrics compared in the promotion decision and stored as `test_<metric>` version tags.
+DECISION_METRICS = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
+SUMMARY_FILE = "model_summary.txt"
+CARD_FILE = "model_card.md"
+TENSORBOARD_ARTIFACTS = "tensorboard"
+
+
+def rounded(metrics: dict[str, Any], keys: tuple[str, ...] = DECISION_METRICS) -> dict[str, float | None]:
+    return {key: (None if metrics.get(key) is None else round(float(metrics[key]), 6)) for key in keys}
+
+
+def flat_metrics(train: TrainResult, evaluation: EvaluationResult) -> dict[str, float]:
+    """Test metrics and their CI bounds, validation metrics and the training time, as flat floats."""
+    flat: dict[str, float] = {}
+    for key, value in rounded(evaluation.metrics).items():
+        if value is not None:
+            flat[f"test_{key}"] = value
+    for key in CI_METRICS:
+        if evaluation.ci.get(key):
+            flat[f"test_{key}_ci_low"], flat[f"test_{key}_ci_high"] = evaluation.ci[key]
+    for key, value in train.valid_metrics.items():
+        if isinstance(value, int | float) and np.isfinite(value):
+            flat[f"valid_{key}"] = float(value)
+    flat["train_seconds"] = float(train.train_seconds)
+    flat["threshold"] = float(train.threshold)
+    return flat
+
+
+def _log_history(history: dict[str, list[float]]) -> None:
+    import mlflow
+
+    epochs = max((len(values) for values in history.values()), default=0)
+    for epoch in range(epochs):
+        values = {
+            f"epoch_{key}": float(series[epoch]) for key, series in history.items() if epoch < len(series)
+        }
+        mlflow.log_metrics(values, step=epoch + 1)
+
+
+def model_summary(model) -> str:  # noqa: ANN001 - keras.Model
+    """`model.summary()` as plain text."""
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines) + "\n"
+
+
+def log_training_run(train: TrainResult, evaluation: EvaluationResult, lineage: dict[str, Any]):  # noqa: ANN201
+    """Record everything about `train` into the active MLflow run; returns the logged model's ModelInfo."""
+    import mlflow
+
+    mlflow.set_tags(flow_run_tags())
+    mlflow.log_params(
+        {
+            **{f"lineage.{key}": str(value)[:500] for key, value in lineage.items()},
+            "model_name": train.model_name,
+            "device": train.device,
+            "epochs_run": train.epochs_run,
+            "resumed_from_epoch": train.resumed_from_epoch,
+            "model_sha256": train.model_sha256,
+            "evaluation_split": evaluation.split,
+            "evaluation_n": evaluation.n,
+        }
+    )
+    mlflow.log_metrics(flat_metrics(train, evaluation))
+    _log_history(train.history)
+    for plot in evaluation.plots.values():
+        mlflow.log_artifact(str(plot), artifact_path="evaluation")
+    mlflow.log_artifact(str(evaluation.report_path), artifact_path="evaluation")
+    mlflow.log_artifact(str(train.metadata_path))
+    network, _ = load_model_with_metadata(train.model_path)
+    mlflow.log_text(model_summary(network), SUMMARY_FILE)
+    if train.tensorboard_dir and Path(train.tensorboard_dir).is_dir():
+        mlflow.log_artifacts(train.tensorboard_dir, artifact_path=TENSORBOARD_ARTIFACTS)
+    return log_pyfunc_model(
+        train.model_path, train.metadata_path, model_sha256=train.model_sha256, name=MODEL_ARTIFACT
+    )
+
+
+def model_card(
+    name: str,
+    version: int,
+    train: TrainResult,
+    evaluation: EvaluationResult,
+    lineage: dict[str, Any],
+    links: dict[str, str],
+) -> ModelCard:
+    """The card of version `version`: each operating point of the model with the test metrics at it.
+
+    The evaluation scores the model at one threshold; points at other thresholds are listed with
+    their thresholds and no metrics until the evaluation scores them too.
+    """
+    trained = json.loads(Path(train.metadata_path).read_text())
+    points, default = operating_points(trained)
+    evaluated = evaluation.metrics.get("threshold")
+    results = {
+        point: PointResult(
+            threshold=float(spec["threshold"]),
+            rule=str(spec.get("rule", "")),
+            **(
+                {"metrics": evaluation.metrics, "ci": evaluation.ci}
+                if evaluated is not None and np.isclose(float(spec["threshold"]), float(evaluated))
+                else {"metrics": {}}
+            ),
+        )
+        for point, spec in points.items()
+    }
+    return ModelCard(
+        model_name=name,
+        version=version,
+        architecture=train.model_name,
+        model_sha256=train.model_sha256,
+        image_size=train.image_size,
+        data_dir=str(lineage.get("data_dir", "?")),
+        data_digest=str(lineage.get("data_digest", "?")),
+        images=lineage.get("images") or {},
+        split_counts=lineage.get("split_counts") or {},
+        evaluation_split=evaluation.split,
+        evaluation_n=evaluation.n,
+        operating_points=results,
+        default_operating_point=default,
+        links=links,
+    )
