@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cxr import faults
 from cxr.files import sha256_file
+from cxr.scanning import real_path
 
 DEFAULT_MAX_PIXELS = 60_000_000
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -34,6 +35,8 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 TRANSIENT_ERRNOS = frozenset(
     {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY}
 )
+# A name the file system refuses to open: the only files quarantined for their name.
+_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ})
 
 
 class BadImage(Exception):
@@ -119,7 +122,7 @@ def check_file(path: str) -> FileCheck:
     """Decode and hash one file for ingest; never raises for bad input."""
     try:
         info = inspect_image(Path(path), min_side=0)
-        return FileCheck(path=path, sha256=sha256_file(path), info=info)
+        return FileCheck(path=path, sha256=sha256_file(real_path(path)), info=info)
     except BadImage as error:
         return FileCheck(path=path, reason=error.reason, detail=error.detail)
     except OSError as error:
@@ -134,14 +137,19 @@ def check_files(paths: list[str]) -> list[FileCheck]:
 
 
 def _decode(path: Path, *, draft_side: int | None, max_pixels: int) -> tuple[ImageInfo, Image.Image]:
-    """Open, size-check and fully decode one file into a loaded Pillow image (any mode)."""
+    """Open, size-check and fully decode one file (`path` is a `path_text`) into a loaded Pillow image."""
     try:
         faults.fail_first("read_image")
-        handle = open(path, "rb")  # noqa: SIM115 - closed below; one handle serves sniffing and decoding
+        faults.hang("read_image")
+        handle = open(real_path(str(path)), "rb")  # noqa: SIM115 - closed below; one handle sniffs and decodes
     except OSError as error:
         if error.errno in TRANSIENT_ERRNOS:
             raise OSError(
                 error.errno, f"cannot read {path} (transient error, worth a retry): {error.strerror}"
+            ) from error
+        if error.errno in _NAME_ERRNOS:
+            raise BadImage(
+                "bad_filename", f"the file system cannot open this name: {error.strerror}"
             ) from error
         raise BadImage("unreadable", f"{type(error).__name__}: {error.strerror or error}") from error
     with handle:

@@ -1,6 +1,9 @@
 """Walk an input folder: every entry under it, with problems found without opening a file.
 
-Shared by ingest (which labels and checks the files) and prediction (which scores them).
+Shared by ingest (which labels and checks the files) and prediction (which scores them). Paths are
+kept as `path_text`: valid UTF-8 that gives back the exact name (`real_path`), so a file whose name is
+not UTF-8 (Latin-1 `Müller.jpeg` from an old Windows share, listed as `M\\xfcller.jpeg`) is used,
+listed and reported like any other.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +28,39 @@ class FoundFile:
     problem: tuple[str, str] | None = None
 
 
-def display_path(path: str) -> str:
-    """`path` as valid UTF-8 text (undecodable bytes shown as backslash escapes)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def path_text(path: str) -> str:
+    """`path` as lossless UTF-8 text: a backslash doubled, each byte that is not UTF-8 as `\\xNN`.
+
+    Names without either (nearly all) are unchanged; `real_path` reverses it exactly.
+    """
+    text = path.replace("\\", "\\\\")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as surrogate escapes (PEP 383)
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+def real_path(text: str) -> str:
+    """The path to open for a `path_text` (surrogate escapes for the bytes that are not UTF-8)."""
+    if "\\" not in text:
+        return text
+
+    def unescape(match: re.Match[str]) -> str:
+        escaped = match.group(1)
+        return "\\" if escaped == "\\" else chr(0xDC00 + int(escaped[1:], 16))
+
+    return _ESCAPE.sub(unescape, text)
 
 
 def scan_folder(root: Path) -> list[FoundFile]:
     """Every non-directory entry under `root`, sorted by relative path.
 
     Directory symlinks are followed once; a directory reached again (a cycle) is reported as
-    `symlink_loop`, dangling links as `broken_symlink`, undecodable names as `bad_filename`.
+    `symlink_loop`, dangling links as `broken_symlink`. Paths and relative paths are `path_text`.
     """
     root = Path(root)
     return sorted(_walk(root, "", {_dir_identity(root)}), key=lambda item: item.relative)
@@ -68,7 +95,7 @@ def _walk(directory: Path | str, prefix: str, visited: set[tuple[int, int]]) -> 
 
 
 def _problem(path: str, relative: str, reason: str, detail: str, size: int = 0, mtime: int = 0) -> FoundFile:
-    return FoundFile(display_path(path), display_path(relative), size, mtime, (reason, detail))
+    return FoundFile(path_text(path), path_text(relative), size, mtime, (reason, detail))
 
 
 def _describe(entry: os.DirEntry, relative: str) -> FoundFile:
@@ -83,22 +110,11 @@ def _describe(entry: os.DirEntry, relative: str) -> FoundFile:
         else:
             reason, detail = "unreadable", str(error)
         return _problem(entry.path, relative, reason, detail, link.st_size, link.st_mtime_ns)
-    try:
-        relative.encode("utf-8")
-    except UnicodeEncodeError:
-        return _problem(
-            entry.path,
-            relative,
-            "bad_filename",
-            "file name is not valid UTF-8; rename it",
-            stat.st_size,
-            stat.st_mtime_ns,
-        )
     if not entry.is_file():
         return _problem(
             entry.path, relative, "not_an_image", "not a regular file", stat.st_size, stat.st_mtime_ns
         )
-    return FoundFile(entry.path, relative, stat.st_size, stat.st_mtime_ns)
+    return FoundFile(path_text(entry.path), path_text(relative), stat.st_size, stat.st_mtime_ns)
 
 
 def data_dir_fingerprint(data_dir: Path | str) -> str:

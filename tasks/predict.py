@@ -27,7 +27,7 @@ from cxr.evaluation import predict_pneumonia_proba
 from cxr.files import write_atomically
 from cxr.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.registry import load_model_with_metadata
-from cxr.scanning import display_path, scan_folder
+from cxr.scanning import path_text, real_path, scan_folder
 
 OK = "ok"
 COLUMNS = ["path", "probability", "label", "status", "detail", "heatmap"]
@@ -53,9 +53,9 @@ def expand_paths(paths: list[Path]) -> list[_Input]:
         if path.is_dir():
             inputs.extend(_Input(found.path, found.problem) for found in scan_folder(path.resolve()))
         elif path.exists():
-            inputs.append(_Input(display_path(str(path.resolve()))))
+            inputs.append(_Input(path_text(str(path.resolve()))))
         else:
-            inputs.append(_Input(display_path(str(path.absolute())), ("missing", "no such file or folder")))
+            inputs.append(_Input(path_text(str(path.absolute())), ("missing", "no such file or folder")))
     return inputs
 
 
@@ -66,7 +66,7 @@ def _load_checked(path: str, image_size: int, *, max_pixels: int, max_file_bytes
     header, full decode to catch truncation), so each file is checked and decoded in one pass.
     """
     try:
-        size_bytes = os.stat(path).st_size
+        size_bytes = os.stat(real_path(path)).st_size
     except OSError as error:
         raise BadImage("unreadable", str(error)) from error
     if size_bytes > max_file_bytes:

@@ -83,16 +83,16 @@ def bad_corpus(tmp_path, monkeypatch) -> Path:
     os.symlink(root / "train", normal / "cycle")  # folder link back up the tree
     write_image(root / "train" / "COVID" / "x.jpeg", seed=50)
     (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    bad_name = os.fsencode(normal) + b"/bad\xff-name.jpeg"
-    with open(bad_name, "wb") as handle:
-        handle.write(write_image(tmp_path / "for-bad-name.jpeg", seed=60).read_bytes())
+    # A valid image whose name is Latin-1, not UTF-8 (old Windows shares): kept, not quarantined.
+    latin1_name = os.fsencode(normal) + b"/M\xfcller-0001.jpeg"
+    with open(latin1_name, "wb") as handle:
+        handle.write(write_image(tmp_path / "for-latin1-name.jpeg", seed=60).read_bytes())
     return root
 
 
 def test_bad_corpus_every_reason_quarantined(bad_corpus, tmp_path):
     result, manifest, quarantine = run_ingest(bad_corpus, tmp_path / "out", workers=1)
     assert result.quarantined_by_reason == {
-        "bad_filename": 1,
         "broken_symlink": 1,
         "corrupt_dicom": 1,
         "decompression_bomb": 1,
@@ -106,23 +106,23 @@ def test_bad_corpus_every_reason_quarantined(bad_corpus, tmp_path):
         "unknown_class": 2,  # train/COVID/x.jpeg and top-level .DS_Store
         "unreadable": 1,
     }
-    assert result.accepted == 7 and result.files_found == 7 + 17
+    assert result.accepted == 8 and result.files_found == 8 + 16
     assert list(manifest.columns) == MANIFEST_COLUMNS
     assert list(quarantine.columns[:3]) == ["path", "reason", "detail"]
     by_name = reasons_by_name(quarantine)
     assert by_name["copy.jpeg"] == "duplicate"
     assert by_name["self-loop.jpeg"] == "symlink_loop" and by_name["cycle"] == "symlink_loop"
     assert by_name["x.jpeg"] == "unknown_class" and by_name["dangling.jpeg"] == "broken_symlink"
-    assert by_name["bad\\xff-name.jpeg"] == "bad_filename"
     duplicate = quarantine[quarantine["reason"] == "duplicate"].iloc[0]
     assert duplicate["detail"].endswith("IM-0001-0001.jpeg") and duplicate["detail"] in set(
         "same content as " + manifest["path"]
     )
     assert not manifest["path"].str.contains("conflict").any()
-    assert result.per_class == {"pneumonia": 3, "normal": 4}
-    assert result.per_source_split == {"train": {"normal": 3, "pneumonia": 3}, "test": {"normal": 1}}
+    assert result.per_class == {"pneumonia": 3, "normal": 5}
+    assert result.per_source_split == {"train": {"normal": 4, "pneumonia": 3}, "test": {"normal": 1}}
     assert result.duplicates == 1
-    assert set(manifest["patient_id"]) == {
+    assert manifest["patient_id"].isna().sum() == 1  # M\xfcller-0001.jpeg names no patient
+    assert set(manifest["patient_id"].dropna()) == {
         "IM-0001",
         "IM-0011",
         "IM-0021",
@@ -217,7 +217,7 @@ def test_incremental_reingest_checks_only_new_and_changed_files(bad_corpus, tmp_
     # the unreadable file is always re-checked: a permission fix must take effect
     assert sorted(checked) == ["IM-0500-0001.jpeg", "locked.jpeg", "person0_bacteria_0.jpeg"]
     assert second.accepted == first.accepted + 1
-    assert second.reused == 19 - 3  # labelled files without a path problem, less the three checked
+    assert second.reused == 20 - 3  # labelled files without a path problem, less the three checked
     assert reasons_by_name(quarantine2)["truncated.jpeg"] == "truncated"  # reused, not re-decoded
     assert second.quarantined_by_reason == first.quarantined_by_reason
     assert second.digest != first.digest
@@ -238,7 +238,7 @@ def test_incremental_reingest_checks_only_new_and_changed_files(bad_corpus, tmp_
     )
     assert checked == ["locked.jpeg"]
     assert fourth.accepted == 1  # only the 48 px newcomer; the 40 px images, copies included, are too small
-    assert fourth.quarantined_by_reason["too_small"] == 1 + 7 + 1 + 2
+    assert fourth.quarantined_by_reason["too_small"] == 1 + 8 + 1 + 2
 
 
 def test_process_pool_matches_in_process(tiny_kaggle, tmp_path, monkeypatch):
