@@ -27,6 +27,7 @@ from cxr.datasets import BatchesResult, load_split, make_dataset
 from cxr.errors import DataError
 from cxr.files import sha256_file, write_atomically
 from cxr.history import HISTORY_FILE, EpochRecorder, ProgressCallback, finished_epochs, images_per_second
+from cxr.progress import keras_progress_callback, stage_progress
 from cxr.thresholds import DECISION_RULE, SENSITIVITY_CONFIDENCE_Z, binary_metrics, choose_threshold
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger(__name__)
+
+
+# Prefect progress artifact (percent of training steps) on the run's dashboard page.
+PROGRESS_ARTIFACT = "training-progress"
 
 
 class TrainResult(BaseModel):
@@ -157,15 +162,28 @@ def train_model(
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), write_graph=False))
 
     started = time.perf_counter()
-    model.fit(
-        train_data,
-        validation_data=valid_data,
-        epochs=epochs,
-        class_weight=weights,
-        callbacks=callbacks,
-        shuffle=False,  # make_dataset already shuffles, by the seed
-        verbose=0,
-    )
+    with stage_progress(
+        f"train {model_name}", epochs * steps_per_epoch, "steps", artifact_key=PROGRESS_ARTIFACT
+    ) as progress:
+        progress.update(completed=resumed_from_epoch * steps_per_epoch)
+        model.fit(
+            train_data,
+            validation_data=valid_data,
+            epochs=epochs,
+            class_weight=weights,
+            callbacks=[
+                *callbacks,
+                keras_progress_callback(progress, epochs=epochs, steps_per_epoch=steps_per_epoch),
+            ],
+            shuffle=False,  # make_dataset already shuffles, by the seed
+            verbose=0,
+        )
+        epochs_done = len(recorder.history.get("loss", []))
+        progress.update(
+            completed=progress.total,
+            description=f"train {model_name}: {epochs_done}/{epochs} epochs"
+            + (" (early stop)" if epochs_done < epochs else ""),
+        )
     train_seconds = time.perf_counter() - started
 
     p_pneumonia = model.predict(valid_data, verbose=0)[:, PNEUMONIA_INDEX]

@@ -13,6 +13,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from cxr.caching import code_version, sha256_text, stable_json
 from cxr.config import RetrainConfig
 from cxr.errors import CxrError
+from cxr.progress import stage_progress
 from flows.stages import StageRunner
 from tasks import batches, evaluate, ingest, register, report, split, train
 
@@ -55,7 +56,10 @@ def task_runner_from_env() -> TaskRunner:
 def ingest_stage(run: StageRunner, data_dir: str, min_side: int) -> ingest.IngestResult:
     """Plan, check the planned chunks in parallel on the flow's task runner, and assemble the manifest."""
     plan = run(ingest.plan_ingest, data_dir, min_side)
-    checks = run.map(ingest.check_chunk, plan.chunks())
+    with stage_progress("ingest: check files", len(plan.todo), "files") as progress:
+        checks = run.map(
+            ingest.check_chunk, plan.chunks(), on_done=lambda chunk: progress.advance(len(chunk))
+        )
     return run(ingest.assemble_ingest, plan, checks)
 
 
@@ -144,6 +148,7 @@ def retrain(config: RetrainConfig) -> dict:
         "split_counts": splits.counts,
         "flow_run_id": str(flow_run.id),
         "cached_tasks": run.cached,
+        "reused": run.reused,  # cached task -> when its result was made
     }
     report.report(evaluation, summary)
     return {**summary, "flow_seconds": round(time.perf_counter() - started, 2)}

@@ -57,12 +57,11 @@ class StageRunner:
         """
         items = list(items)
         futures = task.map(items)
-        if on_done is None:
-            futures.wait()
-        else:
+        if on_done is not None:
             position = {id(future): index for index, future in enumerate(futures)}
             for future in as_completed(list(futures)):
                 on_done(items[position[id(future)]])
+        futures.wait()  # also makes each future's final state readable
         states = [future.state for future in futures]
         results = [state.result() for state in states]  # re-raises the first failure
         if all(state.name == "Cached" for state in states):
