@@ -11,12 +11,13 @@ import numpy as np
 from pydantic import BaseModel
 
 from cxr import CLASSES
-from cxr.datasets import BatchesResult, load_split
 from cxr.errors import DataError
 from cxr.files import sha256_file
 from cxr.metrics import CI_METRICS, bootstrap_ci, classification_metrics
 from cxr.plots import write_plots
 from cxr.registry import load_model_with_metadata, resolve_model
+from cxr.sharding import BatchesResult
+from cxr.shards import read_labels
 
 
 class EvaluationResult(BaseModel):
@@ -47,6 +48,21 @@ def predict_pneumonia_proba(model, images: np.ndarray, batch_size: int = 64) -> 
         images = tf.image.resize(images.astype(np.float32), expected).numpy()
     output = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
     return np.asarray(output[:, 0], dtype=float)
+
+
+def predict_split(
+    model, batches: BatchesResult, split: str, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(P(pneumonia), is-pneumonia) per image of `split`, streamed from its shards in order."""
+    from cxr.datasets import split_dataset
+
+    expected = model.input_shape[1]
+    images = split_dataset(
+        batches, split, batch_size=batch_size, shuffle=False, seed=0, one_hot=False, image_size=expected
+    ).map(lambda batch_images, _: batch_images)
+    labels = read_labels(batches.shards(split))
+    output = model.predict(images, verbose=0) if len(labels) else np.empty((0, len(CLASSES)))
+    return np.asarray(output[:, 0], dtype=float), labels == CLASSES.index("pneumonia")
 
 
 def format_metric(value: float | None) -> str:
@@ -128,10 +144,9 @@ def evaluate_model(
     model, metadata = load_model_with_metadata(path)
     if threshold is None:
         threshold = float(metadata["threshold"])
-    images, labels = load_split(batches, split)
-    prob = predict_pneumonia_proba(model, images)
+    prob, is_pneumonia = predict_split(model, batches, split)
     return evaluate_predictions(
-        labels == CLASSES.index("pneumonia"),
+        is_pneumonia,
         prob,
         threshold=threshold,
         split=split,
@@ -150,8 +165,14 @@ def score_model(uri_or_path: str | Path, images: np.ndarray, labels: np.ndarray,
 def champion_scorer_for(
     batches: BatchesResult, tracking_uri: str, split: str = "test"
 ) -> Callable[[str], dict]:
-    """A function that scores a registered model (by URI) on `split` of `batches`."""
-    return lambda model_uri: score_model(model_uri, *load_split(batches, split), tracking_uri)
+    """A function that scores a registered model (by URI) on `split` of `batches`, streamed from its shards."""
+
+    def score(model_uri: str) -> dict:
+        model, metadata = load_model_with_metadata(model_uri, tracking_uri)
+        prob, is_pneumonia = predict_split(model, batches, split)
+        return classification_metrics(is_pneumonia, prob, float(metadata["threshold"]))
+
+    return score
 
 
 def publish_evaluation(result: EvaluationResult) -> None:

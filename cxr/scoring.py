@@ -14,13 +14,13 @@ import pandas as pd
 
 from cxr.caching import sha256_text
 from cxr.config import RetrainConfig
-from cxr.datasets import materialise_batches
 from cxr.errors import DataError
 from cxr.evaluation import evaluate_model
 from cxr.files import sha256_file
 from cxr.ingesting import ingest_folder
 from cxr.manifests import MANIFEST_NAME
 from cxr.registry import load_model_with_metadata, resolve_model
+from cxr.sharding import materialise_batches
 from cxr.state import state_dir
 
 # Every accepted file of the folder is scored as this split.

@@ -23,11 +23,13 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from cxr import CLASSES
-from cxr.datasets import BatchesResult, load_split, make_dataset
+from cxr.datasets import split_dataset
 from cxr.errors import DataError
 from cxr.files import sha256_file, write_atomically
 from cxr.history import HISTORY_FILE, EpochRecorder, ProgressCallback, finished_epochs, images_per_second
 from cxr.progress import keras_progress_callback, stage_progress
+from cxr.sharding import BatchesResult
+from cxr.shards import read_labels
 from cxr.thresholds import DECISION_RULE, SENSITIVITY_CONFIDENCE_Z, binary_metrics, choose_threshold
 
 if TYPE_CHECKING:
@@ -107,8 +109,8 @@ def train_model(
         raise DataError(
             f"epochs, batch_size and patience must be positive: {epochs}, {batch_size}, {patience}"
         )
-    train_images, train_labels = load_split(batches, "train")
-    valid_images, valid_labels = load_split(batches, "valid")
+    train_labels = read_labels(batches.shards("train"))
+    valid_labels = read_labels(batches.shards("valid"))
     weights = class_weights(train_labels)
     if len(valid_labels) == 0:
         raise DataError("the validation split is empty")
@@ -131,15 +133,15 @@ def train_model(
             epochs=epochs,
             backbone_weights=backbone_weights,
         )
-    train_data = make_dataset(
-        train_images,
-        train_labels,
+    train_data = split_dataset(
+        batches,
+        "train",
         batch_size=batch_size,
         shuffle=True,
         seed=seed,
         augment=build_augmentation(model_name, seed=seed),
     )
-    valid_data = make_dataset(valid_images, valid_labels, batch_size=batch_size, shuffle=False, seed=seed)
+    valid_data = split_dataset(batches, "valid", batch_size=batch_size, shuffle=False, seed=seed)
 
     checkpoint_dir = Path(checkpoint_dir)
     resumed_from_epoch = finished_epochs(checkpoint_dir)
@@ -175,7 +177,7 @@ def train_model(
                 *callbacks,
                 keras_progress_callback(progress, epochs=epochs, steps_per_epoch=steps_per_epoch),
             ],
-            shuffle=False,  # make_dataset already shuffles, by the seed
+            shuffle=False,  # split_dataset already shuffles, by the seed
             verbose=0,
         )
         epochs_done = len(recorder.history.get("loss", []))

@@ -21,6 +21,8 @@ from tasks import batches, evaluate, ingest, register, report, split, train
 MODEL_CODE = (
     "cxr.imaging",
     "cxr.datasets",
+    "cxr.shards",
+    "cxr.sharding",
     "cxr.splitting",
     "cxr.models",
     "cxr.device",
@@ -63,6 +65,15 @@ def ingest_stage(run: StageRunner, data_dir: str, min_side: int) -> ingest.Inges
     return run(ingest.assemble_ingest, plan, checks)
 
 
+def batches_stage(
+    run: StageRunner, split_path: str, split_digest: str, image_size: int
+) -> batches.BatchesResult:
+    """Plan the shards, decode them in parallel on the flow's task runner, and index them."""
+    plan = run(batches.plan_batches, split_path, split_digest, image_size)
+    shards = run.map(batches.build_batch_shard, plan.chunks())
+    return run(batches.assemble_batches, plan, shards)
+
+
 def retrain_run_name() -> str:
     """`retrain-2026-11-28-nightly`: the date and what started the run, readable in the dashboard."""
     config = flow_run.parameters.get("config", {})
@@ -93,7 +104,7 @@ def retrain(config: RetrainConfig) -> dict:
         keep_official_test=config.keep_official_test,
         min_images_per_class=config.min_images_per_class,
     )
-    data = run(batches.batches, splits.split_path, splits.digest, config.image_size)
+    data = batches_stage(run, splits.split_path, splits.digest, config.image_size)
     trained = run(
         train.train,
         data,
@@ -139,6 +150,7 @@ def retrain(config: RetrainConfig) -> dict:
         "metrics": evaluation.metrics,
         "ci": evaluation.ci,
         "threshold": trained.threshold,
+        "train_images_per_second": trained.images_per_second,
         "architecture": config.model,
         "device": trained.device,
         "epochs_run": trained.epochs_run,

@@ -64,6 +64,13 @@ class StageRunner:
         futures.wait()  # also makes each future's final state readable
         states = [future.state for future in futures]
         results = [state.result() for state in states]  # re-raises the first failure
+        for index, (state, result) in enumerate(zip(states, results, strict=True)):
+            if state.name == "Cached" and not getattr(result, "is_intact", lambda: True)():
+                get_run_logger().warning(
+                    "cached %s result points at missing or damaged files; recomputing", task.name
+                )
+                states[index] = task.with_options(refresh_cache=True)(items[index], return_state=True)
+                results[index] = states[index].result()
         if all(state.name == "Cached" for state in states):
             self._reused(task, states)
         return results

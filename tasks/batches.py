@@ -1,4 +1,9 @@
-"""Stage `batches`: decode each split once into uint8 arrays that training reads from memory (`cxr.datasets`)."""
+"""Stage `batches`: decode the split into shards that training and evaluation stream (`cxr.sharding`).
+
+Three tasks, as ingest: `batches-plan` lists each shard's files (Parquet), `batches-shard` decodes
+one shard (mapped over the plan's chunks on the flow's task runner: threads, or a Dask cluster),
+`batches-assemble` indexes them. Each result is a path plus digests, whatever the number of images.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +13,39 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from cxr.caching import ContentKey
-from cxr.datasets import BatchesResult, materialise_batches
 from cxr.errors import DataError
+from cxr.sharding import BatchesResult, ShardChunk, ShardPlan, assemble_shards, build_shard, plan_shards
+from cxr.shards import ShardRef
 from cxr.state import state_dir
 
+# The modules whose source decides the shards' content.
+DECIDED_BY = ("cxr.imaging", "cxr.shards", "cxr.sharding")
+# Local files only: a retry helps against a busy disk or network share, not against bad input.
+_RETRIES = {"persist_result": True, "retries": 2, "retry_delay_seconds": [5, 30]}
 
-@task(
-    name="batches",
-    cache_policy=ContentKey(modules=("cxr.imaging",)),
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-)
-def batches(split_path: str, split_digest: str, image_size: int) -> BatchesResult:
-    """Materialise the split with the given digest at `image_size` under the state folder."""
-    result = materialise_batches(Path(split_path), state_dir("batches"), image_size=image_size)
-    if result.digest != split_digest:
+
+@task(name="batches-plan", cache_policy=ContentKey(modules=DECIDED_BY), timeout_seconds=600, **_RETRIES)
+def plan_batches(split_path: str, split_digest: str, image_size: int) -> ShardPlan:
+    """List each shard's files for the split with the given digest, under the state folder."""
+    plan = plan_shards(Path(split_path), state_dir("batches"), image_size=image_size)
+    if plan.digest != split_digest:
         raise DataError(
-            f"{split_path} changed since it was split (digest {result.digest[:12]}, expected {split_digest[:12]})"
+            f"{split_path} changed since it was split (digest {plan.digest[:12]}, expected {split_digest[:12]})"
         )
-    get_run_logger().info(
-        "batches in %s: %s", result.root, {name: entry.n for name, entry in result.splits.items()}
-    )
+    get_run_logger().info("batches in %s: %s images", plan.root, plan.counts)
+    return plan
+
+
+# One shard is ~1000 images: minutes even on a slow share; a hung read fails the stage.
+@task(name="batches-shard", cache_policy=ContentKey(modules=DECIDED_BY), timeout_seconds=900, **_RETRIES)
+def build_batch_shard(chunk: ShardChunk) -> ShardRef:
+    """Decode one chunk's files into its shard (kept when an intact one is already there)."""
+    return build_shard(chunk)
+
+
+@task(name="batches-assemble", cache_policy=ContentKey(modules=DECIDED_BY), timeout_seconds=300, **_RETRIES)
+def assemble_batches(plan: ShardPlan, shards: list[ShardRef]) -> BatchesResult:
+    """Index the built shards of every split."""
+    result = assemble_shards(plan, shards)
+    get_run_logger().info("%d shards indexed in %s", len(shards), result.index.path)
     return result

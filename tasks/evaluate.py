@@ -7,9 +7,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from cxr.caching import ContentKey, sha256_text, stable_json
-from cxr.datasets import BatchesResult
 from cxr.errors import ModelError
 from cxr.evaluation import EvaluationResult, evaluate_model, format_metric
+from cxr.sharding import BatchesResult
 from cxr.state import state_dir
 
 

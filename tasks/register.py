@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 
 from cxr import faults
 from cxr.caching import ContentKey
-from cxr.datasets import BatchesResult
 from cxr.evaluation import EvaluationResult, champion_scorer_for
 from cxr.locking import registry_lock
 from cxr.metrics import CI_METRICS
@@ -29,6 +28,7 @@ from cxr.registry import (
     quiet_mlflow,
     version_metrics,
 )
+from cxr.sharding import BatchesResult
 from cxr.state import default_tracking_uri
 from cxr.training import TrainResult
 

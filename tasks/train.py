@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from cxr.caching import ContentKey, code_version, sha256_text, stable_json
-from cxr.datasets import BatchesResult
+from cxr.sharding import BatchesResult
 from cxr.state import state_dir
 from cxr.thresholds import DECISION_RULE
 from cxr.training import TrainResult, backbone_weights_digest, train_model

@@ -21,9 +21,10 @@ from sklearn.metrics import (
 from cxr import evaluation as evaluate_module
 from cxr import metrics as metrics_module
 from cxr.errors import DataError
-from cxr.evaluation import evaluate_model, predict_pneumonia_proba
+from cxr.evaluation import evaluate_model, predict_pneumonia_proba, predict_split
 from cxr.metrics import bootstrap_ci, classification_metrics
 from cxr.plots import write_plots
+from cxr.sharding import write_batches
 
 SIZE = 32
 
@@ -133,11 +134,20 @@ def test_predict_uses_first_softmax_output_and_resizes():
         predict_pneumonia_proba(brightness_model(1.0), images[..., 0])
 
 
-def test_evaluate_model_writes_report_and_plots(tmp_path, monkeypatch):
+def test_predict_split_streams_shards_in_order_and_resizes(tmp_path):
+    images, labels = bright_dark_images(20)
+    larger = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 64 px shards, 32 px model
+    batches = write_batches(tmp_path / "batches", {"test": (larger, labels)}, shard_images=6)
+    prob, is_pneumonia = predict_split(brightness_model(40.0), batches, "test", batch_size=8)
+    np.testing.assert_array_equal(is_pneumonia, labels == 0)
+    assert np.allclose(prob, predict_pneumonia_proba(brightness_model(40.0), images), atol=1e-3)
+
+
+def test_evaluate_model_writes_report_and_plots(tmp_path):
     images, labels = bright_dark_images(40)
     model_path = save_model(brightness_model(40.0), tmp_path / "model", threshold=0.5)
-    monkeypatch.setattr(evaluate_module, "load_split", lambda batches, split: (images, labels))
-    result = evaluate_model(model_path, object(), out_dir=tmp_path / "report")
+    batches = write_batches(tmp_path / "batches", {"test": (images, labels)}, shard_images=16)
+    result = evaluate_model(model_path, batches, out_dir=tmp_path / "report")
     assert result.n == 40 and result.split == "test"
     assert result.metrics["auc"] > 0.9 and result.metrics["threshold"] == 0.5
     assert set(result.plots) == {"confusion-matrix", "roc-curve", "pr-curve"}
@@ -146,7 +156,7 @@ def test_evaluate_model_writes_report_and_plots(tmp_path, monkeypatch):
     report = result.report_path.read_text()
     assert "| auc |" in report and "](roc-curve.png)" in report and "| pneumonia |" in report
     assert evaluate_module.sha256_file(model_path) == result.model_sha256
-    overridden = evaluate_model(model_path, object(), out_dir=tmp_path / "report2", threshold=0.99)
+    overridden = evaluate_model(model_path, batches, out_dir=tmp_path / "report2", threshold=0.99)
     assert overridden.metrics["threshold"] == 0.99
     assert overridden.metrics["sensitivity"] < result.metrics["sensitivity"]
     json.loads(result.model_dump_json())

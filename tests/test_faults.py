@@ -138,22 +138,21 @@ def test_transient_read_errors_are_retried_and_change_nothing(prefect_harness, w
 
 
 def test_batches_task_retries_transient_read_errors(prefect_harness, world, monkeypatch):
-    """Two failed reads, then the third attempt of `batches` (retries=2) writes the same arrays as a clean
-    run. Checked: with `retries=0` in tasks/batches.py this raises the injected OSError."""
-    from cxr.datasets import materialise_batches
+    """Two failed reads, then the third attempt of `batches-shard` (retries=2) writes the same shard as a
+    clean run. Checked: with `retries=0` in tasks/batches.py this raises the injected OSError."""
+    from cxr.sharding import materialise_batches, plan_shards
     from tasks import batches as batches_stage
 
     split = _ingest_and_split(world)
     clean = materialise_batches(split.split_path, world.home / "clean-batches", image_size=32)
+    chunk = plan_shards(split.split_path, world.home / "retried-batches", image_size=32).chunks()[0]
     monkeypatch.setenv(faults.ENV_VAR, "read_image:2")
-    fast_retries = batches_stage.batches.with_options(retry_delay_seconds=0, refresh_cache=True)
+    fast_retries = batches_stage.build_batch_shard.with_options(retry_delay_seconds=0, refresh_cache=True)
 
-    result = fast_retries(str(split.split_path), split.digest, 32)
+    result = fast_retries(chunk)
 
     assert faults.hits("read_image") > 2
-    assert {name: entry.sha256 for name, entry in result.splits.items()} == {
-        name: entry.sha256 for name, entry in clean.splits.items()
-    }
+    assert result.sha256 == clean.shards(chunk.split)[chunk.number].sha256
 
 
 # 2. Registry unavailable ------------------------------------------------------------------------
@@ -330,7 +329,7 @@ def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monk
     """np.save writes half the array, then ENOSPC: no file of the split is left (not even the temporary
     one), no checksum vouches for anything, and a later call with space writes verified arrays.
     Checked: without the `finally: unlink` in cxr.files.write_atomically the .tmp file remains."""
-    from cxr import datasets as batches_stage
+    from cxr import sharding as batches_stage
 
     split = _ingest_and_split(world)
     real_save = np.save
@@ -343,7 +342,8 @@ def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monk
     out = world.home / "batches"
     with pytest.raises(OSError, match="No space left"):
         batches_stage.materialise_batches(split.split_path, out, image_size=32)
-    assert [path for path in out.rglob("*") if path.is_file()] == []
+    assert [path.name for path in out.rglob("*") if path.is_file() and ".npy" in path.name] == []
+    assert list(out.rglob("shard-*[0-9].json")) == []  # no shard record vouches for anything
 
     monkeypatch.setattr(batches_stage.np, "save", real_save)
     result = batches_stage.materialise_batches(split.split_path, out, image_size=32)
@@ -354,17 +354,17 @@ def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monk
 
 
 def test_corrupt_cache_entries_are_recomputed_not_loaded(prefect_harness, world):
-    """After a clean run: the train split's images.npy is truncated, a byte is appended to model.keras and
+    """After a clean run: a train shard's images are truncated, a byte is appended to model.keras and
     the Prefect result record of `evaluate` is truncated. The next run recomputes batches, train and
-    evaluate and succeeds. Checked: without BatchesResult.is_intact the run fails loading the truncated
-    array; without TrainResult.is_intact 'train' stays cached and evaluate fails with
+    evaluate and succeeds. Checked: without the intact check of mapped results in StageRunner.map the run
+    fails on the truncated shard; without TrainResult.is_intact 'train' stays cached and evaluate fails with
     ModelError "changed since training"."""
     from prefect.settings import get_current_settings
 
     from flows.retrain import retrain
 
     first = retrain(world.config)
-    images = next((world.home / "batches").glob("*/train/images.npy"))
+    images = next((world.home / "batches").glob("*/train/shard-*.images.npy"))
     images.write_bytes(images.read_bytes()[:200])
     with next((world.home / "models").glob("*/model.keras")).open("ab") as model:
         model.write(b"\0")
@@ -383,7 +383,7 @@ def test_corrupt_cache_entries_are_recomputed_not_loaded(prefect_harness, world)
     assert second["cached_tasks"][:4] == ["ingest-plan", "ingest-check", "ingest-assemble", "split"], second[
         "cached_tasks"
     ]
-    assert not {"batches", "train", "evaluate"} & set(second["cached_tasks"])
+    assert not {"batches-shard", "batches-assemble", "train", "evaluate"} & set(second["cached_tasks"])
     assert second["data_digest"] == first["data_digest"]
     assert second["model_version"] >= first["model_version"]
 

@@ -7,7 +7,8 @@ import pytest
 from cxr.config import RetrainConfig
 
 INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
-STAGES = [*INGEST_STEPS, "split", "batches", "train", "evaluate", "register"]
+BATCHES_STEPS = ["batches-plan", "batches-shard", "batches-assemble"]
+STAGES = [*INGEST_STEPS, "split", *BATCHES_STEPS, "train", "evaluate", "register"]
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from cxr import CLASSES
-from cxr.datasets import BatchesResult
 from cxr.errors import DataError, ModelError
 from cxr.history import BACKUP_METADATA_FILE
 from cxr.registry import load_model_with_metadata
+from cxr.sharding import BatchesResult, load_split, write_batches
 from cxr.thresholds import choose_threshold, wilson_lower_bound
 from cxr.training import class_weights, train_model
 from tasks.train import run_digest
@@ -35,19 +35,8 @@ def make_batches(root: Path, *, n_train: int = 40, n_valid: int = 16, seed: int 
     splits = {}
     for name, count in (("train", n_train), ("valid", n_valid)):
         labels = (np.arange(count) % 4 == 0).astype(np.int8)  # 1 = normal, every fourth image
-        folder = root / name
-        folder.mkdir(parents=True)
-        np.save(folder / "images.npy", _split_images(labels, rng))
-        np.save(folder / "labels.npy", labels)
-        splits[name] = {
-            "images": str(folder / "images.npy"),
-            "labels": str(folder / "labels.npy"),
-            "n": count,
-            "sha256": f"{name}-{seed}",
-        }
-    return BatchesResult.model_validate(
-        {"root": str(root), "digest": f"synthetic-{seed}", "image_size": SIZE, "splits": splits}
-    )
+        splits[name] = (_split_images(labels, rng), labels)
+    return write_batches(root, splits, digest=f"synthetic-{seed}")
 
 
 @pytest.fixture
@@ -163,9 +152,9 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
     assert not (tmp_path / "run" / "checkpoint").exists()  # backup removed after success
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
 
-    images = np.load(batches.splits["valid"].images).astype("float32")
-    p_pneumonia = loaded.predict(images, verbose=0)[:, 0]
-    is_pneumonia = np.load(batches.splits["valid"].labels) == 0
+    images, labels = load_split(batches, "valid")
+    p_pneumonia = loaded.predict(images.astype("float32"), verbose=0)[:, 0]
+    is_pneumonia = labels == 0
     recomputed = choose_threshold(p_pneumonia, is_pneumonia, 0.9)
     assert recomputed.threshold == pytest.approx(result.threshold, rel=1e-5)
 
