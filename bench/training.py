@@ -5,29 +5,34 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.measures import MIN_IMAGE_SIDE
 from bench.suite import Context
 
+if TYPE_CHECKING:
+    from cxr.sharding import BatchesResult
+
 PREDICT_MIN_IMAGES = 512
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """A materialised train split at one image size, plus the split table it came from."""
+    """A train split at one image size: its shards (what training reads), the same in memory (the
+    baseline), and the split table it came from."""
 
     images: np.ndarray
     labels: np.ndarray
     split_path: Path
+    batches: BatchesResult
 
 
 def prepare_training_data(train_dir: Path, work: Path, image_size: int) -> TrainingData:
     """Ingest, split and materialise `train_dir` at `image_size`, as the flow does."""
-    from cxr.datasets import load_split, materialise_batches
     from cxr.ingesting import ingest_folder
+    from cxr.sharding import load_split, materialise_batches
     from cxr.splitting import split_manifest
 
     ingested = ingest_folder(train_dir, work / "manifest", min_side=MIN_IMAGE_SIDE)
@@ -42,16 +47,16 @@ def prepare_training_data(train_dir: Path, work: Path, image_size: int) -> Train
     )
     batches = materialise_batches(Path(split.split_path), work / "batches", image_size=image_size)
     images, labels = load_split(batches, "train")
-    return TrainingData(images, labels, Path(split.split_path))
+    return TrainingData(images, labels, Path(split.split_path), batches)
 
 
 def measure_pipelines(context: Context) -> dict[str, Any]:
-    """Seed-model training img/s fed three ways: our batches, in-memory arrays, the tutorial's generator."""
+    """Seed-model training img/s fed three ways: our shards, in-memory arrays, the tutorial's generator."""
     import pandas as pd
 
     from bench.timing import compare_training, throughput
     from bench.tutorial import link_class_folders, tutorial_generator, tutorial_model
-    from cxr.datasets import make_dataset
+    from cxr.datasets import split_dataset
     from cxr.models import build_model
 
     sizes = context.sizes
@@ -60,7 +65,7 @@ def measure_pipelines(context: Context) -> dict[str, Any]:
     count = len(data.labels)
     ours_model, memory_model = build_model("seed", size), build_model("seed", size)
     tutorial = tutorial_model(ours_model)
-    ours_data = make_dataset(data.images, data.labels, batch_size=batch_size, shuffle=True, seed=0)
+    ours_data = split_dataset(data.batches, "train", batch_size=batch_size, shuffle=True, seed=0)
     memory_x = data.images.astype(np.float32)
     memory_y = _one_hot(data.labels)
     table = pd.read_parquet(data.split_path)
@@ -111,9 +116,9 @@ def measure_pipelines(context: Context) -> dict[str, Any]:
 
 
 def measure_default_model(context: Context) -> dict[str, Any]:
-    """The default model's training img/s from our batches: plain (for FLOP efficiency) and augmented."""
+    """The default model's training img/s from our shards: plain (for FLOP efficiency) and augmented."""
     from bench.timing import compare_training, throughput
-    from cxr.datasets import make_dataset
+    from cxr.datasets import split_dataset
     from cxr.models import build_augmentation, build_model
 
     sizes = context.sizes
@@ -121,10 +126,10 @@ def measure_default_model(context: Context) -> dict[str, Any]:
     data = context.training_data(size)
     count = len(data.labels)
     model = build_model("default", size)
-    plain = make_dataset(data.images, data.labels, batch_size=batch_size, shuffle=True, seed=0)
-    augmented = make_dataset(
-        data.images,
-        data.labels,
+    plain = split_dataset(data.batches, "train", batch_size=batch_size, shuffle=True, seed=0)
+    augmented = split_dataset(
+        data.batches,
+        "train",
         batch_size=batch_size,
         shuffle=True,
         seed=0,
