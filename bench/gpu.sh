@@ -3,7 +3,7 @@
 #
 # Run from the repository root (the device tool does). Python environment, first that works:
 #   1. a carried/prepared .venv whose TensorFlow sees a GPU;
-#   2. a fresh .venv with `pip install -e .[gpu]` (needs a package index: set PIP_INDEX_URL /
+#   2. a fresh .venv with `pip install -e .[gpu,dask]` (needs a package index: set PIP_INDEX_URL /
 #      PIP_FIND_LINKS to a wheelhouse where the machine has no network).
 # Extra arguments go to the benchmark, e.g. `bench/gpu.sh --data /data/chest_xray`.
 set -euo pipefail
@@ -21,10 +21,10 @@ PY
 }
 
 if [ ! -x "$PYTHON" ] || ! sees_gpu "$PYTHON"; then
-    echo "[gpu.sh] no usable .venv: installing .[gpu] into a new one" >&2
+    echo "[gpu.sh] no usable .venv: installing .[gpu,dask] into a new one" >&2
     python3.11 -m venv .venv || python3 -m venv .venv
     "$PYTHON" -m pip install --quiet --upgrade pip
-    "$PYTHON" -m pip install --quiet -e ".[gpu]"
+    "$PYTHON" -m pip install --quiet -e ".[gpu,dask]"
 fi
 sees_gpu "$PYTHON" || { echo "[gpu.sh] TensorFlow sees no GPU" >&2; nvidia-smi >&2 || true; exit 1; }
 

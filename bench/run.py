@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.sizes import PRESETS
+from bench.sizes import PRESETS, Sizes
 from bench.suite import GOALS, MEASURES, Context, selection
 
 # Variables that would point the benchmark at the user's own state instead of its throwaway one.
@@ -61,8 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", help=f"comma-separated subset of {','.join(names)} (with the measures they need)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (printed on stderr)")
-    for field in ("ingest_images", "train_images", "image_size", "default_image_size", "epochs", "repeats"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=int, help="override the preset's value")
+    parser.add_argument(
+        "--scale-images",
+        type=lambda text: tuple(int(count) for count in text.split(",")),
+        help="the scale measure's folder sizes, e.g. 2000,10000 (default: the preset's)",
+    )
+    for field in dataclasses.fields(Sizes):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, help="override the preset's value")
     args = parser.parse_args(argv)
     wanted = args.only.split(",") if args.only else names
     unknown = set(wanted) - set(names)

@@ -111,6 +111,8 @@ MEASURES: tuple[Measure, ...] = (
             "train_seed_img_s",
             "train_seed_in_memory_img_s",
             "train_tutorial_img_s",
+            "tutorial_loading_img_s",
+            "vs_tutorial_bound",
             "predict_seed_img_s",
             "pipeline_train_images",
             "pipeline_image_size",
@@ -191,6 +193,18 @@ MEASURES: tuple[Measure, ...] = (
         requires=("orchestration",),
         folders=frozenset({"train"}),
     ),
+    Measure(
+        "scale",
+        "bench.scale:measure_scale",
+        (
+            "scale_images_smallest",
+            "scale_images_largest",
+            "scale_rss_growth",
+            "scale_time_per_image_spread",
+            "scale_cached_rerun_max_s",
+        ),
+        server=True,
+    ),
 )
 BY_NAME: dict[str, Measure] = {measure.name: measure for measure in MEASURES}
 
@@ -203,6 +217,9 @@ GOALS: dict[str, tuple[str, float]] = {
     "flop_efficiency": (">=", 0.5),
     "orchestration_overhead_s": ("<", 2.0),
     "predict_vs_raw": (">=", 0.9),
+    "scale_rss_growth": ("<=", 1.2),
+    "scale_time_per_image_spread": ("<=", 0.2),
+    "scale_cached_rerun_max_s": ("<", 15.0),
 }
 
 
