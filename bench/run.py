@@ -61,11 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", help=f"comma-separated subset of {','.join(names)} (with the measures they need)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (printed on stderr)")
-    parser.add_argument(
-        "--scale-images",
-        type=lambda text: tuple(int(count) for count in text.split(",")),
-        help="the scale measure's folder sizes, e.g. 2000,10000 (default: the preset's)",
-    )
     for field in dataclasses.fields(Sizes):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, help="override the preset's value")
     args = parser.parse_args(argv)

@@ -24,6 +24,11 @@ class Sizes:
     rerun_image_size: int
     rerun_epochs: int
     matmul_size: int
+    # The scale measure: synthetic folders of these sizes (0: skipped), each through `cxr train` twice.
+    scale_images_small: int
+    scale_images_medium: int
+    scale_images_large: int
+    scale_image_size: int
 
 
 PRESETS: dict[str, Sizes] = {
@@ -41,6 +46,10 @@ PRESETS: dict[str, Sizes] = {
         rerun_image_size=32,
         rerun_epochs=1,
         matmul_size=256,
+        scale_images_small=40,
+        scale_images_medium=0,
+        scale_images_large=80,
+        scale_image_size=32,
     ),
     "quick": Sizes(
         ingest_images=600,
@@ -55,6 +64,10 @@ PRESETS: dict[str, Sizes] = {
         rerun_image_size=128,
         rerun_epochs=3,
         matmul_size=2048,
+        scale_images_small=500,
+        scale_images_medium=0,
+        scale_images_large=2000,
+        scale_image_size=224,
     ),
     # A first `cxr train` of a few minutes, as a nightly retrain on the Kaggle folder is.
     "full": Sizes(
@@ -70,5 +83,9 @@ PRESETS: dict[str, Sizes] = {
         rerun_image_size=160,
         rerun_epochs=10,
         matmul_size=4096,
+        scale_images_small=2000,
+        scale_images_medium=10000,
+        scale_images_large=40000,
+        scale_image_size=224,
     ),
 }

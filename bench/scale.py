@@ -1,0 +1,147 @@
+"""Scale measure: `cxr train` on synthetic folders of growing size; time per image per stage, peak memory.
+
+Per size N: a folder of N distinct synthetic X-rays, one `cxr train` (one epoch) and the same run
+again, fully cached. Reported per N: ingest, shard-building and training images/s, the run's peak
+resident memory, the cached rerun's wall time; then how the largest N compares with the smallest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data import DEMO_IMAGE_SIZE
+from bench.orchestration import cxr_command
+from bench.suite import Context
+
+# Distinct demo images drawn per folder; the rest are shifted copies (drawing each costs ~0.1 s).
+BASE_IMAGES = 200
+SCALE_MODEL = "default"
+# Task names start with their stage: ingest-plan, ingest-check, batches-shard, ...
+STAGES = ("ingest", "batches", "train")
+
+
+def measure_scale(context: Context) -> dict[str, Any]:
+    """Each folder size of the preset (small, medium, large; 0: skipped), trained twice against the
+    bench's Prefect server."""
+    sizes = context.sizes
+    counts = (sizes.scale_images_small, sizes.scale_images_medium, sizes.scale_images_large)
+    runs = []
+    for count in sorted(count for count in counts if count):
+        data_dir = context.work / f"images-{count}" / "chest_xray"
+        write_scaled_dataset(data_dir, count, seed=count)
+        arguments = ["--image-size", str(sizes.scale_image_size), "--epochs", "1", "--model", SCALE_MODEL]
+        first, first_s, peak_mib = train_measured(data_dir, context.api_url, arguments)
+        rerun, rerun_s, _ = train_measured(data_dir, context.api_url, arguments)
+        spans = stage_seconds(context.api_url, first["flow_run_id"])
+        accepted = first["images"]["accepted"]
+        train_images = first["split_counts"]["train"]
+        runs.append(
+            {
+                "images": accepted,
+                "ingest_img_s": round(accepted / spans["ingest"], 1),
+                "shards_img_s": round(accepted / spans["batches"], 1),
+                "train_img_s": first["train_images_per_second"],
+                "train_images": sum(train_images.values()),
+                "peak_rss_mib": peak_mib,
+                "first_run_s": round(first_s, 1),
+                "cached_rerun_s": round(rerun_s, 2),
+                "cached_tasks": len(rerun["cached_tasks"]),
+                "load_average_1m": round(os.getloadavg()[0], 2),
+            }
+        )
+    smallest, largest = runs[0], runs[-1]
+    return {
+        "scale_images_smallest": smallest["images"],
+        "scale_images_largest": largest["images"],
+        "scale_rss_growth": round(largest["peak_rss_mib"] / smallest["peak_rss_mib"], 3),
+        "scale_time_per_image_spread": time_per_image_spread(runs),
+        "scale_cached_rerun_max_s": max(run["cached_rerun_s"] for run in runs),
+        "scale_runs": runs,
+        "scale_workload": {"model": SCALE_MODEL, "image_size": sizes.scale_image_size, "epochs": 1},
+    }
+
+
+def time_per_image_spread(runs: list[dict[str, Any]]) -> float:
+    """Largest relative change of any stage's seconds per image, from the smallest N to any other."""
+    keys = ("ingest_img_s", "shards_img_s", "train_img_s")
+    base = runs[0]
+    return round(
+        max(abs(base[key] / run[key] - 1) for run in runs[1:] for key in keys) if runs[1:] else 0.0, 3
+    )
+
+
+def write_scaled_dataset(out: Path, count: int, *, seed: int, base_images: int = BASE_IMAGES) -> None:
+    """`count` distinct JPEGs under `out/train/{NORMAL,PNEUMONIA}`: demo images, each copy shifted sideways.
+
+    A shift of k pixels (k = copy number) changes every file's bytes, so ingest keeps them all, and
+    the file names give each image its own patient, as `cxr.demo_data` names them.
+    """
+    from PIL import Image
+
+    from cxr.demo_data import write_demo_dataset
+
+    with tempfile.TemporaryDirectory(dir=out.parent.parent) as base:
+        write_demo_dataset(Path(base), n=min(count, base_images), size=DEMO_IMAGE_SIZE, seed=seed)
+        sources = sorted(Path(base).rglob("*.jpeg"))
+        pixels = [np.asarray(Image.open(path).convert("L")) for path in sources]
+        folders = [path.parent.name for path in sources]
+    for folder in set(folders):
+        (out / "train" / folder).mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        source, copy = index % len(sources), index // len(sources)
+        folder = folders[source]
+        name = (
+            f"person{index}_bacteria_{index}.jpeg" if folder == "PNEUMONIA" else f"IM-{index:06d}-0001.jpeg"
+        )
+        shifted = np.roll(pixels[source], copy, axis=1)
+        Image.fromarray(shifted).save(out / "train" / folder / name, quality=90)
+
+
+def train_measured(data_dir: Path, api_url: str | None, arguments: list[str]) -> tuple[dict, float, float]:
+    """`cxr train --data DIR ARGUMENTS --json`: its JSON summary, wall seconds and peak RSS (MiB)."""
+    import json
+
+    command = [*cxr_command(), "train", "--data", str(data_dir), *arguments, "--json"]
+    env = {**os.environ, **({"PREFECT_API_URL": api_url} if api_url else {})}
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
+        # wait4, not wait: it returns the child's own resource usage, peak RSS included.
+        _, status, usage = os.wait4(process.pid, 0)
+        wall_s = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {stderr.read().decode()[-2000:]}")
+        summary = json.loads(stdout.read().decode().strip().splitlines()[-1])
+    return summary, wall_s, round(usage.ru_maxrss / 1024, 1)
+
+
+def stage_seconds(api_url: str | None, flow_run_id: str) -> dict[str, float]:
+    """Wall seconds of each stage in STAGES: first start to last end of its task runs (mapped ones overlap)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
+    with temporary_settings(updates=updates), get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    spans: dict[str, list] = {stage: [] for stage in STAGES}
+    for run in task_runs:
+        stage = run.name.split("-")[0]
+        if stage in spans and run.start_time and run.end_time:
+            spans[stage] += [run.start_time, run.end_time]
+    missing = [stage for stage, times in spans.items() if not times]
+    if missing:
+        raise RuntimeError(f"flow run {flow_run_id} ran no task of stage(s) {missing}")
+    return {stage: (max(times) - min(times)).total_seconds() for stage, times in spans.items()}
