@@ -87,7 +87,8 @@ def write_scaled_dataset(out: Path, count: int, *, seed: int, base_images: int =
 
     from cxr.demo_data import write_demo_dataset
 
-    with tempfile.TemporaryDirectory(dir=out.parent.parent) as base:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as base:
         write_demo_dataset(Path(base), n=min(count, base_images), size=DEMO_IMAGE_SIZE, seed=seed)
         sources = sorted(Path(base).rglob("*.jpeg"))
         pixels = [np.asarray(Image.open(path).convert("L")) for path in sources]

@@ -46,9 +46,9 @@ PRESETS: dict[str, Sizes] = {
         rerun_image_size=32,
         rerun_epochs=1,
         matmul_size=256,
-        scale_images_small=40,
+        scale_images_small=48,
         scale_images_medium=0,
-        scale_images_large=80,
+        scale_images_large=0,
         scale_image_size=32,
     ),
     "quick": Sizes(
