@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from unittest import mock
@@ -39,24 +39,19 @@ def prefect_server(home: Path) -> Iterator[str]:
 
 
 @contextmanager
-def serving(api_url: str, cxr_home: Path, log_path: Path, **serve_kwargs: Any) -> Iterator[subprocess.Popen]:
-    """`deployments.serve.serve_deployments(**serve_kwargs)` in a subprocess talking to `api_url`.
+def repo_process(
+    argv: list[str], api_url: str, cxr_home: Path, log_path: Path, **extra_env: str
+) -> Iterator[subprocess.Popen]:
+    """`python ARGV...` in the repository with its own $CXR_HOME, talking to `api_url`, output to `log_path`.
 
-    `serve_kwargs` must be JSON-serialisable.
+    It runs in its own session and is stopped with its children on exit.
     """
     # Drop the test session's state paths: the child's configure_environment() derives them from CXR_HOME.
     env = {key: value for key, value in os.environ.items() if key not in STATE_VARIABLES}
-    env.update(PREFECT_API_URL=api_url, CXR_HOME=str(cxr_home), PYTHONPATH=str(REPO))
-    script = (
-        "import json, sys\n"
-        "from cxr.state import configure_environment\n"
-        "configure_environment()\n"
-        "from deployments.serve import serve_deployments\n"
-        "serve_deployments(**json.loads(sys.argv[1]))\n"
-    )
+    env.update(PREFECT_API_URL=api_url, CXR_HOME=str(cxr_home), PYTHONPATH=str(REPO), **extra_env)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", script, json.dumps(serve_kwargs)],
+            [sys.executable, *argv],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -68,6 +63,23 @@ def serving(api_url: str, cxr_home: Path, log_path: Path, **serve_kwargs: Any) -
         yield process
     finally:
         stop_process_group(process.pid)
+
+
+def serving(
+    api_url: str, cxr_home: Path, log_path: Path, **serve_kwargs: Any
+) -> AbstractContextManager[subprocess.Popen]:
+    """`deployments.serve.serve_deployments(**serve_kwargs)` in a subprocess talking to `api_url`.
+
+    `serve_kwargs` must be JSON-serialisable.
+    """
+    script = (
+        "import json, sys\n"
+        "from cxr.state import configure_environment\n"
+        "configure_environment()\n"
+        "from deployments.serve import serve_deployments\n"
+        "serve_deployments(**json.loads(sys.argv[1]))\n"
+    )
+    return repo_process(["-c", script, json.dumps(serve_kwargs)], api_url, cxr_home, log_path)
 
 
 def wait_for(

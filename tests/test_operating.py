@@ -24,8 +24,7 @@ import pytest
 from cli.main import main
 from cxr import REGISTERED_MODEL_NAME
 from cxr.quiet import LOG_LEVEL_ENV, NATIVE_LOG_LINE
-from cxr.server import stop_process_group
-from tests.servers import REPO, STATE_VARIABLES, prefect_server, wait_for
+from tests.servers import REPO, prefect_server, repo_process, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -94,35 +93,24 @@ def served(api_url, receiver, tiny_dataset, tmp_path_factory) -> Iterator[None]:
     from cxr.notify import CHAMPION_AUTOMATION, RUN_FAILED_AUTOMATION
 
     home = tmp_path_factory.mktemp("serve-home")
-    env = {key: value for key, value in os.environ.items() if key not in STATE_VARIABLES}
-    env.update(CXR_HOME=str(home), PYTHONPATH=str(REPO), PREFECT_RUNNER_POLL_FREQUENCY="2")
     command = ["serve", "--data", str(tiny_dataset), "--cron", CRON, "--notify-webhook", receiver.url]
     log_path = home / "serve.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *command],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        with get_client(sync_client=True) as client:
+    with (
+        repo_process(
+            ["-m", "cli.main", *command], api_url, home, log_path, PREFECT_RUNNER_POLL_FREQUENCY="2"
+        ) as process,
+        get_client(sync_client=True) as client,
+    ):
 
-            def ready() -> bool:
-                assert process.poll() is None, log_path.read_text()
-                automations = [
-                    client.read_automations_by_name(name)
-                    for name in (RUN_FAILED_AUTOMATION, CHAMPION_AUTOMATION)
-                ]
-                return all(automations) and len(client.read_deployments()) == 2
+        def ready() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            automations = [
+                client.read_automations_by_name(name) for name in (RUN_FAILED_AUTOMATION, CHAMPION_AUTOMATION)
+            ]
+            return all(automations) and len(client.read_deployments()) == 2
 
-            wait_for(ready, timeout_s=180, what="`cxr serve` to register deployments and notifications")
+        wait_for(ready, timeout_s=180, what="`cxr serve` to register deployments and notifications")
         yield
-    finally:
-        stop_process_group(process.pid)
 
 
 def _status(capsys) -> dict:
@@ -195,6 +183,7 @@ def test_a_run_is_quiet_and_its_rerun_says_what_it_reused(served, receiver, tiny
     first_run, rerun_row = status["recent_runs"][1], status["recent_runs"][0]
     assert (rerun_row["state"], rerun_row["trigger"]) == ("Completed", "manual")
     assert champion["last_change"]["flow_run"] == first_run["name"]
+    assert _progress_artifacts(first_run["url"].rsplit("/", 1)[-1]) == {"training-progress": 100.0}
     message = receiver.wait_for(lambda body: " v1" in body["subject"], after=started, what="first champion")
     assert message["subject"] == f"cxr: champion is now {REGISTERED_MODEL_NAME} v1"
     assert first_run["url"] in message["body"]
@@ -226,3 +215,18 @@ def test_promotion_and_rollback_show_in_status_and_reach_the_webhook(served, rec
     )
     message = receiver.wait_for(lambda body: "ward B" in body["body"], after=rolled_at, what="rollback")
     assert f"champion v{other} -> v{current} by rollback: regression on ward B" in message["body"]
+
+
+def _progress_artifacts(flow_run_id: str) -> dict[str, float]:
+    """Key -> last value of the progress artifacts of a flow run and its tasks."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                type=ArtifactFilterType(any_=["progress"]),
+            )
+        )
+    return {artifact.key: artifact.data for artifact in artifacts}
