@@ -102,10 +102,9 @@ def _print_training_summary(summary: dict[str, Any]) -> None:
     earlier = " (registered by an earlier run)" if "register" in reused else ""
     print(f"model {summary['model_uri']}: {role}{earlier}")
     if reused:
-        print(
-            "reused cached results: "
-            + ", ".join(f"{task} (made {made or '?'})" for task, made in reused.items())
-        )
+        made = sorted(moment for moment in reused.values() if moment)
+        when = f" (made {made[0]} to {made[-1]})" if made else ""
+        print(f"reused {len(reused)} cached results{when}: {', '.join(reused)}")
     from cxr.state import cxr_home, default_tracking_uri
 
     print(f"registry: {default_tracking_uri()}; state folder: {cxr_home()}")
