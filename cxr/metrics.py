@@ -89,6 +89,10 @@ def _weighted_auc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarr
     return _ratio(wins, positive_weight.sum(axis=1) * negative_weight.sum(axis=1))
 
 
+# Resamples per block of the bootstrap: its arrays are BOOTSTRAP_BLOCK x (images in the split).
+BOOTSTRAP_BLOCK = 100
+
+
 def bootstrap_ci(
     is_pneumonia: np.ndarray,
     prob_pneumonia: np.ndarray,
@@ -97,18 +101,26 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, list[float] | None]:
-    """95 % percentile bootstrap intervals of CI_METRICS; None where a metric is never defined."""
+    """95 % percentile bootstrap intervals of CI_METRICS; None where a metric is never defined.
+
+    Resamples are drawn BOOTSTRAP_BLOCK at a time, so memory grows with the split, not n_boot times it.
+    """
     y, p = check_inputs(is_pneumonia, prob_pneumonia)
     n = y.size
     rng = np.random.default_rng(seed)
-    # Row b holds how often each image was drawn in resample b (multinomial counts).
-    draws = rng.integers(0, n, size=(n_boot, n)) + np.arange(n_boot)[:, None] * n
-    weights = np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
-    counts = {name: weights @ mask.astype(float) for name, mask in _outcomes(y, p >= threshold).items()}
-    samples = _threshold_metrics(**counts)
-    samples["auc"] = _weighted_auc(y, p, weights)
+    outcomes = {name: mask.astype(float) for name, mask in _outcomes(y, p >= threshold).items()}
+    blocks: list[dict[str, np.ndarray]] = []
+    for start in range(0, n_boot, BOOTSTRAP_BLOCK):
+        count = min(BOOTSTRAP_BLOCK, n_boot - start)
+        # Row b holds how often each image was drawn in resample b (multinomial counts).
+        draws = rng.integers(0, n, size=(count, n)) + np.arange(count)[:, None] * n
+        weights = np.bincount(draws.ravel(), minlength=count * n).reshape(count, n).astype(float)
+        block = _threshold_metrics(**{name: weights @ mask for name, mask in outcomes.items()})
+        block["auc"] = _weighted_auc(y, p, weights)
+        blocks.append(block)
     intervals: dict[str, list[float] | None] = {}
     for name in CI_METRICS:
-        values = samples[name][~np.isnan(samples[name])]
+        samples = np.concatenate([block[name] for block in blocks])
+        values = samples[~np.isnan(samples)]
         intervals[name] = np.percentile(values, [2.5, 97.5]).tolist() if values.size else None
     return intervals

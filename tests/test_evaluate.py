@@ -114,6 +114,17 @@ def test_bootstrap_interval_contains_point_estimate_and_is_fast():
     assert bootstrap_ci(y, p, 0.5, n_boot=200, seed=1) == bootstrap_ci(y, p, 0.5, n_boot=200, seed=1)
 
 
+def test_bootstrap_in_blocks_gives_the_intervals_of_one_block(monkeypatch):
+    """Blocks bound the memory (block x images); the resamples, and so the intervals, stay the same."""
+    rng = np.random.default_rng(5)
+    y, p = rng.random(301) < 0.6, rng.random(301).round(2)
+    blocked = bootstrap_ci(y, p, 0.5, n_boot=250, seed=2)
+    monkeypatch.setattr(metrics_module, "BOOTSTRAP_BLOCK", 7)
+    assert bootstrap_ci(y, p, 0.5, n_boot=250, seed=2) == blocked
+    monkeypatch.setattr(metrics_module, "BOOTSTRAP_BLOCK", 250)
+    assert bootstrap_ci(y, p, 0.5, n_boot=250, seed=2) == blocked
+
+
 def test_bootstrap_auc_matches_sklearn_on_a_resample():
     rng = np.random.default_rng(4)
     y = rng.random(200) < 0.5
