@@ -66,3 +66,13 @@ def test_tensorflow_import_is_quiet_by_default_and_verbose_on_request():
     if not [line for line in verbose.splitlines() if NATIVE_LOG_LINE.match(line.encode())]:
         pytest.skip("TensorFlow printed no native log lines on this machine, so there is nothing to hide")
     assert "python warnings stay" in verbose
+
+
+def test_verbose_flag_reaches_the_processes_a_command_starts(monkeypatch, capsys):
+    from cli.main import main
+    from cxr.quiet import is_verbose
+
+    monkeypatch.setenv(LOG_LEVEL_ENV, "INFO")  # restored after the test
+    assert not is_verbose()
+    assert main(["models", "--json", "--verbose"]) == 0
+    assert os.environ[LOG_LEVEL_ENV] == "DEBUG" and is_verbose()  # inherited by served runs and workers
