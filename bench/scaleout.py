@@ -10,6 +10,7 @@ from prefect import flow
 
 from bench.measures import MIN_IMAGE_SIDE
 from bench.suite import Context
+from cxr.ingest_plans import read_checks, store_plan
 from cxr.ingesting import assemble_manifest, plan_folder
 from tasks.ingest import check_chunk
 
@@ -56,7 +57,9 @@ def measure_scaleout(context: Context) -> dict[str, Any]:
 @flow(name="bench-mapped-ingest", persist_result=False)
 def mapped_ingest(data_dir: str, out_dir: str) -> int:
     """plan -> `check_chunk` mapped on the flow's runner -> assemble; the number of accepted files."""
-    plan = plan_folder(Path(data_dir), Path(out_dir), min_side=MIN_IMAGE_SIDE)
+    plan = store_plan(
+        plan_folder(Path(data_dir), Path(out_dir), min_side=MIN_IMAGE_SIDE), Path(out_dir) / "plan"
+    )
     futures = check_chunk.with_options(refresh_cache=True).map(plan.chunks())
-    checks = [check for future in futures for check in future.result()]
-    return assemble_manifest(plan, checks).accepted
+    checks = [check for future in futures for check in read_checks(future.result())]
+    return assemble_manifest(plan.load(), checks).accepted

@@ -20,6 +20,9 @@ class FileList(FileStamp):
 
     rows: int
 
+    def is_intact(self) -> bool:
+        return self.verify()
+
     def read(self, columns: list[str] | None = None) -> pd.DataFrame:
         if not self.verify():
             raise DataError(f"file list {self.path} is missing or changed since it was written")

@@ -58,9 +58,9 @@ def task_runner_from_env() -> TaskRunner:
 def ingest_stage(run: StageRunner, data_dir: str, min_side: int) -> ingest.IngestResult:
     """Plan, check the planned chunks in parallel on the flow's task runner, and assemble the manifest."""
     plan = run(ingest.plan_ingest, data_dir, min_side)
-    with stage_progress("ingest: check files", len(plan.todo), "files") as progress:
+    with stage_progress("ingest: check files", plan.todo, "files") as progress:
         checks = run.map(
-            ingest.check_chunk, plan.chunks(), on_done=lambda chunk: progress.advance(len(chunk))
+            ingest.check_chunk, plan.chunks(), on_done=lambda chunk: progress.advance(chunk.rows)
         )
     return run(ingest.assemble_ingest, plan, checks)
 

@@ -2,6 +2,7 @@
 
 The work is `cxr.ingesting`'s; here it runs as three tasks: `plan_ingest` -> `check_chunk` mapped
 over the plan's chunks (on the flow's task runner: threads, or a Dask cluster) -> `assemble_ingest`.
+They pass Parquet file lists by path and digest (`cxr.ingest_plans`), never the lists themselves.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from cxr import CLASSES
 from cxr.caching import ContentKey, sha256_text
 from cxr.errors import CxrError
 from cxr.files import write_atomically
-from cxr.imaging import FileCheck
-from cxr.ingesting import IngestPlan, assemble_manifest, check_paths, plan_folder
+from cxr.filelists import FileList
+from cxr.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
+from cxr.ingesting import assemble_manifest, check_paths, plan_folder
 from cxr.manifests import IngestResult
 from cxr.scanning import data_dir_fingerprint
 from cxr.state import state_dir
@@ -85,7 +87,7 @@ _TRANSIENT_IO_RETRIES: dict[str, Any] = {
     cache_policy=ContentKey(modules=("cxr.imaging",), fingerprint=_fingerprint_inputs),
     **_TRANSIENT_IO_RETRIES,
 )
-def plan_ingest(data_dir: str, min_side: int) -> IngestPlan:
+def plan_ingest(data_dir: str, min_side: int) -> StoredPlan:
     """Plan the ingest of `data_dir` into the state folder, reusing the previous run's checks of unchanged files."""
     folder = Path(data_dir)
     # min_side is part of the folder name: a run with another minimum must not overwrite this manifest.
@@ -101,23 +103,24 @@ def plan_ingest(data_dir: str, min_side: int) -> IngestPlan:
         len(plan.todo),
         len(plan.chunks()),
     )
-    return plan
+    return store_plan(plan, out_dir / "plan")
 
 
 @task(name="ingest-check", cache_policy=ContentKey(modules=("cxr.imaging",)), **_TRANSIENT_IO_RETRIES)
-def check_chunk(files: list[tuple[str, int, int]]) -> list[FileCheck]:
-    """Decode and hash one chunk of (path, size, mtime_ns) files; the stamps make the cache key."""
-    return check_paths([path for path, _, _ in files], workers=1)
+def check_chunk(files: FileList) -> FileList:
+    """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
+    checks = check_paths(files.read(columns=["path"])["path"].tolist(), workers=1)
+    return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
 
 
 @task(name="ingest-assemble", cache_policy=ContentKey(modules=("cxr.imaging",)), **_TRANSIENT_IO_RETRIES)
-def assemble_ingest(plan: IngestPlan, checks: list[list[FileCheck]]) -> IngestResult:
+def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
     """Write the planned folder's manifest from the chunks' checks; publish the data report.
 
     Its `elapsed_s` counts scanning and assembling: the checks ran as their own task runs.
     """
     logger = get_run_logger()
-    result = assemble_manifest(plan, itertools.chain.from_iterable(checks))
+    result = assemble_manifest(plan.load(), itertools.chain.from_iterable(map(read_checks, checks)))
     write_atomically(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
     logger.info(
         "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused",

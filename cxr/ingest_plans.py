@@ -1,0 +1,148 @@
+"""An ingest plan and its chunks' checks on disk, so ingest's tasks pass paths and digests, not file lists.
+
+`store_plan` writes an `IngestPlan`'s lists as Parquet files (candidates, reused checks, files refused
+without opening) and the files to check as one Parquet list per chunk; the `StoredPlan` it returns
+names them by path and digest and stays the same size whatever the number of files, as do the chunk
+lists and check tables passed between the mapped tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel
+
+from cxr.filelists import FileList, write_file_list
+from cxr.imaging import FileCheck, ImageInfo
+from cxr.ingesting import IngestPlan
+from cxr.layouts import Labelled
+from cxr.manifests import QUARANTINE_COLUMNS
+from cxr.scanning import FoundFile
+
+CHECK_COLUMNS = ["path", "sha256", "width", "height", "mode", "format", "reason", "detail"]
+CANDIDATE_COLUMNS = ["path", "relative", "size_bytes", "mtime_ns", "label", "source_split"]
+CHUNK_COLUMNS = ["path", "size_bytes", "mtime_ns"]
+
+
+class StoredPlan(BaseModel):
+    """An `IngestPlan` whose lists live in Parquet files; `chunk_lists` lists the chunks' file lists."""
+
+    data_dir: str
+    out_dir: str
+    min_side: int
+    patient_pattern: str
+    files_found: int
+    scan_s: float
+    todo: int
+    reused: int
+    candidates: FileList
+    reused_checks: FileList
+    quarantine: FileList
+    chunk_lists: FileList
+
+    def chunks(self) -> list[FileList]:
+        """Each chunk's (path, size_bytes, mtime_ns) list of files to check."""
+        return [FileList(**row) for row in _rows(self.chunk_lists)]
+
+    def load(self) -> IngestPlan:
+        """The plan in memory again, for `assemble_manifest`."""
+        candidates = [
+            (
+                FoundFile(row["path"], row["relative"], row["size_bytes"], row["mtime_ns"]),
+                Labelled(row["label"], row["source_split"]),
+            )
+            for row in _rows(self.candidates)
+        ]
+        return IngestPlan(
+            data_dir=self.data_dir,
+            out_dir=self.out_dir,
+            min_side=self.min_side,
+            patient_pattern=self.patient_pattern,
+            files_found=self.files_found,
+            quarantine=_rows(self.quarantine),
+            candidates=candidates,
+            reused={check.path: check for check in read_checks(self.reused_checks)},
+            scan_s=self.scan_s,
+        )
+
+    def is_intact(self) -> bool:
+        """Whether every list it names is unchanged (one `stat` each)."""
+        lists = [self.candidates, self.reused_checks, self.quarantine, self.chunk_lists]
+        return all(item.verify() for item in lists) and all(chunk.verify() for chunk in self.chunks())
+
+
+def _rows(listed: FileList) -> list[dict]:
+    """The list's rows as dicts of plain Python values (nulls as None)."""
+    frame = listed.read()
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def store_plan(plan: IngestPlan, folder: Path) -> StoredPlan:
+    """Write the plan's lists under `folder`, the files to check as `plan.chunks()` cuts them."""
+    folder = Path(folder)
+    candidates = pd.DataFrame(
+        [
+            (item.path, item.relative, item.size_bytes, item.mtime_ns, labelled.label, labelled.source_split)
+            for item, labelled in plan.candidates
+        ],
+        columns=CANDIDATE_COLUMNS,
+    )
+    chunks = [
+        write_file_list(pd.DataFrame(chunk, columns=CHUNK_COLUMNS), folder / f"chunk-{number:05d}.parquet")
+        for number, chunk in enumerate(plan.chunks())
+    ]
+    chunk_lists = pd.DataFrame([chunk.model_dump() for chunk in chunks], columns=list(FileList.model_fields))
+    return StoredPlan(
+        data_dir=plan.data_dir,
+        out_dir=plan.out_dir,
+        min_side=plan.min_side,
+        patient_pattern=plan.patient_pattern,
+        files_found=plan.files_found,
+        scan_s=plan.scan_s,
+        todo=sum(chunk.rows for chunk in chunks),
+        reused=len(plan.reused),
+        candidates=write_file_list(candidates, folder / "candidates.parquet"),
+        reused_checks=write_checks(plan.reused.values(), folder / "reused.parquet"),
+        quarantine=write_file_list(
+            pd.DataFrame(plan.quarantine, columns=QUARANTINE_COLUMNS), folder / "quarantine.parquet"
+        ),
+        chunk_lists=write_file_list(chunk_lists, folder / "chunks.parquet"),
+    )
+
+
+def write_checks(checks: Iterable[FileCheck], path: Path) -> FileList:
+    """File checks as a Parquet table (header facts empty for refused files)."""
+    rows = [
+        (
+            check.path,
+            check.sha256,
+            *(
+                (check.info.width, check.info.height, check.info.mode, check.info.format)
+                if check.info
+                else (None,) * 4
+            ),
+            check.reason,
+            check.detail,
+        )
+        for check in checks
+    ]
+    frame = pd.DataFrame(rows, columns=CHECK_COLUMNS).astype({"width": "Int64", "height": "Int64"})
+    return write_file_list(frame, path)
+
+
+def read_checks(listed: FileList) -> list[FileCheck]:
+    """The checks `write_checks` wrote."""
+    return [
+        FileCheck(
+            row["path"],
+            row["sha256"],
+            None
+            if row["width"] is None
+            else ImageInfo(int(row["width"]), int(row["height"]), row["mode"], row["format"]),
+            row["reason"],
+            row["detail"] or "",
+        )
+        for row in _rows(listed)
+    ]
