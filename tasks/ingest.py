@@ -20,8 +20,8 @@ from prefect.logging import get_run_logger
 from cxr import CLASSES
 from cxr.caching import ContentKey, sha256_text
 from cxr.errors import CxrError
-from cxr.files import write_atomically
 from cxr.filelists import FileList
+from cxr.files import write_atomically
 from cxr.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
 from cxr.ingesting import assemble_manifest, check_paths, plan_folder
 from cxr.manifests import IngestResult
