@@ -201,6 +201,10 @@ def test_promotion_and_rollback_show_in_status_and_reach_the_webhook(served, rec
     champion = _status(capsys)["champion"]
     assert (champion["version"], champion["reason"]) == (other, "validated on site data")
     assert (champion["last_change"]["action"], champion["last_change"]["flow_run"]) == ("promotion", None)
+    assert main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert f"champion   models:/{REGISTERED_MODEL_NAME}/{other} (seed): auc " in text
+    assert "by promotion: validated on site data" in text
     message = receiver.wait_for(lambda body: "site data" in body["body"], after=promoted_at, what="promotion")
     assert message["subject"] == f"cxr: champion is now {REGISTERED_MODEL_NAME} v{other}"
     assert f"champion v{current} -> v{other} by promotion: validated on site data" in message["body"]
