@@ -93,8 +93,13 @@ def ingest_folder(
     previous_manifest: Path | None = None,
     workers: int | None = None,
     patient_pattern: str = DEFAULT_PATIENT_PATTERN,
+    keep_duplicates: bool = False,
 ) -> IngestResult:
-    """Scan, label, check and de-duplicate `data_dir`; write the manifest and quarantine list to `out_dir`."""
+    """Scan, label, check and de-duplicate `data_dir`; write the manifest and quarantine list to `out_dir`.
+
+    `keep_duplicates`: every copy stays in the manifest, each with its own label (scoring a labelled
+    folder counts every file); `duplicates` then counts the copies instead of the removed ones.
+    """
     plan = plan_folder(
         data_dir,
         out_dir,
@@ -104,7 +109,9 @@ def ingest_folder(
     )
     started = time.perf_counter()
     checks = check_paths([item.path for item in plan.todo], workers)
-    return assemble_manifest(plan, checks, check_s=time.perf_counter() - started)
+    return assemble_manifest(
+        plan, checks, check_s=time.perf_counter() - started, keep_duplicates=keep_duplicates
+    )
 
 
 def plan_folder(
@@ -160,8 +167,11 @@ def check_paths(paths: list[str], workers: int | None = None) -> list[FileCheck]
     return _check_in_pool(paths, workers)
 
 
-def assemble_manifest(plan: IngestPlan, checks: Iterable[FileCheck], *, check_s: float = 0.0) -> IngestResult:
-    """Apply the minimum side, remove duplicates and label conflicts, write manifest + quarantine list.
+def assemble_manifest(
+    plan: IngestPlan, checks: Iterable[FileCheck], *, check_s: float = 0.0, keep_duplicates: bool = False
+) -> IngestResult:
+    """Apply the minimum side, remove duplicates and label conflicts (unless `keep_duplicates`), write
+    manifest + quarantine list.
 
     `checks` covers the plan's `todo` files (in any order); `check_s` is the time they took.
     """
@@ -184,7 +194,12 @@ def assemble_manifest(plan: IngestPlan, checks: Iterable[FileCheck], *, check_s:
         else:
             quarantine.append(quarantine_row(item, check.reason, check.detail, check))
 
-    accepted, rejected = _deduplicate(passing)
+    if keep_duplicates:
+        accepted, rejected = passing, []
+        duplicates = len(passing) - len({check.sha256 for _, _, check in passing})
+    else:
+        accepted, rejected = _deduplicate(passing)
+        duplicates = sum(row["reason"] == "duplicate" for row in rejected)
     quarantine.extend(rejected)
     manifest = manifest_frame(accepted, plan.patient_pattern)
     out_dir = Path(plan.out_dir)
@@ -213,7 +228,7 @@ def assemble_manifest(plan: IngestPlan, checks: Iterable[FileCheck], *, check_s:
         quarantined_by_reason=dict(sorted(Counter(row["reason"] for row in quarantine).items())),
         per_class={label: int((manifest["label"] == label).sum()) for label in CLASSES},
         per_source_split=dict(per_source_split),
-        duplicates=sum(row["reason"] == "duplicate" for row in quarantine),
+        duplicates=duplicates,
         elapsed_s=round(plan.scan_s + check_s + time.perf_counter() - started, 3),
         reused=len(plan.reused),
     )

@@ -30,7 +30,8 @@ MIN_IMAGE_SIDE: int = RetrainConfig.model_fields["min_image_side"].default
 
 
 def evaluate_folder(model_uri_or_path: str, data_dir: Path) -> dict[str, Any]:
-    """Metrics (with 95 % CIs) of a model on every accepted image of a labelled folder (any layout).
+    """Metrics (with 95 % CIs) of a model on every accepted image of a labelled folder (any layout), copies
+    of the same image included (`duplicates` counts them).
 
     Uses the model's stored threshold and image size. The manifest and quarantine list (one folder
     per data folder, so a re-run re-checks only changed files), plots and `report.md` stay in the
@@ -46,6 +47,7 @@ def evaluate_folder(model_uri_or_path: str, data_dir: Path) -> dict[str, Any]:
         manifest_dir,
         min_side=MIN_IMAGE_SIDE,
         previous_manifest=previous if previous.is_file() else None,
+        keep_duplicates=True,  # a labelled folder is scored whole; copies are reported, not removed
     )
     missing = [label for label, count in ingested.per_class.items() if count == 0]
     if missing:
@@ -68,6 +70,7 @@ def evaluate_folder(model_uri_or_path: str, data_dir: Path) -> dict[str, Any]:
         "metrics": result.metrics,
         "ci": result.ci,
         "n": result.n,
+        "duplicates": ingested.duplicates,
         "quarantined": ingested.quarantined,
         "quarantined_by_reason": ingested.quarantined_by_reason,
         "quarantine": ingested.quarantine_path,

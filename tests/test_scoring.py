@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,20 @@ def test_evaluate_folder_scores_every_accepted_image(model_dir, tmp_path):
     assert metrics["confusion"] == [[6, 0], [0, 5]]
     assert set(result["ci"]) >= {"accuracy", "auc"}
     assert Path(result["report"]).is_file() and "bomb.png" in Path(result["quarantine"]).read_text()
+
+
+def test_evaluate_folder_scores_duplicates_and_reports_them(model_dir, tmp_path):
+    """A labelled folder is scored whole: copies are counted, not removed. Checked: before, `n` was 8 and
+    both copies were quarantined as `duplicate`."""
+    folder = labelled_folder(tmp_path / "data", pneumonia=4, normal=4)
+    shutil.copy(folder / "NORMAL" / "IM-0000-0001.png", folder / "NORMAL" / "IM-0000-0001-copy.png")
+    shutil.copy(folder / "PNEUMONIA" / "person1_bacteria_1.png", folder / "PNEUMONIA" / "person1_copy.png")
+
+    result = evaluate_folder(str(model_dir), folder)
+
+    assert result["n"] == 10 and result["duplicates"] == 2
+    assert result["quarantined"] == 0 and result["quarantined_by_reason"] == {}
+    assert result["metrics"]["confusion"] == [[5, 0], [0, 5]]
 
 
 def test_evaluate_folder_needs_both_classes(model_dir, tmp_path):
