@@ -64,3 +64,18 @@ def test_import_profile_ranks_top_level_imports_and_finds_heavy_libraries():
     profile = import_profile(report, top=2)
     assert profile["top_level_s"] == {"cxr.models": 3.1, "prefect": 0.7}
     assert profile["heavy_libraries_imported"] == ["keras", "tensorflow"]
+
+
+def test_overhead_counts_time_in_which_no_task_ran():
+    import datetime as dt
+
+    from bench.orchestration import _covered_seconds
+
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+    def at(seconds: float) -> dt.datetime:
+        return t0 + dt.timedelta(seconds=seconds)
+
+    # two mapped tasks side by side (0-4 s, 1-3 s), one nested in a later one, one that never ran
+    runs = [(at(0), at(4)), (at(1), at(3)), (at(6), at(9)), (at(7), at(8)), (None, None)]
+    assert _covered_seconds(runs) == 7.0
