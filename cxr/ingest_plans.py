@@ -24,6 +24,8 @@ from cxr.scanning import FoundFile
 CHECK_COLUMNS = ["path", "sha256", "width", "height", "mode", "format", "reason", "detail"]
 CANDIDATE_COLUMNS = ["path", "relative", "size_bytes", "mtime_ns", "label", "source_split"]
 CHUNK_COLUMNS = ["path", "size_bytes", "mtime_ns"]
+# The plan's fields that are single values, stored as they are.
+PLAN_SCALARS = ("data_dir", "out_dir", "min_side", "patient_pattern", "files_found", "scan_s")
 
 
 class StoredPlan(BaseModel):
@@ -56,15 +58,10 @@ class StoredPlan(BaseModel):
             for row in _rows(self.candidates)
         ]
         return IngestPlan(
-            data_dir=self.data_dir,
-            out_dir=self.out_dir,
-            min_side=self.min_side,
-            patient_pattern=self.patient_pattern,
-            files_found=self.files_found,
+            **{name: getattr(self, name) for name in PLAN_SCALARS},
             quarantine=_rows(self.quarantine),
             candidates=candidates,
             reused={check.path: check for check in read_checks(self.reused_checks)},
-            scan_s=self.scan_s,
         )
 
     def is_intact(self) -> bool:
@@ -95,12 +92,7 @@ def store_plan(plan: IngestPlan, folder: Path) -> StoredPlan:
     ]
     chunk_lists = pd.DataFrame([chunk.model_dump() for chunk in chunks], columns=list(FileList.model_fields))
     return StoredPlan(
-        data_dir=plan.data_dir,
-        out_dir=plan.out_dir,
-        min_side=plan.min_side,
-        patient_pattern=plan.patient_pattern,
-        files_found=plan.files_found,
-        scan_s=plan.scan_s,
+        **{name: getattr(plan, name) for name in PLAN_SCALARS},
         todo=sum(chunk.rows for chunk in chunks),
         reused=len(plan.reused),
         candidates=write_file_list(candidates, folder / "candidates.parquet"),
