@@ -374,7 +374,7 @@ def test_corrupt_cache_entries_are_recomputed_not_loaded(prefect_harness, world)
         for path in storage.iterdir()
         if path.is_file()
         and str(world.home) in (text := path.read_text(errors="replace"))
-        and "tasks.evaluate.EvaluationResult" in text
+        and "cxr.evaluation.EvaluationResult" in text
     )
     evaluation_record.write_text(evaluation_record.read_text()[:50])
 
