@@ -22,6 +22,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # layers and independent stages: [tool.importlinter] in pyproject.toml
 
 test: lint
 	$(BIN)/python -m pytest -q -ra

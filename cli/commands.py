@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backbone_weights = Path(args.backbone_weights) if args.backbone_weights else None
     if backbone_weights is not None and not backbone_weights.is_file():
         raise ModelError(f"backbone weights file not found: {backbone_weights}")
-    overrides = {
+    train = {
         "model": args.model,
         # Absolute, so the flow (maybe in a worker with another working folder) finds the same file.
         "backbone_weights": str(backbone_weights.resolve()) if backbone_weights else None,
@@ -61,11 +61,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "learning_rate": args.learning_rate,
     }
+    split = {"seed": args.seed, "keep_official_test": args.keep_official_test}
     config = RetrainConfig(
         data_dir=str(data_dir.resolve()),
-        keep_official_test=args.keep_official_test,
+        split={key: value for key, value in split.items() if value is not None},
+        train={key: value for key, value in train.items() if value is not None},
         trigger=args.trigger,
-        **{key: value for key, value in overrides.items() if value is not None},
     )
     started = time.perf_counter()
     with tags(args.trigger):
@@ -210,7 +211,7 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployments.serve import serve_deployments
+    from deployments.serve import ServeOptions, serve_deployments
     from flows.retrain import task_runner_from_env
 
     task_runner_from_env()  # served runs use it too: without prefect-dask, fail now rather than per run
@@ -220,9 +221,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         names = configure_notifications(webhook_url=args.notify_webhook, block_slug=args.notify_block)
         print(f"notifications ({', '.join(names)}) -> {args.notify_block or args.notify_webhook}", flush=True)
-    serve_deployments(
-        data_dir, cron=args.cron, timezone=args.timezone, debounce_s=args.debounce, event_roots=args.data_root
+    options = ServeOptions(
+        cron=args.cron, timezone=args.timezone, debounce_s=args.debounce, event_roots=args.data_root
     )
+    serve_deployments(data_dir, options)
     return 0
 
 

@@ -47,6 +47,7 @@ def _use_dashboard_if_running() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from cxr import REGISTERED_MODEL_NAME
+    from cxr.architectures import MODEL_NAMES
 
     parser = argparse.ArgumentParser(
         prog="cxr", description="Chest X-ray pneumonia classifier retraining pipeline"
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data", help="image folder (Kaggle layout, NORMAL/PNEUMONIA folders or flat named files)"
     )
-    train.add_argument("--model", choices=["seed", "default", "mobilenet"])
+    train.add_argument("--model", choices=MODEL_NAMES)
     train.add_argument(
         "--backbone-weights",
         metavar="FILE",

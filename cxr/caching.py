@@ -14,13 +14,16 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.transactions import IsolationLevel
 
 from cxr import __version__
 from cxr.locking import cache_lock_manager
+
+if TYPE_CHECKING:
+    from prefect import Task
 
 
 def stable_json(value: Any) -> str:
@@ -60,7 +63,9 @@ class ContentKey(CachePolicy):
     """Cache key = task name + inputs + optional content fingerprint + code version.
 
     `modules` lists the modules whose source decides the output (the task's own module is always
-    included); `fingerprint` maps the task's inputs to a digest of content they point at.
+    included): a stage declares it once, and its lineage and state folders use the same list. `fingerprint` maps the
+    task's inputs to a digest of content they point at. A task names its state folder by
+    `current_task_key()`, so the folder and the cached result always share one key.
     Serializable: a task holds a lock on its key (in the state folder) while it computes, so an
     identical run started at the same time waits for the result and reuses it.
     """
@@ -72,8 +77,8 @@ class ContentKey(CachePolicy):
         self.isolation_level = self.isolation_level or IsolationLevel.SERIALIZABLE
         self.lock_manager = self.lock_manager or cache_lock_manager()
 
-    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:  # noqa: ANN001
-        task = task_ctx.task
+    def key(self, task: Task, inputs: dict[str, Any]) -> str:
+        """SHA-256 of what decides the output of `task` called with `inputs`."""
         payload = {
             "task": task.name,
             "inputs": inputs,
@@ -82,3 +87,16 @@ class ContentKey(CachePolicy):
         if self.fingerprint is not None:
             payload["content"] = self.fingerprint(inputs)
         return sha256_text(stable_json(payload))
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:  # noqa: ANN001
+        return self.key(task_ctx.task, inputs)
+
+
+def current_task_key() -> str:
+    """The running task's `ContentKey.key`: the payload of its cache key, for naming its state folder."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    if context is None or not isinstance(context.task.cache_policy, ContentKey):
+        raise RuntimeError("current_task_key() needs a running task with a ContentKey cache policy")
+    return context.task.cache_policy.key(context.task, context.parameters)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel
 
+from cxr.artifacts import WithArtifacts
 from cxr.imaging import CONTENT_FAILURES, FileCheck, ImageInfo
 from cxr.layouts import Labelled, parse_patient_id
 from cxr.scanning import FoundFile
@@ -50,8 +50,8 @@ QUARANTINE_COLUMNS = [
 ]
 
 
-class IngestResult(BaseModel):
-    """What `ingest_folder` wrote and what it found."""
+class IngestResult(WithArtifacts):
+    """What `ingest_folder` wrote and what it found (the `ingest` stage adds its data report)."""
 
     manifest_path: str
     quarantine_path: str

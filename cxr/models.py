@@ -4,13 +4,12 @@ Preprocessing lives inside each model as registered layers (no Lambda), so a sav
 self-contained and loads with `safe_mode=True`. Augmentation is separate (`build_augmentation`)
 because it belongs to the training input pipeline, not to the served model.
 
-Pretrained weights are never downloaded: a pretrained-capable model (`PRETRAINABLE_MODELS`) starts
+Pretrained weights are never downloaded: a pretrained-capable model (`ModelSpec.pretrainable`) starts
 from random weights, or from a backbone weights file the user supplies (`backbone_weights=`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -18,14 +17,10 @@ import numpy as np
 from keras import layers, ops
 
 from cxr import CLASSES
-from cxr.config import PRETRAINABLE_MODELS  # models with a `BACKBONE_LAYER`
+from cxr.architectures import MODEL_NAMES, MODEL_SPECS, PRETRAINABLE_MODELS
 from cxr.errors import ModelError
 
 PNEUMONIA_INDEX = CLASSES.index("pneumonia")
-# The smallest input every architecture can downsample without reaching zero size.
-MIN_IMAGE_SIZE = 16
-# MobileNetV3 halves the size five times and refuses inputs below 32 pixels.
-MIN_IMAGE_SIZES: dict[str, int] = {"mobilenet": 32}
 # The layer of a pretrained-capable model that `backbone_weights` are loaded into.
 BACKBONE_LAYER = "backbone"
 # VGG16 'caffe' preprocessing: ImageNet channel means in BGR order.
@@ -123,7 +118,7 @@ def _softmax_head(x, name: str = "probabilities"):
     return layers.Dense(len(CLASSES), activation="softmax", dtype="float32", name=name)(x)
 
 
-def _build_seed(image_size: int, learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
+def build_seed(image_size: int, learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
     """The tutorial's CNN, layer for layer, after its VGG16 preprocessing."""
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = GreyToVGG16(dtype="float32", name="vgg16_preprocess")(inputs)
@@ -157,13 +152,13 @@ def _conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, strides: int
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _build_default(image_size: int, learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
+def build_default(image_size: int, learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
     """A compact VGG-style CNN for greyscale X-rays (~1.2 M parameters).
 
     A ResNet-style stem (5x5 stride-2 conv, then max-pooling) brings 224 px to 56 px cheaply; four
     blocks of two 3x3 conv+BN+ReLU (32-64-128-256 filters) with max-pooling between them; global
     average pooling keeps the head small, so the model does not memorise the few thousand training
-    images; dropout before the softmax. 'same' pooling lets sizes down to MIN_IMAGE_SIZE work.
+    images; dropout before the softmax. 'same' pooling lets sizes down to its minimum (`MODEL_SPECS`) work.
     """
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = PerImageStandardization(dtype="float32", name="standardize")(inputs)
@@ -183,7 +178,7 @@ def _build_default(image_size: int, learning_rate: float, steps_per_epoch: int |
     return model
 
 
-def _build_mobilenet(image_size: int, learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
+def build_mobilenet(image_size: int, learning_rate: float, steps_per_epoch: int | None, epochs: int | None):
     """MobileNetV3-Small (~0.94 M parameters without its ImageNet top) on the grey image as RGB.
 
     Random weights (`weights=None`, nothing is downloaded); `build_model(backbone_weights=...)` loads
@@ -238,18 +233,8 @@ def _warmup_cosine(learning_rate: float, steps_per_epoch: int | None, epochs: in
     )
 
 
-_Builder = Callable[[int, float, int | None, int | None], keras.Model]
-_BUILDERS: dict[str, _Builder] = {
-    "seed": _build_seed,
-    "default": _build_default,
-    "mobilenet": _build_mobilenet,
-}
-DEFAULT_LEARNING_RATES: dict[str, float] = {"seed": 1e-4, "default": 1e-3, "mobilenet": 1e-3}
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
-
-
 def _check_name(name: str) -> None:
-    if name not in _BUILDERS:
+    if name not in MODEL_SPECS:
         raise ModelError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
 
 
@@ -267,20 +252,22 @@ def build_model(
     `learning_rate=None` uses the model's own default. `steps_per_epoch` and `epochs` give the
     default model its warm-up + cosine schedule; build inside a distribution strategy's scope if any.
     `backbone_weights`: a weights file (e.g. `backbone.save_weights("b.weights.h5")`) loaded into the
-    backbone of a model in `PRETRAINABLE_MODELS`.
+    backbone of a pretrainable model (`ModelSpec.pretrainable`).
     """
     _check_name(name)
-    min_size = MIN_IMAGE_SIZES.get(name, MIN_IMAGE_SIZE)
-    if image_size < min_size:
-        raise ModelError(f"image_size must be at least {min_size} pixels for {name!r}, got {image_size}")
-    rate = DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
+    spec = MODEL_SPECS[name]
+    if image_size < spec.min_image_size:
+        raise ModelError(
+            f"image_size must be at least {spec.min_image_size} pixels for {name!r}, got {image_size}"
+        )
+    rate = spec.learning_rate if learning_rate is None else learning_rate
     if rate <= 0:
         raise ModelError(f"learning_rate must be positive, got {rate}")
-    if backbone_weights is not None and name not in PRETRAINABLE_MODELS:
+    if backbone_weights is not None and not spec.pretrainable:
         raise ModelError(
             f"model {name!r} has no pretrained backbone; backbone weights work with: {', '.join(PRETRAINABLE_MODELS)}"
         )
-    model = _BUILDERS[name](image_size, rate, steps_per_epoch, epochs)
+    model = globals()[spec.builder](image_size, rate, steps_per_epoch, epochs)
     if backbone_weights is not None:
         _load_backbone_weights(model.get_layer(BACKBONE_LAYER), Path(backbone_weights))
     return model

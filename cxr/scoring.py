@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from cxr.caching import sha256_text
-from cxr.config import RetrainConfig
+from cxr.config import IngestParams
 from cxr.errors import DataError
 from cxr.evaluation import evaluate_model
 from cxr.files import sha256_file
@@ -26,7 +26,7 @@ from cxr.state import state_dir
 # Every accepted file of the folder is scored as this split.
 SPLIT = "test"
 # The same minimum image side a retrain run quarantines below.
-MIN_IMAGE_SIDE: int = RetrainConfig.model_fields["min_image_side"].default
+MIN_IMAGE_SIDE: int = IngestParams().min_image_side
 
 
 def evaluate_folder(model_uri_or_path: str, data_dir: Path) -> dict[str, Any]:

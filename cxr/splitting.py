@@ -22,9 +22,9 @@ import hashlib
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel
 
 from cxr import CLASSES
+from cxr.artifacts import WithArtifacts
 from cxr.caching import sha256_text
 from cxr.errors import DataError
 from cxr.files import write_atomically
@@ -38,7 +38,7 @@ SPLIT_NAME = "split.parquet"
 OFFICIAL_TEST = "test"
 
 
-class SplitResult(BaseModel):
+class SplitResult(WithArtifacts):
     """Where the split manifest is, its content digest, images/patients per split, and the split it kept."""
 
     split_path: Path

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
 
 from cxr import CLASSES
+from cxr.artifacts import WithArtifacts
+from cxr.config import TrainParams
 from cxr.datasets import split_dataset
 from cxr.errors import DataError
 from cxr.files import sha256_file, write_atomically
@@ -48,7 +49,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 PROGRESS_ARTIFACT = "training-progress"
 
 
-class TrainResult(BaseModel):
+class TrainResult(WithArtifacts):
     model_path: str
     model_sha256: str
     metadata_path: str
@@ -84,27 +85,22 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
 
 def train_model(
     batches: BatchesResult,
+    params: TrainParams,
     *,
-    model_name: str,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float | None,
-    seed: int,
-    patience: int,
-    target_sensitivity: float,
     out_dir: Path,
     checkpoint_dir: Path,
     tensorboard_dir: Path | None = None,
     progress: ProgressCallback | None = None,
-    backbone_weights: str | None = None,
 ) -> TrainResult:
-    """Train `model_name` on the train split; write `model.keras` + `model.json` into `out_dir`.
+    """Train `params.model` on the train split; write `model.keras` + `model.json` into `out_dir`.
 
-    `backbone_weights`: a user-supplied weights file the model's backbone starts from (see
+    `params.backbone_weights`: a user-supplied weights file the model's backbone starts from (see
     `cxr.models.build_model`). Early stopping watches the validation AUC and keeps the best epoch's weights. A backup in
     `checkpoint_dir` from an interrupted run with the same inputs is resumed; it is deleted on success.
     `progress(epoch, logs)` is called after each epoch (1-based epoch numbers).
     """
+    model_name, epochs, batch_size, seed = params.model, params.epochs, params.batch_size, params.seed
+    patience, backbone_weights = params.early_stopping_patience, params.backbone_weights
     if epochs < 1 or batch_size < 1 or patience < 1:
         raise DataError(
             f"epochs, batch_size and patience must be positive: {epochs}, {batch_size}, {patience}"
@@ -128,7 +124,7 @@ def train_model(
         model = build_model(
             model_name,
             batches.image_size,
-            learning_rate=learning_rate,
+            learning_rate=params.learning_rate,
             steps_per_epoch=steps_per_epoch,
             epochs=epochs,
             backbone_weights=backbone_weights,
@@ -190,7 +186,9 @@ def train_model(
 
     p_pneumonia = model.predict(valid_data, verbose=0)[:, PNEUMONIA_INDEX]
     is_pneumonia = valid_labels == PNEUMONIA_INDEX
-    choice = choose_threshold(p_pneumonia, is_pneumonia, target_sensitivity, z=SENSITIVITY_CONFIDENCE_Z)
+    choice = choose_threshold(
+        p_pneumonia, is_pneumonia, params.target_sensitivity, z=SENSITIVITY_CONFIDENCE_Z
+    )
     valid_metrics = binary_metrics(p_pneumonia, is_pneumonia, choice)
 
     out_dir = Path(out_dir)

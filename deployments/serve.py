@@ -16,6 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from cxr.config import RetrainConfig
 from cxr.errors import DataError
 from cxr.watch import DATA_ARRIVED_EVENT, DEFAULT_DEBOUNCE_S, INBOX_RESOURCE_PREFIX
@@ -34,28 +36,37 @@ def default_timezone() -> str:
     return os.environ.get("CXR_TIMEZONE") or "UTC"
 
 
+class ServeOptions(BaseModel):
+    """How the two deployments run (everything but the nightly data folder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str = DEFAULT_CRON
+    timezone: str | None = Field(None, description="IANA zone of the cron (default $CXR_TIMEZONE or UTC)")
+    debounce_s: float = Field(
+        DEFAULT_DEBOUNCE_S, description="At most one on-new-data run per inbox in this window"
+    )
+    config_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="RetrainConfig fields (other than data_dir/trigger) for both"
+    )
+    event_roots: tuple[str, ...] = Field(
+        (), description="Folders an event's data_dir must lie in (default: the nightly folder's parent)"
+    )
+
+
 def _config_parameters(data_dir: str, trigger: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Validated `retrain` parameters holding only the values given (flow defaults fill the rest)."""
     given = {**overrides, "data_dir": data_dir, "trigger": trigger}
-    config = RetrainConfig(**given).model_dump(mode="json")
-    return {"config": {key: config[key] for key in given}}
+    return {"config": RetrainConfig(**given).model_dump(mode="json", include=_keys(given))}
 
 
-def build_deployments(
-    data_dir: str,
-    *,
-    cron: str = DEFAULT_CRON,
-    timezone: str | None = None,
-    debounce_s: float = DEFAULT_DEBOUNCE_S,
-    config_overrides: Mapping[str, Any] | None = None,
-    event_roots: Sequence[str] = (),
-) -> list[RunnerDeployment]:
-    """The `nightly` and `on-new-data` deployments of the `retrain` flow.
+def _keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values`' keys as a pydantic `include`, nested into parameter groups."""
+    return {key: _keys(value) if isinstance(value, Mapping) else True for key, value in values.items()}
 
-    `debounce_s`: at most one `on-new-data` run per inbox in that window, however many events arrive.
-    `config_overrides`: RetrainConfig fields (other than data_dir/trigger) for both deployments.
-    `event_roots`: folders an event's data_dir must lie in (default: the nightly folder's parent).
-    """
+
+def build_deployments(data_dir: str, options: ServeOptions | None = None) -> list[RunnerDeployment]:
+    """The `nightly` and `on-new-data` deployments of the `retrain` flow (see `ServeOptions`)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType
@@ -65,21 +76,24 @@ def build_deployments(
 
     if not Path(data_dir).is_dir():
         raise DataError(f"data folder for the nightly run not found: {data_dir}")
-    overrides = dict(config_overrides or {})
+    options = options or ServeOptions()
+    overrides = options.config_overrides
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     # Runs import the flow by module name, so `cxr serve` works from any working directory.
     common = {"concurrency_limit": one_at_a_time, "entrypoint_type": EntrypointType.MODULE_PATH}
     nightly = retrain.to_deployment(
         NIGHTLY,
-        schedules=[CronSchedule(cron=cron, timezone=timezone or default_timezone())],
+        schedules=[CronSchedule(cron=options.cron, timezone=options.timezone or default_timezone())],
         parameters=_config_parameters(str(Path(data_dir).resolve()), NIGHTLY, overrides),
         tags=[NIGHTLY],
-        description=f"Retrain on {data_dir} every day ({cron}).",
+        description=f"Retrain on {data_dir} every day ({options.cron}).",
         **common,
     )
     # Validate the overrides now with a placeholder folder; the server substitutes the event's one.
     # Event payloads are untrusted: the run refuses a data_dir outside these roots.
-    roots = [str(Path(root).resolve()) for root in event_roots] or [str(Path(data_dir).resolve().parent)]
+    roots = [str(Path(root).resolve()) for root in options.event_roots] or [
+        str(Path(data_dir).resolve().parent)
+    ]
     event_parameters = _config_parameters(roots[0], "new-data", {**overrides, "data_roots": roots})
     event_parameters["config"]["data_dir"] = EVENT_DATA_DIR
     on_new_data = retrain.to_deployment(
@@ -92,26 +106,19 @@ def build_deployments(
                 for_each={"prefect.resource.id"},  # debounce each inbox on its own
                 posture="Reactive",
                 threshold=1,
-                within=timedelta(seconds=debounce_s),
+                within=timedelta(seconds=options.debounce_s),
                 parameters=event_parameters,
             )
         ],
         tags=["new-data"],
-        description=f"Retrain when `cxr watch` announces new files (at most once per {debounce_s:.0f} s per inbox).",
+        description=f"Retrain when `cxr watch` announces new files (at most once per {options.debounce_s:.0f} s per inbox).",
         **common,
     )
     return [nightly, on_new_data]
 
 
 def serve_deployments(
-    data_dir: str,
-    *,
-    cron: str = DEFAULT_CRON,
-    timezone: str | None = None,
-    debounce_s: float = DEFAULT_DEBOUNCE_S,
-    config_overrides: Mapping[str, Any] | None = None,
-    event_roots: Sequence[str] = (),
-    poll_s: float | None = None,
+    data_dir: str, options: ServeOptions | Mapping[str, Any] | None = None, *, poll_s: float | None = None
 ) -> None:
     """Register both deployments and run their flow runs in this process until Ctrl-C.
 
@@ -120,14 +127,7 @@ def serve_deployments(
     """
     from prefect import serve
 
-    deployments = build_deployments(
-        data_dir,
-        cron=cron,
-        timezone=timezone,
-        debounce_s=debounce_s,
-        config_overrides=config_overrides,
-        event_roots=event_roots,
-    )
+    deployments = build_deployments(data_dir, ServeOptions.model_validate(options or {}))
     runner_options = {} if poll_s is None else {"query_seconds": poll_s}
     serve(*deployments, pause_on_shutdown=False, limit=1, **runner_options)
 
@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--debounce", type=float, default=DEFAULT_DEBOUNCE_S, help="seconds per on-new-data run"
     )
     args = parser.parse_args(argv)
-    serve_deployments(args.data, cron=args.cron, timezone=args.timezone, debounce_s=args.debounce)
+    serve_deployments(
+        args.data, ServeOptions(cron=args.cron, timezone=args.timezone, debounce_s=args.debounce)
+    )
 
 
 if __name__ == "__main__":

@@ -11,27 +11,14 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cxr.caching import code_version, sha256_text, stable_json
-from cxr.config import RetrainConfig
+from cxr.config import IngestParams, RetrainConfig
 from cxr.errors import CxrError
 from cxr.progress import stage_progress
 from flows.stages import StageRunner
 from tasks import batches, evaluate, ingest, register, report, split, train
 
-# Modules whose source decides a trained model; their digest is the lineage's code version.
-MODEL_CODE = (
-    "cxr.imaging",
-    "cxr.datasets",
-    "cxr.shards",
-    "cxr.sharding",
-    "cxr.splitting",
-    "cxr.models",
-    "cxr.device",
-    "cxr.training",
-    "cxr.thresholds",
-    "tasks.batches",
-    "tasks.split",
-    "tasks.train",
-)
+# Modules whose source decides a trained model (as its stages declare them): the lineage's code version.
+MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY})
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
 
@@ -55,9 +42,9 @@ def task_runner_from_env() -> TaskRunner:
     return DaskTaskRunner(address=address)
 
 
-def ingest_stage(run: StageRunner, data_dir: str, min_side: int) -> ingest.IngestResult:
+def ingest_stage(run: StageRunner, data_dir: str, params: IngestParams) -> ingest.IngestResult:
     """Plan, check the planned chunks in parallel on the flow's task runner, and assemble the manifest."""
-    plan = run(ingest.plan_ingest, data_dir, min_side)
+    plan = run(ingest.plan_ingest, data_dir, params)
     with stage_progress("ingest: check files", plan.todo, "files") as progress:
         checks = run.map(
             ingest.check_chunk, plan.chunks(), on_done=lambda chunk: progress.advance(chunk.rows)
@@ -93,30 +80,10 @@ def retrain(config: RetrainConfig) -> dict:
     """Retrain on `config.data_dir`, evaluate on the held-out test split and register the model."""
     started = time.perf_counter()
     run = StageRunner()
-    ingested = ingest_stage(run, config.data_dir, config.min_image_side)
-    splits = run(
-        split.split,
-        ingested.manifest_path,
-        ingested.digest,
-        valid_fraction=config.valid_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        keep_official_test=config.keep_official_test,
-        min_images_per_class=config.min_images_per_class,
-    )
-    data = batches_stage(run, splits.split_path, splits.digest, config.image_size)
-    trained = run(
-        train.train,
-        data,
-        model_name=config.model,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        seed=config.seed,
-        patience=config.early_stopping_patience,
-        target_sensitivity=config.target_sensitivity,
-        backbone_weights=config.backbone_weights,
-    )
+    ingested = ingest_stage(run, config.data_dir, config.ingest)
+    splits = run(split.split, ingested.manifest_path, ingested.digest, config.split)
+    data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)
+    trained = run(train.train, data, config.train)
     evaluation = run(evaluate.evaluate, trained.model_path, trained.model_sha256, data)
     lineage = {
         "data_digest": ingested.digest,
@@ -124,11 +91,7 @@ def retrain(config: RetrainConfig) -> dict:
         "config_digest": sha256_text(stable_json(config.model_dump(exclude={"trigger"})))[:16],
         "code_version": code_version(MODEL_CODE),
         "data_dir": config.data_dir,
-        "model": config.model,
-        "image_size": config.image_size,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
+        **config.lineage_params(),
     }
     registered = run(
         register.register,
@@ -137,9 +100,7 @@ def retrain(config: RetrainConfig) -> dict:
         data,
         lineage,
         config.registered_model_name,
-        register.GatePolicy(
-            metric=config.gate_metric, margin=config.gate_margin, sensitivity_floor=config.sensitivity_floor
-        ),
+        config.gate,
     )
     summary = {
         "model_name": registered.model_name,
@@ -151,7 +112,7 @@ def retrain(config: RetrainConfig) -> dict:
         "ci": evaluation.ci,
         "threshold": trained.threshold,
         "train_images_per_second": trained.images_per_second,
-        "architecture": config.model,
+        "architecture": config.train.model,
         "device": trained.device,
         "epochs_run": trained.epochs_run,
         "resumed_from_epoch": trained.resumed_from_epoch,

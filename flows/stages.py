@@ -34,6 +34,13 @@ class StageRunner:
         )
 
     def __call__(self, task: Task, *args: Any, **kwargs: Any) -> Any:
+        """Run `task` and publish the artifacts its result carries: a cached stage shows them too."""
+        result = self._run(task, *args, **kwargs)
+        for artifact in getattr(result, "artifacts", ()):
+            artifact.publish()
+        return result
+
+    def _run(self, task: Task, *args: Any, **kwargs: Any) -> Any:
         state = task(*args, return_state=True, **kwargs)
         result = state.result()  # re-raises the task's exception when it failed
         if state.name != "Cached":

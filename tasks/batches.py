@@ -19,7 +19,7 @@ from cxr.shards import ShardRef
 from cxr.state import state_dir
 
 # The modules whose source decides the shards' content.
-DECIDED_BY = ("cxr.imaging", "cxr.shards", "cxr.sharding")
+DECIDED_BY = (__name__, "cxr.imaging", "cxr.shards", "cxr.sharding")
 # Local files only: a retry helps against a busy disk or network share, not against bad input.
 _RETRIES = {"persist_result": True, "retries": 2, "retry_delay_seconds": [5, 30]}
 

@@ -6,23 +6,26 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from cxr.caching import ContentKey, sha256_text, stable_json
+from cxr.caching import ContentKey, current_task_key
 from cxr.errors import ModelError
 from cxr.evaluation import EvaluationResult, evaluate_model, format_metric
 from cxr.sharding import BatchesResult
 from cxr.state import state_dir
 
+# The modules whose source decides an evaluation (its cache key and its report folder).
+DECIDED_BY = (__name__, "cxr.evaluation", "cxr.metrics", "cxr.plots", "cxr.registry")
+
 
 @task(
     name="evaluate",
-    cache_policy=ContentKey(modules=("cxr.registry",)),
+    cache_policy=ContentKey(modules=DECIDED_BY),
     persist_result=True,
     retries=1,
 )
 def evaluate(model_path: str, model_sha256: str, batches: BatchesResult) -> EvaluationResult:
     """Evaluate the trained model on the test split (the `report` task publishes the results)."""
-    key = sha256_text(stable_json({"model": model_sha256, "batches": batches.digest, "split": "test"}))[:16]
-    result = evaluate_model(Path(model_path), batches, out_dir=state_dir("reports", key))
+    out_dir = state_dir("reports", current_task_key()[:16])
+    result = evaluate_model(Path(model_path), batches, out_dir=out_dir)
     if result.model_sha256 != model_sha256:
         raise ModelError(f"{model_path} changed since training (sha256 {result.model_sha256[:12]})")
     metrics = result.metrics

@@ -14,11 +14,12 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from cxr import CLASSES
-from cxr.caching import ContentKey, sha256_text
+from cxr.artifacts import Artifact
+from cxr.caching import ContentKey, current_task_key, sha256_text
+from cxr.config import IngestParams
 from cxr.errors import CxrError
 from cxr.filelists import FileList
 from cxr.files import write_atomically
@@ -27,6 +28,17 @@ from cxr.ingesting import assemble_manifest, check_paths, plan_folder
 from cxr.manifests import IngestResult
 from cxr.scanning import data_dir_fingerprint
 from cxr.state import state_dir
+
+# The modules whose source decides this stage's results (its cache keys and its manifest folder).
+DECIDED_BY = (
+    __name__,
+    "cxr.ingesting",
+    "cxr.ingest_plans",
+    "cxr.manifests",
+    "cxr.layouts",
+    "cxr.scanning",
+    "cxr.imaging",
+)
 
 QUARANTINE_TABLE_ROWS = 500
 
@@ -84,17 +96,17 @@ _TRANSIENT_IO_RETRIES: dict[str, Any] = {
 
 @task(
     name="ingest-plan",
-    cache_policy=ContentKey(modules=("cxr.imaging",), fingerprint=_fingerprint_inputs),
+    cache_policy=ContentKey(modules=DECIDED_BY, fingerprint=_fingerprint_inputs),
     **_TRANSIENT_IO_RETRIES,
 )
-def plan_ingest(data_dir: str, min_side: int) -> StoredPlan:
+def plan_ingest(data_dir: str, params: IngestParams) -> StoredPlan:
     """Plan the ingest of `data_dir` into the state folder, reusing the previous run's checks of unchanged files."""
     folder = Path(data_dir)
-    # min_side is part of the folder name: a run with another minimum must not overwrite this manifest.
-    out_dir = state_dir("manifests", f"{data_dir_fingerprint(folder)[:16]}-s{min_side}")
+    # Named by the cache key (folder listing, minimum side, code): another minimum gets its own manifest.
+    out_dir = state_dir("manifests", current_task_key()[:16])
     index = _latest_index(folder)
     previous = Path(index.read_text().strip()) if index.is_file() else None
-    plan = plan_folder(folder, out_dir, min_side=min_side, previous_manifest=previous)
+    plan = plan_folder(folder, out_dir, min_side=params.min_image_side, previous_manifest=previous)
     get_run_logger().info(
         "ingest %s: %d found, %d checks reused, %d files to check in %d chunks",
         data_dir,
@@ -106,23 +118,22 @@ def plan_ingest(data_dir: str, min_side: int) -> StoredPlan:
     return store_plan(plan, out_dir / "plan")
 
 
-@task(name="ingest-check", cache_policy=ContentKey(modules=("cxr.imaging",)), **_TRANSIENT_IO_RETRIES)
+@task(name="ingest-check", cache_policy=ContentKey(modules=DECIDED_BY), **_TRANSIENT_IO_RETRIES)
 def check_chunk(files: FileList) -> FileList:
     """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
     checks = check_paths(files.read(columns=["path"])["path"].tolist(), workers=1)
     return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
 
 
-@task(name="ingest-assemble", cache_policy=ContentKey(modules=("cxr.imaging",)), **_TRANSIENT_IO_RETRIES)
+@task(name="ingest-assemble", cache_policy=ContentKey(modules=DECIDED_BY), **_TRANSIENT_IO_RETRIES)
 def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
-    """Write the planned folder's manifest from the chunks' checks; publish the data report.
+    """Write the planned folder's manifest from the chunks' checks, with the data report to publish.
 
     Its `elapsed_s` counts scanning and assembling: the checks ran as their own task runs.
     """
-    logger = get_run_logger()
     result = assemble_manifest(plan.load(), itertools.chain.from_iterable(map(read_checks, checks)))
     write_atomically(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
-    logger.info(
+    get_run_logger().info(
         "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused",
         plan.data_dir,
         result.files_found,
@@ -131,16 +142,19 @@ def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
         result.quarantined_by_reason,
         result.reused,
     )
-    create_markdown_artifact(
-        key="data-report", markdown=data_report_markdown(result), description="Ingest summary"
-    )
+    return result.model_copy(update={"artifacts": _artifacts(result)})
+
+
+def _artifacts(result: IngestResult) -> list[Artifact]:
     quarantine = pd.read_csv(
         result.quarantine_path, usecols=["path", "reason", "detail"], keep_default_na=False
     )
-    create_table_artifact(
-        key="quarantine",
-        table=quarantine.head(QUARANTINE_TABLE_ROWS).to_dict("records"),
-        description=f"Quarantined files ({len(quarantine)}; first {QUARANTINE_TABLE_ROWS} shown; full list "
-        f"in {result.quarantine_path})",
-    )
-    return result
+    return [
+        Artifact(key="data-report", markdown=data_report_markdown(result), description="Ingest summary"),
+        Artifact(
+            key="quarantine",
+            table=quarantine.head(QUARANTINE_TABLE_ROWS).to_dict("records"),
+            description=f"Quarantined files ({len(quarantine)}; first {QUARANTINE_TABLE_ROWS} shown; full "
+            f"list in {result.quarantine_path})",
+        ),
+    ]

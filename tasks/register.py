@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, Field
 
 from cxr import faults
+from cxr.artifacts import Artifact, WithArtifacts
 from cxr.caching import ContentKey
+from cxr.config import GateParams
 from cxr.evaluation import EvaluationResult, champion_scorer_for
 from cxr.locking import registry_lock
 from cxr.metrics import CI_METRICS
@@ -38,15 +39,7 @@ LINEAGE_TAGS = ("data_digest", "config_digest", "code_version")
 DECISION_TAG = "promotion_decision"
 
 
-class GatePolicy(BaseModel):
-    """When a challenger replaces the champion: better `metric` by `margin`, sensitivity above the floor."""
-
-    metric: str = Field("auc", description="A test metric where higher is better")
-    margin: float = Field(0.0, ge=0)
-    sensitivity_floor: float = Field(0.0, ge=0, le=1)
-
-
-class RegistrationResult(BaseModel):
+class RegistrationResult(WithArtifacts):
     model_name: str
     version: int
     champion: bool
@@ -171,7 +164,7 @@ def _existing_version(name: str, model_sha256: str, tracking_uri: str) -> Any:  
 def decide(
     challenger: dict[str, Any],
     champion: dict[str, Any] | None,
-    gate: GatePolicy,
+    gate: GateParams,
 ) -> tuple[bool, str]:
     """(promote?, reason) for the challenger's and champion's metrics on the same split."""
     if champion is None:
@@ -195,7 +188,7 @@ def _apply_gate(
     name: str,
     version: int,
     challenger: dict[str, Any],
-    gate: GatePolicy,
+    gate: GateParams,
     champion_scorer: Callable[[str], dict] | None,
     tracking_uri: str,
 ) -> dict[str, Any]:
@@ -235,7 +228,7 @@ def register_model(
     lineage: dict[str, Any],
     registered_model_name: str,
     tracking_uri: str,
-    gate: GatePolicy,
+    gate: GateParams,
     champion_scorer: Callable[[str], dict] | None = None,
 ) -> RegistrationResult:
     """Register the trained model as a new version and promote it to champion if it passes the gate.
@@ -314,11 +307,9 @@ def register(
     batches: BatchesResult,
     lineage: dict[str, Any],
     registered_model_name: str,
-    gate: GatePolicy,
+    gate: GateParams,
 ) -> RegistrationResult:
     """Register the model in MLflow and apply the champion/challenger gate on the current test split."""
-    from prefect.artifacts import create_markdown_artifact
-
     tracking_uri = default_tracking_uri()
     result = register_model(
         train,
@@ -329,5 +320,6 @@ def register(
         gate=gate,
         champion_scorer=champion_scorer_for(batches, tracking_uri, split=evaluation.split),
     )
-    create_markdown_artifact(key="promotion-decision", markdown=decision_markdown(result))
+    decision = Artifact(key="promotion-decision", markdown=decision_markdown(result))
+    result = result.model_copy(update={"artifacts": [decision]})
     return result

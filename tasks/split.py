@@ -1,7 +1,7 @@
 """Stage `split`: assign every manifest row to train, valid or test (rules in `cxr.splitting`).
 
-Lineage: the task keeps `splits/latest-<params digest>.txt` (params: seed, fractions,
-keep_official_test) pointing at the last split written with those params and uses it as the
+Lineage: the task keeps `splits/latest-<params digest>.txt` (params: `SplitParams` but the minimum
+per class) pointing at the last split written with those params and uses it as the
 previous split; its content digest is part of the task's cache key.
 """
 
@@ -11,28 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from cxr import CLASSES
-from cxr.caching import ContentKey, sha256_text, stable_json
+from cxr.artifacts import Artifact
+from cxr.caching import ContentKey, current_task_key, sha256_text, stable_json
+from cxr.config import SplitParams
 from cxr.files import sha256_file, write_atomically
 from cxr.splitting import SPLITS, SplitResult, split_manifest
 from cxr.state import state_dir
 
+# The modules whose source decides a split (its cache key and its state folder).
+DECIDED_BY = (__name__, "cxr.splitting")
 
-def latest_split_index(
-    *, valid_fraction: float, test_fraction: float, seed: int, keep_official_test: bool
-) -> Path:
+
+def latest_split_index(params: SplitParams) -> Path:
     """The file that names the last split written with these parameters (whatever the manifest)."""
-    params = {
-        "valid": valid_fraction,
-        "test": test_fraction,
-        "seed": seed,
-        "official_test": keep_official_test,
-    }
-    return state_dir("splits") / f"latest-{sha256_text(stable_json(params))[:16]}.txt"
+    decisive = params.model_dump(exclude={"min_images_per_class"})  # a minimum only refuses, never moves
+    return state_dir("splits") / f"latest-{sha256_text(stable_json(decisive))[:16]}.txt"
 
 
 class LineageEntry(BaseModel):
@@ -65,20 +62,9 @@ def lineage_base(entry: LineageEntry | None, manifest_digest: str) -> str:
     return sha256_file(entry.split_path)
 
 
-def _latest_entry(inputs: dict[str, Any]) -> LineageEntry | None:
-    return latest_split(
-        latest_split_index(
-            valid_fraction=inputs["valid_fraction"],
-            test_fraction=inputs["test_fraction"],
-            seed=inputs["seed"],
-            keep_official_test=inputs["keep_official_test"],
-        )
-    )
-
-
 def previous_split_digest(inputs: dict[str, Any]) -> str:
     """Cache fingerprint: the lineage base the task would start from."""
-    return lineage_base(_latest_entry(inputs), inputs["manifest_digest"])
+    return lineage_base(latest_split(latest_split_index(inputs["params"])), inputs["manifest_digest"])
 
 
 def _summary_table(result: SplitResult) -> list[dict[str, object]]:
@@ -99,47 +85,25 @@ def _summary_table(result: SplitResult) -> list[dict[str, object]]:
 
 @task(
     name="split",
-    cache_policy=ContentKey(fingerprint=previous_split_digest),
+    cache_policy=ContentKey(modules=DECIDED_BY, fingerprint=previous_split_digest),
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,
 )
-def split(
-    manifest_path: str,
-    manifest_digest: str,
-    valid_fraction: float,
-    test_fraction: float,
-    seed: int,
-    keep_official_test: bool,
-    min_images_per_class: int,
-) -> SplitResult:
+def split(manifest_path: str, manifest_digest: str, params: SplitParams) -> SplitResult:
     """Split the manifest with the given digest, keeping the splits of the lineage's previous split."""
-    inputs = {
-        "valid_fraction": valid_fraction,
-        "test_fraction": test_fraction,
-        "seed": seed,
-        "keep_official_test": keep_official_test,
-    }
-    entry = _latest_entry(inputs)
+    index = latest_split_index(params)
+    entry = latest_split(index)
     base = lineage_base(entry, manifest_digest)
     previous = None if entry is None else entry.split_path
-    params = {
-        "manifest": manifest_digest,
-        "valid": valid_fraction,
-        "test": test_fraction,
-        "seed": seed,
-        "official_test": keep_official_test,
-        "previous": base,
-    }
     result = split_manifest(
         Path(manifest_path),
-        state_dir("splits", sha256_text(stable_json(params))[:16]),
-        min_images_per_class=min_images_per_class,
+        state_dir("splits", current_task_key()[:16]),
         previous_split=previous,
-        **inputs,
+        **params.model_dump(),
     )
     write_atomically(
-        latest_split_index(**inputs),
+        index,
         lambda partial: partial.write_text(
             LineageEntry(
                 split_path=result.split_path, manifest_digest=manifest_digest, base=base
@@ -153,9 +117,9 @@ def split(
         result.patients,
         previous or "none",
     )
-    create_table_artifact(
+    summary = Artifact(
         key="split-summary",
         table=_summary_table(result),
         description=f"Images and patients per split (split digest {result.digest[:12]})",
     )
-    return result
+    return result.model_copy(update={"artifacts": [summary]})

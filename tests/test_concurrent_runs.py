@@ -29,9 +29,8 @@ def test_two_identical_runs_started_together_train_once(prefect_harness, tiny_da
     from flows.retrain import retrain
 
     # A seed of its own, so no earlier test's cached training can answer for both runs.
-    config = RetrainConfig(
-        data_dir=str(tiny_dataset), model="seed", image_size=32, epochs=1, batch_size=16, seed=23
-    )
+    train = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16, "seed": 23}
+    config = RetrainConfig(data_dir=str(tiny_dataset), split={"seed": 23}, train=train)
     start = threading.Barrier(2)
     results: list[dict] = []
     errors: list[BaseException] = []

@@ -83,7 +83,8 @@ def test_a_retrain_run_and_its_metrics_show_in_the_dashboard(dashboard, tiny_dat
 
     port, url = dashboard
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    config = RetrainConfig(data_dir=str(tiny_dataset), model="seed", image_size=32, epochs=1, batch_size=16)
+    train = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}
+    config = RetrainConfig(data_dir=str(tiny_dataset), train=train)
     with temporary_settings({PREFECT_API_URL: api_url_if_running(port)}):
         result = retrain(config)
         with get_client(sync_client=True) as client:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 DEBOUNCE_S = 300.0
 TIMEZONE = "Europe/Berlin"
 CRON = "30 3 * * 1-5"
-TINY = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}
+TINY = {"train": {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}}
 FLOW_RUN_TIMEOUT_S = 240
 
 
@@ -52,11 +52,13 @@ def served(api_url, client, tmp_path_factory, tiny_dataset):
     home = tmp_path_factory.mktemp("serve-home")
     options = {
         "data_dir": str(tiny_dataset),
-        "cron": CRON,
-        "timezone": TIMEZONE,
-        "debounce_s": DEBOUNCE_S,
-        "config_overrides": TINY,
-        "event_roots": [str(tmp_path_factory.getbasetemp())],
+        "options": {
+            "cron": CRON,
+            "timezone": TIMEZONE,
+            "debounce_s": DEBOUNCE_S,
+            "config_overrides": TINY,
+            "event_roots": [str(tmp_path_factory.getbasetemp())],
+        },
         "poll_s": 1.0,
     }
     with serving(api_url, home, home / "serve.log", **options) as process:
@@ -223,11 +225,14 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
     import yaml
     from prefect.events import DeploymentEventTrigger
 
-    from deployments.serve import build_deployments
+    from deployments.serve import ServeOptions, build_deployments
 
     declared = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
     yaml_deployments = {item["name"]: item for item in declared}
-    served = {deployment.name: deployment for deployment in build_deployments(str(tmp_path), timezone="UTC")}
+    served = {
+        deployment.name: deployment
+        for deployment in build_deployments(str(tmp_path), ServeOptions(timezone="UTC"))
+    }
     assert yaml_deployments.keys() == served.keys() == {NIGHTLY, ON_NEW_DATA}
 
     for name, item in yaml_deployments.items():

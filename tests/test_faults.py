@@ -25,7 +25,7 @@ from cxr import REGISTERED_MODEL_NAME, faults
 from cxr.config import RetrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}
+TINY = {"train": {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}}
 CLI_TINY = ["--model", "seed", "--image-size", "32", "--batch-size", "16", "--json"]
 SUBPROCESS_TIMEOUT_S = 300
 
@@ -107,7 +107,7 @@ def _ingest_and_split(world):
     from cxr.ingesting import ingest_folder
     from cxr.splitting import split_manifest
 
-    ingested = ingest_folder(world.data, world.home / "ingest", min_side=world.config.min_image_side)
+    ingested = ingest_folder(world.data, world.home / "ingest", min_side=world.config.ingest.min_image_side)
     return split_manifest(
         Path(ingested.manifest_path),
         world.home / "split",
@@ -126,7 +126,7 @@ def test_transient_read_errors_are_retried_and_change_nothing(prefect_harness, w
     from cxr.ingesting import ingest_folder
     from flows.retrain import retrain
 
-    clean = ingest_folder(world.data, world.home / "clean", min_side=world.config.min_image_side)
+    clean = ingest_folder(world.data, world.home / "clean", min_side=world.config.ingest.min_image_side)
     monkeypatch.setenv(faults.ENV_VAR, "read_image:1")
 
     summary = retrain(world.config)

@@ -10,6 +10,19 @@ INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
 BATCHES_STEPS = ["batches-plan", "batches-shard", "batches-assemble"]
 STAGES = [*INGEST_STEPS, "split", *BATCHES_STEPS, "train", "evaluate", "register"]
 
+STAGE_ARTIFACTS = {
+    "data-report",
+    "quarantine",
+    "split-summary",
+    "training-history",
+    "training-summary",
+    "metrics",
+    "evaluation-report",
+    "roc-curve",
+    "promotion-decision",
+    "run-summary",
+}
+
 
 @pytest.fixture
 def isolated_registry(tmp_path, monkeypatch):
@@ -25,9 +38,8 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     from flows.retrain import retrain
 
     # A seed of its own: other tests train on the same sample, and only ingest may be shared with them.
-    config = RetrainConfig(
-        data_dir=str(tiny_dataset), model="seed", image_size=32, epochs=1, batch_size=16, seed=11
-    )
+    train = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16, "seed": 11}
+    config = RetrainConfig(data_dir=str(tiny_dataset), split={"seed": 11}, train=train)
     first = retrain(config)
 
     assert set(first["cached_tasks"]) <= set(INGEST_STEPS)
@@ -46,10 +58,9 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     assert second["model_version"] == first["model_version"]
     assert second["metrics"] == first["metrics"]
     assert len(list_versions("cxr-pneumonia", isolated_registry)) == 1
-    # Even a fully cached run shows its results on its own dashboard page.
-    assert {"metrics", "evaluation-report", "run-summary", "roc-curve"} <= _artifact_keys(
-        second["flow_run_id"]
-    )
+    # Even a fully cached run shows every stage's results on its own dashboard page.
+    assert _artifact_keys(second["flow_run_id"]) >= STAGE_ARTIFACTS
+    assert _artifact_keys(first["flow_run_id"]) >= STAGE_ARTIFACTS
 
 
 def _artifact_keys(flow_run_id: str) -> set[str]:
@@ -66,8 +77,11 @@ def _artifact_keys(flow_run_id: str) -> set[str]:
 def test_changed_training_config_reuses_data_stages_only(prefect_harness, tiny_dataset, isolated_registry):
     from flows.retrain import retrain
 
-    base = RetrainConfig(data_dir=str(tiny_dataset), model="seed", image_size=32, epochs=1, batch_size=16)
+    train = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}
+    base = RetrainConfig(data_dir=str(tiny_dataset), train=train)
     retrain(base)
-    changed = retrain(base.model_copy(update={"seed": 7}))
-    # A new seed re-splits and retrains, but the folder's ingest is reused.
+    changed = retrain(
+        RetrainConfig(data_dir=str(tiny_dataset), split={"seed": 7}, train={**train, "seed": 7})
+    )
+    # New seeds re-split and retrain, but the folder's ingest is reused.
     assert changed["cached_tasks"] == INGEST_STEPS

@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 
 import cxr.ingesting as ingest_module
+from cxr.config import IngestParams
 from cxr.demo_data import write_demo_dataset
 from cxr.errors import CxrError
 from cxr.ingesting import assemble_manifest, check_paths, ingest_folder, plan_folder
+from tasks import ingest as ingest_stage
 
 MIN_SIDE = 32
 PLAN_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
@@ -84,7 +86,7 @@ def _ingest_flow(task_runner=None):
     @flow(name="ingest-only")
     def ingest_only(data_dir: str):
         run = StageRunner()
-        return ingest_stage(run, data_dir, MIN_SIDE), run.cached
+        return ingest_stage(run, data_dir, IngestParams(min_image_side=MIN_SIDE)), run.cached
 
     return ingest_only.with_options(task_runner=task_runner) if task_runner else ingest_only
 
@@ -105,7 +107,11 @@ def test_mapped_flow_matches_ingest_folder_caches_reruns_and_reuses_checks(
         reference.accepted,
         reference.quarantined,
     )
-    assert len(checked) == 27 and Path(first.manifest_path).parent.name.endswith(f"-s{MIN_SIDE}")
+    assert len(checked) == 27
+    # The manifest's folder is named by the plan's cache key (listing, minimum side, code): one payload.
+    inputs = {"data_dir": str(folder), "params": IngestParams(min_image_side=MIN_SIDE)}
+    plan_key = ingest_stage.plan_ingest.cache_policy.key(ingest_stage.plan_ingest, inputs)
+    assert Path(first.manifest_path).parent.name == plan_key[:16]
 
     checked.clear()
     second, cached = ingest_only(str(folder))

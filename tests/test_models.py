@@ -177,12 +177,13 @@ def test_config_accepts_backbone_weights_only_for_pretrainable_models():
 
     from cxr.config import RetrainConfig
 
-    config = RetrainConfig(data_dir="/data", model="mobilenet", backbone_weights="/w/b.weights.h5")
+    train = {"model": "mobilenet", "backbone_weights": "/w/b.weights.h5"}
+    config = RetrainConfig(data_dir="/data", train=train).train
     assert (config.image_size, config.epochs, config.batch_size) == (160, 8, 32)
-    assert RetrainConfig(data_dir="/data").backbone_weights is None
+    assert RetrainConfig(data_dir="/data").train.backbone_weights is None
     for model in ("seed", "default"):
         with pytest.raises(ValidationError, match="backbone_weights only apply to mobilenet"):
-            RetrainConfig(data_dir="/data", model=model, backbone_weights="/w/b.weights.h5")
+            RetrainConfig(data_dir="/data", train={"model": model, "backbone_weights": "/w/b.weights.h5"})
 
 
 def test_train_cache_key_follows_the_backbone_weights_content(tmp_path):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from cxr import registry
+from cxr.config import GateParams
 from cxr.errors import ModelError
 from cxr.evaluation import evaluate_predictions, predict_pneumonia_proba, score_model
-from tasks.register import GatePolicy, register_model
+from tasks.register import register_model
 from tests.test_evaluate import SIZE, bright_dark_images, brightness_model, save_model
 
 NAME = "cxr-test"
@@ -78,7 +79,7 @@ def register(tmp_path, tracking_uri, test_split, gain, *, threshold=0.5, gate=No
         lineage={"data_digest": "d" * 16, "config_digest": "c" * 16, "code_version": "v1", "seed": 1},
         registered_model_name=NAME,
         tracking_uri=tracking_uri,
-        gate=gate or GatePolicy(),
+        gate=gate or GateParams(),
         champion_scorer=lambda uri: score_model(uri, images, labels, tracking_uri),
     )
 
@@ -120,11 +121,11 @@ def test_gate_promotes_better_refuses_worse_and_enforces_sensitivity_floor(
     assert registry.champion_version(NAME, tracking_uri) == 2
 
     blind = register(
-        tmp_path, tracking_uri, test_split, gain=30.0, threshold=1.01, gate=GatePolicy(sensitivity_floor=0.5)
+        tmp_path, tracking_uri, test_split, gain=30.0, threshold=1.01, gate=GateParams(sensitivity_floor=0.5)
     )
     assert not blind.champion and "sensitivity" in blind.decision["reason"]
 
-    margin = register(tmp_path, tracking_uri, test_split, gain=30.0, tag="copy", gate=GatePolicy(margin=0.5))
+    margin = register(tmp_path, tracking_uri, test_split, gain=30.0, tag="copy", gate=GateParams(margin=0.5))
     assert not margin.decision["promoted"] and "margin" in margin.decision["reason"]
 
     rows = registry.list_versions(NAME, tracking_uri)
@@ -139,7 +140,7 @@ def test_gate_promotes_better_refuses_worse_and_enforces_sensitivity_floor(
 def test_promote_and_rollback_move_the_alias_and_record_why(tmp_path, tracking_uri, test_split):
     for gain in (1.0, 2.0, 3.0):
         register(
-            tmp_path, tracking_uri, test_split, gain=gain, gate=GatePolicy(margin=1.0)
+            tmp_path, tracking_uri, test_split, gain=gain, gate=GateParams(margin=1.0)
         )  # only v1 promoted
     assert registry.champion_version(NAME, tracking_uri) == 1
     registry.promote(NAME, 3, "manual: better on new data", tracking_uri)

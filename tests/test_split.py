@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr.config import SplitParams
 from cxr.errors import DataError
 from cxr.splitting import SPLITS, assign_splits, split_manifest
 
@@ -225,10 +226,10 @@ def test_split_task_keeps_its_lineage_sticky_and_caches(prefect_harness, tmp_pat
 
     @flow
     def run_split(name: str, digest: str):
-        return split(str(tmp_path / name), digest, 0.15, 0.15, seed, False, 2)
+        return split(str(tmp_path / name), digest, SplitParams(seed=seed))
 
     first = run_split("first.parquet", "digest-1")
-    index = latest_split_index(valid_fraction=0.15, test_fraction=0.15, seed=seed, keep_official_test=False)
+    index = latest_split_index(SplitParams(seed=seed))
     assert first.previous_split is None and first.patients["test"] > 0
     assert latest_split(index).split_path == first.split_path
 

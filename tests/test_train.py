@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from cxr import CLASSES
+from cxr.config import TrainParams
 from cxr.errors import DataError, ModelError
 from cxr.history import BACKUP_METADATA_FILE
 from cxr.registry import load_model_with_metadata
 from cxr.sharding import BatchesResult, load_split, write_batches
 from cxr.thresholds import choose_threshold, wilson_lower_bound
 from cxr.training import class_weights, train_model
-from tasks.train import run_digest
+from tasks import train as train_stage
 
 SIZE = 32
 
@@ -44,19 +45,14 @@ def batches(tmp_path) -> BatchesResult:
     return make_batches(tmp_path / "batches")
 
 
-def _train(batches: BatchesResult, run_dir: Path, *, model_name: str = "seed", epochs: int = 2, **kwargs):
+PARAMS = TrainParams(
+    model="seed", epochs=2, batch_size=8, seed=7, early_stopping_patience=3, target_sensitivity=0.9
+)
+
+
+def _train(batches: BatchesResult, run_dir: Path, params: TrainParams = PARAMS, **kwargs):
     return train_model(
-        batches,
-        model_name=model_name,
-        epochs=epochs,
-        batch_size=8,
-        learning_rate=None,
-        seed=7,
-        patience=3,
-        target_sensitivity=0.9,
-        out_dir=run_dir / "model",
-        checkpoint_dir=run_dir / "checkpoint",
-        **kwargs,
+        batches, params, out_dir=run_dir / "model", checkpoint_dir=run_dir / "checkpoint", **kwargs
     )
 
 
@@ -161,7 +157,10 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
 
 def test_same_seed_gives_identical_weights_on_cpu(batches, tmp_path):
     """The default model: augmentation, dropout and shuffling are all seeded."""
-    first, second = (_train(batches, tmp_path / name, model_name="default", epochs=1) for name in "ab")
+    first, second = (
+        _train(batches, tmp_path / name, PARAMS.model_copy(update={"model": "default", "epochs": 1}))
+        for name in "ab"
+    )
     weights_first = load_model_with_metadata(first.model_path)[0].get_weights()
     weights_second = load_model_with_metadata(second.model_path)[0].get_weights()
     for a, b in zip(weights_first, weights_second, strict=True):
@@ -190,9 +189,9 @@ def test_training_resumes_after_a_crash(batches, tmp_path):
 
 def test_bad_training_settings_are_refused(batches, tmp_path):
     with pytest.raises(DataError, match="positive"):
-        _train(batches, tmp_path, epochs=0)
+        _train(batches, tmp_path, PARAMS.model_copy(update={"epochs": 0}))  # past validation
     with pytest.raises(ModelError, match="valid names"):
-        _train(batches, tmp_path, model_name="nope")
+        _train(batches, tmp_path, PARAMS.model_copy(update={"model": "nope"}))
 
 
 def _save_with_metadata(model: keras.Model, path: Path) -> Path:
@@ -231,10 +230,13 @@ def test_models_with_the_wrong_output_are_refused(tmp_path):
         load_model_with_metadata(path)
 
 
-def test_run_digest_names_one_checkpoint_folder_per_set_of_inputs(batches, tmp_path):
-    """A retry of the same inputs finds the same checkpoint; other inputs never resume from it."""
-    settings = {"model_name": "seed", "epochs": 2, "seed": 7}
-    assert run_digest(batches, **settings) == run_digest(batches, **dict(reversed(settings.items())))
-    assert run_digest(batches, **settings) != run_digest(batches, **{**settings, "seed": 8})
-    other_data = make_batches(tmp_path / "other", seed=1)
-    assert run_digest(batches, **settings) != run_digest(other_data, **settings)
+def test_train_key_names_one_checkpoint_folder_per_set_of_inputs(batches, tmp_path):
+    """The stage names its folders by its cache key: a retry of the same inputs finds the same checkpoint;
+    other inputs never resume from it."""
+
+    def key(data: BatchesResult, params: TrainParams) -> str:
+        return train_stage.CACHE.key(train_stage.train, {"batches": data, "params": params})
+
+    assert key(batches, PARAMS) == key(batches, TrainParams(**PARAMS.model_dump()))
+    assert key(batches, PARAMS) != key(batches, PARAMS.model_copy(update={"seed": 8}))
+    assert key(batches, PARAMS) != key(make_batches(tmp_path / "other", seed=1), PARAMS)
