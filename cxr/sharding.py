@@ -27,6 +27,9 @@ from cxr.splitting import SPLITS, split_digest
 from cxr.stamps import FileStamp
 
 PLAN_NAME = "chunks.json"
+# The modules whose source decides the shards' content: they name the shard folder, and the `batches`
+# stage's cache key reads the same list.
+DECODING_CODE = ("cxr.imaging", "cxr.shards", __name__)
 INDEX_NAME = "shards.json"
 
 
@@ -93,7 +96,7 @@ def _write_stamped(path: Path, value: list | dict) -> FileStamp:
 
 def batches_key(digest: str, image_size: int, shard_images: int) -> str:
     """Folder name: what decides the shards' content (data, size, shard size, decoding code)."""
-    code = code_version(["cxr.imaging", "cxr.shards", __name__])
+    code = code_version(DECODING_CODE)
     return sha256_text(f"{digest}:{image_size}:{shard_images}:{code}")[:16]
 
 

@@ -14,12 +14,20 @@ from prefect.logging import get_run_logger
 
 from cxr.caching import ContentKey
 from cxr.errors import DataError
-from cxr.sharding import BatchesResult, ShardChunk, ShardPlan, assemble_shards, build_shard, plan_shards
+from cxr.sharding import (
+    DECODING_CODE,
+    BatchesResult,
+    ShardChunk,
+    ShardPlan,
+    assemble_shards,
+    build_shard,
+    plan_shards,
+)
 from cxr.shards import ShardRef
 from cxr.state import state_dir
 
-# The modules whose source decides the shards' content.
-DECIDED_BY = (__name__, "cxr.imaging", "cxr.shards", "cxr.sharding")
+# The modules whose source decides the shards' content (the shard folders are named by the same list).
+DECIDED_BY = (__name__, *DECODING_CODE)
 # Local files only: a retry helps against a busy disk or network share, not against bad input.
 _RETRIES = {"persist_result": True, "retries": 2, "retry_delay_seconds": [5, 30]}
 
