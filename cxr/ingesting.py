@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from cxr.manifests import (
     previous_checks,
     quarantine_row,
 )
+from cxr.progress import stage_progress
 from cxr.scanning import FoundFile, scan_folder
 
 # Below this many files to check, a process pool costs more than it saves.
@@ -108,7 +109,8 @@ def ingest_folder(
         patient_pattern=patient_pattern,
     )
     started = time.perf_counter()
-    checks = check_paths([item.path for item in plan.todo], workers)
+    with stage_progress("ingest: check files", len(plan.todo), "files") as progress:
+        checks = check_paths([item.path for item in plan.todo], workers, on_checked=progress.advance)
     return assemble_manifest(
         plan, checks, check_s=time.perf_counter() - started, keep_duplicates=keep_duplicates
     )
@@ -159,12 +161,22 @@ def plan_folder(
     )
 
 
-def check_paths(paths: list[str], workers: int | None = None) -> list[FileCheck]:
-    """`check_file` of every path: in this process when few (or `workers == 1`), else in a process pool."""
+def check_paths(
+    paths: list[str], workers: int | None = None, on_checked: Callable[[int], object] | None = None
+) -> list[FileCheck]:
+    """`check_file` of every path: in this process when few (or `workers == 1`), else in a process pool.
+
+    `on_checked(count)` is called as files are done (progress).
+    """
     workers = workers or os.cpu_count() or 1
+    report = on_checked or (lambda count: None)
     if len(paths) < POOL_MIN_FILES or workers == 1:
-        return [check_file(path) for path in paths]
-    return _check_in_pool(paths, workers)
+        checks = []
+        for path in paths:
+            checks.append(check_file(path))
+            report(1)
+        return checks
+    return _check_in_pool(paths, workers, report)
 
 
 def assemble_manifest(
@@ -234,7 +246,7 @@ def assemble_manifest(
     )
 
 
-def _check_in_pool(paths: list[str], workers: int) -> list[FileCheck]:
+def _check_in_pool(paths: list[str], workers: int, report: Callable[[int], object]) -> list[FileCheck]:
     """`check_file` over `paths` in worker processes; in this process if no pool can run here.
 
     The platform's default start method is used (fork on Linux): spawn would re-run an unguarded
@@ -243,8 +255,12 @@ def _check_in_pool(paths: list[str], workers: int) -> list[FileCheck]:
     size = min(POOL_CHUNK_SIZE, math.ceil(len(paths) / workers))
     chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
     try:
+        checks: list[FileCheck] = []
         with ProcessPoolExecutor(workers) as pool:
-            return [check for result in pool.map(check_files, chunks) for check in result]
+            for result in pool.map(check_files, chunks):  # in order, as they finish
+                checks.extend(result)
+                report(len(result))
+        return checks
     except (BrokenProcessPool, OSError) as error:  # e.g. no /dev/shm semaphores, or a worker killed
         logger.warning("process pool failed (%s); checking %d files in this process", error, len(paths))
         return [check_file(path) for path in paths]
