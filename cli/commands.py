@@ -158,13 +158,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cxr.registry import list_versions
+    from cxr.registry import list_versions, registered_model_names, store_exists
     from cxr.state import default_tracking_uri
 
-    versions = list_versions(args.name, default_tracking_uri())
+    tracking_uri = default_tracking_uri()
+    exists = store_exists(tracking_uri)  # listing a missing sqlite store would create an empty one
+    versions = list_versions(args.name, tracking_uri) if exists else []
     if args.json:
-        _print_json({"model_name": args.name, "versions": versions})
+        _print_json(
+            {
+                "model_name": args.name,
+                "versions": versions,
+                "tracking_uri": tracking_uri,
+                "registry_exists": exists,
+            }
+        )
         return 0
+    if not exists:
+        print(f"no MLflow registry at {tracking_uri} (nothing registered yet; `cxr train` creates it)")
+    elif not versions:
+        others = registered_model_names(tracking_uri)
+        held = f"it holds {', '.join(others)}" if others else "it holds no registered models"
+        print(f"no versions of {args.name} in the registry at {tracking_uri}; {held}")
     for row in versions:
         metrics = row.get("metrics", {})
         print(

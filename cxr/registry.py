@@ -1,9 +1,10 @@
 """The MLflow model registry as this project uses it: experiment setup, versions, the champion alias.
 
 Every registered version carries the trained `model.keras` (byte-identical, checked against the
-`model_sha256` tag) and its `model.json` as extra files, so a `models:/` URI resolves to the same file
-the training stage wrote. The `champion` alias names the model in service; its history is a stack
-kept in the registered model's `champion_history` tag, which `rollback` pops.
+`model_sha256` tag) and its `model.json` as the artifacts of its pyfunc model (`cxr.pyfunc_logging`),
+so a `models:/` URI resolves to the same file the training stage wrote. The `champion` alias names
+the model in service; its history is a stack kept in the registered model's `champion_history` tag,
+which `rollback` pops.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ CHAMPION_ALIAS = "champion"
 HISTORY_TAG = "champion_history"
 CHANGE_TAG = "champion_change"
 MODEL_ARTIFACT = "model"
-# Where the trained files sit inside a logged model (mlflow's `extra_files` folder).
-EXTRA_FILES_DIR = "extra_files"
+# Where the trained files sit inside a logged model: the pyfunc's `artifacts` folder, or `extra_files`
+# in versions logged with MLflow's tensorflow flavour before the pyfunc (still loadable for rollbacks).
+MODEL_FILE_DIRS = ("artifacts", "extra_files")
 KERAS_FILE = "model.keras"
 METADATA_FILE = "model.json"
 LISTED_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
@@ -49,11 +51,29 @@ def client(tracking_uri: str):  # noqa: ANN201 - MlflowClient; mlflow is importe
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def sqlite_artifact_root(tracking_uri: str) -> Path | None:
-    """`<db folder>/artifacts` for a sqlite store (absolute, so runs don't depend on the cwd); else None."""
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite store (absolute); None for other stores."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    root = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
+    return Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """False for a sqlite store whose file is missing: opening it would create an empty one."""
+    path = sqlite_file(tracking_uri)
+    return path is None or path.is_file()
+
+
+def registered_model_names(tracking_uri: str) -> list[str]:
+    return sorted(model.name for model in client(tracking_uri).search_registered_models())
+
+
+def sqlite_artifact_root(tracking_uri: str) -> Path | None:
+    """`<db folder>/artifacts` for a sqlite store (absolute, so runs don't depend on the cwd); else None."""
+    database = sqlite_file(tracking_uri)
+    if database is None:
+        return None
+    root = database.parent / "artifacts"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -249,9 +269,11 @@ def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> P
             shutil.rmtree(staging, ignore_errors=True)
             raise ModelError(f"cannot download {text}: {exc}") from exc
         staging.rename(cache)
-    found = sorted(cache.rglob(f"{EXTRA_FILES_DIR}/{KERAS_FILE}"))
+    found = [path for folder in MODEL_FILE_DIRS for path in sorted(cache.rglob(f"{folder}/{KERAS_FILE}"))]
     if not found:
-        raise ModelError(f"{text} holds no {EXTRA_FILES_DIR}/{KERAS_FILE} (not logged by this project?)")
+        raise ModelError(
+            f"{text} holds no {KERAS_FILE} in {' or '.join(MODEL_FILE_DIRS)} (not logged by this project?)"
+        )
     if expected_sha and sha256_file(found[0]) != expected_sha:
         raise ModelError(f"{text}: model.keras does not match its registered sha256 {expected_sha[:12]}")
     return found[0]

@@ -65,6 +65,7 @@ class TrainResult(WithArtifacts):
     train_seconds: float
     images_per_second: float
     valid_metrics: dict[str, float]
+    tensorboard_dir: str | None = None
 
     def is_intact(self) -> bool:
         """Whether the saved model is still there, byte for byte, with its metadata."""
@@ -235,6 +236,7 @@ def train_model(
         train_seconds=round(train_seconds, 3),
         images_per_second=images_per_second(len(train_labels), history["epoch_seconds"][resumed_from_epoch:]),
         valid_metrics=valid_metrics,
+        tensorboard_dir=None if tensorboard_dir is None else str(tensorboard_dir),
     )
 
 

@@ -92,6 +92,8 @@ def retrain(config: RetrainConfig) -> dict:
         "code_version": code_version(MODEL_CODE),
         "data_dir": config.data_dir,
         **config.lineage_params(),
+        "split_counts": splits.counts,
+        "images": {"accepted": ingested.accepted, "quarantined": ingested.quarantined},
     }
     registered = run(
         register.register,
@@ -102,11 +104,16 @@ def retrain(config: RetrainConfig) -> dict:
         config.registered_model_name,
         config.gate,
     )
+    # Read live: the alias may have moved (promote, rollback) since a cached registration was made.
+    registered = run(register.champion_now, registered)
     summary = {
         "model_name": registered.model_name,
         "model_version": registered.version,
         "model_uri": registered.model_uri,
         "champion": registered.champion,
+        "champion_version": registered.champion_version,
+        "mlflow_run_id": registered.run_id,
+        "mlflow_run_url": registered.run_url,
         "decision": registered.decision,
         "metrics": evaluation.metrics,
         "ci": evaluation.ci,

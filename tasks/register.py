@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from importlib.metadata import version as package_version
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from pydantic import Field
 
 from cxr import faults
 from cxr.artifacts import Artifact, WithArtifacts
@@ -17,26 +17,24 @@ from cxr.caching import ContentKey
 from cxr.config import GateParams
 from cxr.evaluation import EvaluationResult, champion_scorer_for
 from cxr.locking import registry_lock
-from cxr.metrics import CI_METRICS
 from cxr.registry import (
     CHAMPION_ALIAS,
-    MODEL_ARTIFACT,
     champion_version,
     client,
     ensure_experiment,
-    load_model_with_metadata,
     promote,
     quiet_mlflow,
     version_metrics,
 )
+from cxr.run_links import PREFECT_TAG_PREFIX, mlflow_run_url
+from cxr.run_logging import CARD_FILE, log_training_run, model_card, rounded
 from cxr.sharding import BatchesResult
 from cxr.state import default_tracking_uri
 from cxr.training import TrainResult
 
-# Test metrics compared in the promotion decision and stored as `test_<metric>` version tags.
-DECISION_METRICS = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
 LINEAGE_TAGS = ("data_digest", "config_digest", "code_version")
 DECISION_TAG = "promotion_decision"
+MODEL_CARD_ARTIFACT = "model-card"
 
 
 class RegistrationResult(WithArtifacts):
@@ -46,47 +44,26 @@ class RegistrationResult(WithArtifacts):
     run_id: str
     model_uri: str
     decision: dict[str, Any]
+    model_sha256: str = ""
+    tracking_uri: str = ""
+    created: bool = Field(False, description="this call registered the version (else it found it)")
+    champion_version: int | None = None
+    run_url: str | None = None
 
+    def is_intact(self) -> bool:
+        """Whether the registry still holds this version with this model file.
 
-def _numbers(metrics: dict[str, Any], keys: tuple[str, ...] = DECISION_METRICS) -> dict[str, float | None]:
-    return {key: (None if metrics.get(key) is None else round(float(metrics[key]), 6)) for key in keys}
+        A store can be deleted, replaced or restored from an older backup after a result was cached.
+        """
+        from mlflow.exceptions import MlflowException
 
-
-def _mlflow_metrics(train: TrainResult, evaluation: EvaluationResult) -> dict[str, float]:
-    """Test metrics and their CI bounds, validation metrics and the training time, as flat floats."""
-    flat: dict[str, float] = {}
-    for key, value in _numbers(evaluation.metrics).items():
-        if value is not None:
-            flat[f"test_{key}"] = value
-    for key in CI_METRICS:
-        if evaluation.ci.get(key):
-            flat[f"test_{key}_ci_low"], flat[f"test_{key}_ci_high"] = evaluation.ci[key]
-    for key, value in train.valid_metrics.items():
-        if isinstance(value, int | float) and np.isfinite(value):
-            flat[f"valid_{key}"] = float(value)
-    flat["train_seconds"] = float(train.train_seconds)
-    flat["threshold"] = float(train.threshold)
-    return flat
-
-
-def _log_history(history: dict[str, list[float]]) -> None:
-    import mlflow
-
-    epochs = max((len(values) for values in history.values()), default=0)
-    for epoch in range(epochs):
-        values = {
-            f"epoch_{key}": float(series[epoch]) for key, series in history.items() if epoch < len(series)
-        }
-        mlflow.log_metrics(values, step=epoch + 1)
-
-
-def _signature(model) -> Any:  # noqa: ANN001, ANN401 - keras.Model -> ModelSignature
-    """Signature from a zero batch; `input_example` is avoided because it can fail in mlflow.tensorflow."""
-    from mlflow.models import infer_signature
-
-    size = int(model.input_shape[1])
-    zeros = np.zeros((1, size, size, 1), dtype=np.float32)
-    return infer_signature(zeros, np.asarray(model.predict(zeros, verbose=0), dtype=np.float32))
+        if not (self.model_sha256 and self.tracking_uri):
+            return False
+        try:
+            tags = client(self.tracking_uri).get_model_version(self.model_name, str(self.version)).tags
+        except MlflowException:
+            return False
+        return tags.get("model_sha256") == self.model_sha256
 
 
 def _log_and_register(
@@ -96,61 +73,58 @@ def _log_and_register(
     name: str,
     tracking_uri: str,
 ) -> Any:  # noqa: ANN401 - mlflow ModelVersion
-    """One MLflow run with params, metrics, plots, report and the model; the version is registered last."""
+    """One MLflow run with everything about the model (`log_training_run`); the version is registered last."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     experiment_id = ensure_experiment(tracking_uri)
-    model, _ = load_model_with_metadata(train.model_path)
-    model_files = [str(Path(train.model_path).resolve()), str(Path(train.metadata_path).resolve())]
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"{train.model_name}-{train.model_sha256[:8]}"
-    ):
-        mlflow.log_params(
-            {
-                **{f"lineage.{key}": str(value)[:500] for key, value in lineage.items()},
-                "model_name": train.model_name,
-                "device": train.device,
-                "epochs_run": train.epochs_run,
-                "resumed_from_epoch": train.resumed_from_epoch,
-                "model_sha256": train.model_sha256,
-                "evaluation_split": evaluation.split,
-                "evaluation_n": evaluation.n,
-            }
-        )
-        mlflow.log_metrics(_mlflow_metrics(train, evaluation))
-        _log_history(train.history)
-        for plot in evaluation.plots.values():
-            mlflow.log_artifact(str(plot), artifact_path="evaluation")
-        mlflow.log_artifact(str(evaluation.report_path), artifact_path="evaluation")
-        mlflow.log_artifact(str(train.metadata_path))
-        info = mlflow.tensorflow.log_model(
-            model,
-            name=MODEL_ARTIFACT,
-            signature=_signature(model),
-            pip_requirements=[
-                f"tensorflow=={package_version('tensorflow')}",
-                f"keras=={package_version('keras')}",
-            ],
-            # The byte-identical trained file (checked against model_sha256) and its metadata.
-            extra_files=model_files,
-        )
+    ) as run:
+        info = log_training_run(train, evaluation, lineage)
         tags = {
             **{key: str(lineage.get(key, "")) for key in LINEAGE_TAGS},
             "model_sha256": train.model_sha256,
             "model_name": train.model_name,
             "threshold": f"{train.threshold:.6f}",
-            **{f"test_{key}": str(value) for key, value in _numbers(evaluation.metrics).items()},
+            **{f"test_{key}": str(value) for key, value in rounded(evaluation.metrics).items()},
         }
         mlflow_client = client(tracking_uri)
         if not mlflow_client.search_registered_models(f"name = '{name}'"):
             mlflow_client.create_registered_model(name)
-        run_id = mlflow.active_run().info.run_id
         faults.kill_at("kill_before_version")
         return mlflow_client.create_model_version(
-            name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+            name, source=info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
         )
+
+
+def _card_of(
+    model_version: Any,  # noqa: ANN401 - mlflow ModelVersion
+    train: TrainResult,
+    evaluation: EvaluationResult,
+    lineage: dict[str, Any],
+    tracking_uri: str,
+) -> tuple[str, str | None]:
+    """(the version's model card, its run's URL); the card is added to the run when it lacks one.
+
+    Added after the version exists (the card names it), so a retry after a crash in between adds it.
+    """
+    mlflow_client = client(tracking_uri)
+    run = mlflow_client.get_run(model_version.run_id)
+    run_url = mlflow_run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+    prefect = {key.removeprefix(PREFECT_TAG_PREFIX): value for key, value in run.data.tags.items()}
+    links = {"MLflow run": f"`{run.info.run_id}` in `{tracking_uri}`" + (f" ({run_url})" if run_url else "")}
+    if prefect.get("flow_run_id"):
+        links["Prefect flow run"] = (
+            f"`{prefect.get('flow_run_name')}` ({prefect.get('flow_run_url') or prefect['flow_run_id']})"
+        )
+    card = model_card(
+        model_version.name, int(model_version.version), train, evaluation, lineage, links
+    ).markdown()
+    if CARD_FILE not in {entry.path for entry in mlflow_client.list_artifacts(run.info.run_id)}:
+        mlflow_client.log_text(run.info.run_id, card, CARD_FILE)
+    return card, run_url
 
 
 def _existing_version(name: str, model_sha256: str, tracking_uri: str) -> Any:  # noqa: ANN401
@@ -210,9 +184,9 @@ def _apply_gate(
         "reason": reason,
         "gate": gate.model_dump(),
         "challenger_version": version,
-        "challenger": _numbers(challenger),
+        "challenger": rounded(challenger),
         "champion_version": current,
-        "champion": None if champion_metrics is None else _numbers(champion_metrics),
+        "champion": None if champion_metrics is None else rounded(champion_metrics),
         "champion_scored_on": scored_on,
     }
     client(tracking_uri).set_model_version_tag(name, str(version), DECISION_TAG, json.dumps(decision))
@@ -243,9 +217,9 @@ def register_model(
     faults.fail_first("registry")
     name = registered_model_name
     with registry_lock(tracking_uri, name):
-        model_version = _existing_version(name, train.model_sha256, tracking_uri) or _log_and_register(
-            train, evaluation, lineage, name, tracking_uri
-        )
+        existing = _existing_version(name, train.model_sha256, tracking_uri)
+        model_version = existing or _log_and_register(train, evaluation, lineage, name, tracking_uri)
+        card, run_url = _card_of(model_version, train, evaluation, lineage, tracking_uri)
         version = int(model_version.version)
         recorded = model_version.tags.get(DECISION_TAG)
         decision = (
@@ -253,14 +227,22 @@ def register_model(
             if recorded
             else _apply_gate(name, version, evaluation.metrics, gate, champion_scorer, tracking_uri)
         )
-        champion = champion_version(name, tracking_uri) == version
+        current = champion_version(name, tracking_uri)
     return RegistrationResult(
         model_name=name,
         version=version,
-        champion=champion,
+        champion=current == version,
         run_id=model_version.run_id,
         model_uri=f"models:/{name}/{version}",
         decision=decision,
+        model_sha256=train.model_sha256,
+        tracking_uri=tracking_uri,
+        created=existing is None,
+        champion_version=current,
+        run_url=run_url,
+        artifacts=[
+            Artifact(key=MODEL_CARD_ARTIFACT, markdown=card, description="Model card of this version")
+        ],
     )
 
 
@@ -295,7 +277,8 @@ def _tracking_store(inputs: dict[str, Any]) -> str:
 @task(
     name="register",
     cache_policy=ContentKey(
-        modules=("cxr.registry", "cxr.evaluation", "cxr.metrics"), fingerprint=_tracking_store
+        modules=("cxr.registry", "cxr.evaluation", "cxr.metrics", "cxr.run_logging", "cxr.pyfunc_logging"),
+        fingerprint=_tracking_store,
     ),
     persist_result=True,
     retries=3,
@@ -321,5 +304,30 @@ def register(
         champion_scorer=champion_scorer_for(batches, tracking_uri, split=evaluation.split),
     )
     decision = Artifact(key="promotion-decision", markdown=decision_markdown(result))
-    result = result.model_copy(update={"artifacts": [decision]})
+    result = result.model_copy(update={"artifacts": [decision, *result.artifacts]})
+    get_run_logger().info(
+        "%s model %s as %s v%d (MLflow run %s)",
+        "registered" if result.created else "found already registered:",
+        train.model_sha256[:12],
+        result.model_name,
+        result.version,
+        result.run_id,
+    )
     return result
+
+
+# NO_CACHE: the alias moves (promote, rollback, another run's gate) after a registration is cached.
+@task(
+    name="champion-now",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 5],
+    timeout_seconds=120,  # one alias read
+)
+def champion_now(registration: RegistrationResult) -> RegistrationResult:
+    """`registration` with `champion` and `champion_version` read from the registry's alias now."""
+    current = champion_version(registration.model_name, registration.tracking_uri or default_tracking_uri())
+    # No artifacts: the flow published the registration's already.
+    return registration.model_copy(
+        update={"champion": current == registration.version, "champion_version": current, "artifacts": []}
+    )

@@ -28,7 +28,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         [
             f"# Retrain: {summary['architecture']} → `{summary['model_uri']}`",
             "",
-            f"- champion: **{'yes' if summary['champion'] else 'no'}** ({decision.get('reason', 'n/a')})",
+            f"- champion: **{'yes' if summary['champion'] else 'no'}** ({decision.get('reason', 'n/a')}); "
+            f"`champion` is v{summary.get('champion_version') or '-'} now",
+            f"- MLflow run `{summary.get('mlflow_run_id')}` ({summary.get('mlflow_run_url') or 'local store'}) "
+            f"registered as version {summary['model_version']}",
             f"- test split: {headline} (threshold {summary['threshold']:.4f})",
             f"- data digest `{summary['data_digest'][:16]}`; images accepted {summary['images']['accepted']}, "
             f"quarantined {summary['images']['quarantined']}",

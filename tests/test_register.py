@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +15,8 @@ from cxr import registry
 from cxr.config import GateParams
 from cxr.errors import ModelError
 from cxr.evaluation import evaluate_predictions, predict_pneumonia_proba, score_model
-from tasks.register import register_model
+from cxr.training import TrainResult
+from tasks.register import champion_now, register_model
 from tests.test_evaluate import SIZE, bright_dark_images, brightness_model, save_model
 
 NAME = "cxr-test"
@@ -42,23 +43,30 @@ def test_split():
 
 
 def trained(tmp_path: Path, gain: float, threshold: float = 0.5, tag: str = "m"):
-    """A TrainResult-shaped record of a saved brightness model (the same file on a second call)."""
+    """The TrainResult of a saved brightness model (the same file on a second call), with TensorBoard logs."""
     model = brightness_model(gain)
     path = tmp_path / f"{tag}-{gain}-{threshold}" / "model.keras"
     if not path.exists():
         save_model(model, path.parent, threshold)
-    return SimpleNamespace(
+        (path.parent / "tensorboard" / "train").mkdir(parents=True)
+        (path.parent / "tensorboard" / "train" / "events.out.tfevents.1").write_bytes(b"events")
+    return TrainResult(
         model_path=str(path),
         model_sha256=registry.sha256_file(path),
         metadata_path=str(path.with_name("model.json")),
         model_name="tiny",
+        image_size=SIZE,
         threshold=threshold,
-        history={"loss": [0.7, 0.5], "val_auc": [0.8, 0.9]},
-        valid_metrics={"auc": 0.9},
-        device={"kind": "cpu"},
+        threshold_rule="fixed for the test",
         epochs_run=2,
+        best_epoch=2,
         resumed_from_epoch=0,
+        device={"kind": "cpu"},
+        history={"loss": [0.7, 0.5], "val_auc": [0.8, 0.9]},
         train_seconds=1.5,
+        images_per_second=10.0,
+        valid_metrics={"auc": 0.9},
+        tensorboard_dir=str(path.parent / "tensorboard"),
     ), model
 
 
@@ -76,7 +84,17 @@ def register(tmp_path, tracking_uri, test_split, gain, *, threshold=0.5, gate=No
     return register_model(
         train,
         evaluation,
-        lineage={"data_digest": "d" * 16, "config_digest": "c" * 16, "code_version": "v1", "seed": 1},
+        lineage={
+            "data_digest": "d" * 16,
+            "config_digest": "c" * 16,
+            "code_version": "v1",
+            "seed": 1,
+            "data_dir": "/data/xrays",
+            "split_counts": {
+                "train": {"pneumonia": 30, "normal": 10},
+                "test": {"pneumonia": 20, "normal": 20},
+            },
+        },
         registered_model_name=NAME,
         tracking_uri=tracking_uri,
         gate=gate or GateParams(),
@@ -105,6 +123,62 @@ def test_first_model_becomes_champion_with_lineage(tmp_path, tracking_uri, test_
     # The same model again (a retry or rerun) reuses its version instead of registering a duplicate.
     again = register(tmp_path, tracking_uri, test_split, gain=3.0)
     assert again.version == 1 and len(registry.list_versions(NAME, tracking_uri)) == 1
+    assert (result.created, again.created) == (True, False) and card_of(again) == card_of(result)
+
+
+def card_of(result) -> str:
+    """The model card the registration carries as its `model-card` artifact."""
+    return next(artifact.markdown for artifact in result.artifacts if artifact.key == "model-card")
+
+
+def test_run_carries_pyfunc_summary_tensorboard_and_card(tmp_path, tracking_uri, test_split):
+    from mlflow.models import get_model_info
+
+    result = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    client = registry.client(tracking_uri)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"model_summary.txt", "model_card.md", "tensorboard"} <= artifacts
+    assert [a.path for a in client.list_artifacts(result.run_id, "tensorboard/train")] == [
+        "tensorboard/train/events.out.tfevents.1"
+    ]
+    summary = client.download_artifacts(result.run_id, "model_summary.txt", str(tmp_path))
+    assert "Total params" in Path(summary).read_text()
+    card = card_of(result)
+    assert card.startswith(f"# Model card: {NAME} v1") and "| test | 20 | 20 | 40 |" in card
+    assert f"`{result.run_id}`" in card and "/data/xrays" in card and "| default (default) | 0.5000 |" in card
+    info = get_model_info(f"models:/{NAME}/1")
+    assert list(info.flavors) == ["python_function"] and info.metadata["keras_version"] == package_version(
+        "keras"
+    )
+    assert info.metadata["operating_points"] == {"default": {"threshold": 0.5}}
+    # The registry resolves a version to the byte-identical trained file inside the pyfunc's artifacts.
+    resolved = registry.resolve_model(f"models:/{NAME}/1", tracking_uri)
+    assert resolved.parent.name == "artifacts" and registry.sha256_file(resolved) == result.model_sha256
+
+
+def test_cached_result_is_checked_against_the_registry(tmp_path, tracking_uri, test_split, empty_store):
+    result = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    assert result.is_intact()
+    # The store deleted and recreated empty: the cached version is gone, and registering again restores it.
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    assert not result.is_intact()
+    again = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    assert again.created and again.version == 1 and again.is_intact()
+    # A store where version 1 holds another model file (an older backup, another machine's store).
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    register(tmp_path, tracking_uri, test_split, gain=5.0)
+    assert not again.is_intact()
+
+
+def test_champion_now_reads_the_alias_after_promote_and_rollback(tmp_path, tracking_uri, test_split):
+    first = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    second = register(tmp_path, tracking_uri, test_split, gain=-30.0)  # refused by the gate
+    assert (first.champion, second.champion) == (True, False)
+    registry.promote(NAME, second.version, "by hand", tracking_uri)
+    assert (champion_now.fn(first).champion, champion_now.fn(first).champion_version) == (False, 2)
+    assert champion_now.fn(second).champion
+    registry.rollback(NAME, "back", tracking_uri)
+    assert champion_now.fn(first).champion and not champion_now.fn(second).champion
 
 
 def test_gate_promotes_better_refuses_worse_and_enforces_sensitivity_floor(
