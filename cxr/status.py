@@ -40,9 +40,12 @@ def champion(model_name: str, tracking_uri: str) -> dict[str, Any] | None:
         champion_version,
         client,
         last_champion_change,
+        store_exists,
         version_metrics,
     )
 
+    if not store_exists(tracking_uri):  # nothing registered yet; reading would create an empty store
+        return None
     version = champion_version(model_name, tracking_uri)
     if version is None:
         return None

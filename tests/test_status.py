@@ -41,3 +41,4 @@ def test_without_a_prefect_server_the_prefect_parts_are_null_and_explained(tmp_p
     assert status["inboxes"] == []
     assert any("no Prefect server" in note for note in status["notes"])
     assert any("no champion yet" in note for note in status["notes"])
+    assert not (tmp_path / "mlflow.db").exists()  # looking does not create an empty registry
