@@ -11,6 +11,7 @@ Points used by the code base:
 - `kill_after_epoch:E` SIGKILL this process right after training epoch E is backed up
 - `kill_before_version:1` SIGKILL after the model is logged to MLflow, before its version is created
 - `pause_in_gate:S`   sleep S seconds between reading the champion and moving the alias
+- `pause_in_train:S`  sleep S seconds as training starts (widens the window two identical runs race in)
 - `hang_<point>:S`    block S seconds where `hang(point)` is called (`hang_read_image:600`: a stalled
                       NFS read; `hang_registry:600`: a registry call that never returns)
 """
@@ -47,7 +48,7 @@ def planned(point: str) -> float | None:
 
 
 def hits(point: str) -> int:
-    """How often `fail_first(point)` was reached in this process since the last `reset()`."""
+    """How often `fail_first(point)` or a planned `pause(point)` was reached in this process since `reset()`."""
     return _hits[point]
 
 
@@ -78,6 +79,8 @@ def pause(point: str) -> None:
     """Sleep the planned number of seconds at `point`, widening a race window for a test."""
     seconds = planned(point)
     if seconds:
+        with _hits_lock:
+            _hits[point] += 1
         time.sleep(seconds)
 
 
