@@ -172,6 +172,7 @@ def champion(tmp_path_factory, images) -> dict:
 
     tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     with mlflow.start_run(experiment_id=registry.ensure_experiment(tracking_uri)):
         info = log_pyfunc_model(
             model_path, metadata_path, model_sha256=registry.sha256_file(model_path), name="model"
@@ -186,8 +187,12 @@ def champion(tmp_path_factory, images) -> dict:
 
 
 def test_logged_model_metadata(champion):
+    import mlflow
     from mlflow.models import get_model_info
 
+    # Other test modules point MLflow's process-wide URIs elsewhere.
+    mlflow.set_tracking_uri(champion["tracking_uri"])
+    mlflow.set_registry_uri(champion["tracking_uri"])
     info = get_model_info(f"models:/{NAME}@champion")
     meta = info.metadata
     assert meta["keras_version"] == package_version("keras")
