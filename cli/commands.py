@@ -295,6 +295,8 @@ def _print_status(status: dict[str, Any]) -> None:
 def cmd_watch(args: argparse.Namespace) -> int:
     from cxr.watch import watch_inbox
 
-    emitted = watch_inbox(Path(args.inbox), settle_s=args.settle, poll_s=args.poll, once=args.once)
+    emitted = watch_inbox(
+        Path(args.inbox), settle_s=args.settle, poll_s=args.poll, debounce_s=args.debounce, once=args.once
+    )
     print(f"emitted {emitted} cxr.data.arrived event(s)")
     return 0

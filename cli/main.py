@@ -26,6 +26,7 @@ from cli.commands import (
 from cxr.progress import enable_terminal_progress
 from cxr.quiet import set_verbose
 from cxr.state import configure_environment
+from cxr.watch import DEFAULT_DEBOUNCE_S
 
 NOTIFY_WEBHOOK_ENV = "CXR_NOTIFY_WEBHOOK"
 
@@ -140,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timezone", default=None, help="IANA zone of the cron (default $CXR_TIMEZONE or UTC)"
     )
     serve.add_argument(
-        "--debounce", type=float, default=600.0, help="at most one on-new-data run per inbox per N s"
+        "--debounce",
+        type=float,
+        default=DEFAULT_DEBOUNCE_S,
+        help="at most one on-new-data run per inbox per N s",
     )
     serve.add_argument(
         "--data-root",
@@ -172,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--settle", type=float, default=30.0, help="seconds without changes before announcing")
     watch.add_argument("--poll", type=float, default=5.0)
     watch.add_argument("--once", action="store_true", help="exit after the first event")
+    watch.add_argument(
+        "--debounce",
+        type=float,
+        default=DEFAULT_DEBOUNCE_S,
+        help="at most one event per N s: later files are announced when the window ends (match cxr serve's)",
+    )
     return parser
 
 
