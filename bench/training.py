@@ -107,8 +107,8 @@ def measure_pipelines(context: Context) -> dict[str, Any]:
         "train_seed_in_memory_img_s": best["in_memory"],
         "train_tutorial_img_s": best["tutorial"],
         "tutorial_loading_img_s": round(loading, 1),
-        # The most any input pipeline can gain over the tutorial's: its loading time added to a
-        # training step that costs what the in-memory one does (vs_tutorial_pipeline's ceiling).
+        # What the tutorial's loading alone adds to a training step that costs what the in-memory one
+        # does; the rest of its gap is per-batch handling of a Python generator inside `fit`.
         "vs_tutorial_bound": round(1 + best["in_memory"] / loading, 3),
         "predict_seed_img_s": round(
             predict_images_per_second(ours_model, memory_x, sizes.default_batch_size), 1
