@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxr import REGISTERED_MODEL_NAME
 from cxr.architectures import MODEL_NAMES, MODEL_SPECS, PRETRAINABLE_MODELS
+from cxr.task_policy import TimeoutParams
 
 ModelName = Literal[*MODEL_NAMES]
 DEFAULT_SEED = 42
@@ -99,6 +100,7 @@ class RetrainConfig(Params):
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
     gate: GateParams = GateParams()
+    timeouts: TimeoutParams = Field(TimeoutParams(), description="Limits only: they decide no result")
     registered_model_name: str = REGISTERED_MODEL_NAME
     trigger: Literal["manual", "nightly", "new-data"] = "manual"
     data_roots: tuple[str, ...] = Field(

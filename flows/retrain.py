@@ -79,7 +79,9 @@ def retrain_run_name() -> str:
 def retrain(config: RetrainConfig) -> dict:
     """Retrain on `config.data_dir`, evaluate on the held-out test split and register the model."""
     started = time.perf_counter()
-    run = StageRunner()
+    # The run's limit is `config.timeouts.flow_s`, applied by cutting every task's limit to the time
+    # left (a timeout on the decorator could not follow the config).
+    run = StageRunner(limits=config.timeouts, deadline=time.monotonic() + config.timeouts.flow_s)
     ingested = ingest_stage(run, config.data_dir, config.ingest)
     splits = run(split.split, ingested.manifest_path, ingested.digest, config.split)
     data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)
@@ -88,7 +90,7 @@ def retrain(config: RetrainConfig) -> dict:
     lineage = {
         "data_digest": ingested.digest,
         "split_digest": splits.digest,
-        "config_digest": sha256_text(stable_json(config.model_dump(exclude={"trigger"})))[:16],
+        "config_digest": sha256_text(stable_json(config.model_dump(exclude={"trigger", "timeouts"})))[:16],
         "code_version": code_version(MODEL_CODE),
         "data_dir": config.data_dir,
         **config.lineage_params(),
@@ -130,5 +132,5 @@ def retrain(config: RetrainConfig) -> dict:
         "cached_tasks": run.cached,
         "reused": run.reused,  # cached task -> when its result was made
     }
-    report.report(evaluation, summary)
+    run.limited(report.report)[0](evaluation, summary)
     return {**summary, "flow_seconds": round(time.perf_counter() - started, 2)}

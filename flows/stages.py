@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Any
 
 from prefect import State, Task, get_run_logger
 from prefect.futures import as_completed
+
+from cxr.task_policy import StageTimeout, TimeoutParams
 
 
 @dataclass
@@ -20,10 +24,35 @@ class StageRunner:
 
     A cached result that points at files which are gone or damaged (results may define `is_intact()`)
     is recomputed with `refresh_cache`, so a cleaned or corrupted state folder never breaks a run.
+
+    Every task runs under its stage's limit from `limits`, cut to what is left before `deadline` (a
+    `time.monotonic()` value: the run's own limit); a task that overruns ends the run with `StageTimeout`.
     """
 
     cached: list[str] = field(default_factory=list)
     reused: dict[str, str | None] = field(default_factory=dict)
+    limits: TimeoutParams = field(default_factory=TimeoutParams)
+    deadline: float = math.inf
+
+    def limited(self, task: Task) -> tuple[Task, str, float]:
+        """`task` with its time limit, and the setting that decided it (`register_s`, `flow_s`, ...)."""
+        setting, seconds = self.limits.for_task(task.name) or ("", task.timeout_seconds or math.inf)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise StageTimeout(
+                f"the run reached its limit of {self.limits.flow_s:g} s (timeouts.flow_s) before {task.name}"
+            )
+        if left < seconds:
+            setting, seconds = "flow_s", left
+        return task.with_options(timeout_seconds=seconds if seconds < math.inf else None), setting, seconds
+
+    @staticmethod
+    def _raise_if_timed_out(task: Task, states: list[State], setting: str, seconds: float) -> None:
+        if any(state.name == "TimedOut" for state in states):
+            which = f"timeouts.{setting}" if setting else "its own limit"
+            raise StageTimeout(
+                f"{task.name} did not finish within {seconds:.0f} s ({which}); the run stops here"
+            )
 
     def _reused(self, task: Task, states: list[State]) -> None:
         self.cached.append(task.name)
@@ -41,7 +70,9 @@ class StageRunner:
         return result
 
     def _run(self, task: Task, *args: Any, **kwargs: Any) -> Any:
+        task, setting, seconds = self.limited(task)
         state = task(*args, return_state=True, **kwargs)
+        self._raise_if_timed_out(task, [state], setting, seconds)
         result = state.result()  # re-raises the task's exception when it failed
         if state.name != "Cached":
             return result
@@ -63,6 +94,7 @@ class StageRunner:
         had was reused upstream).
         """
         items = list(items)
+        task, setting, seconds = self.limited(task)
         futures = task.map(items)
         if on_done is not None:
             position = {id(future): index for index, future in enumerate(futures)}
@@ -70,6 +102,7 @@ class StageRunner:
                 on_done(items[position[id(future)]])
         futures.wait()  # also makes each future's final state readable
         states = [future.state for future in futures]
+        self._raise_if_timed_out(task, states, setting, seconds)
         results = [state.result() for state in states]  # re-raises the first failure
         for index, (state, result) in enumerate(zip(states, results, strict=True)):
             if state.name == "Cached" and not getattr(result, "is_intact", lambda: True)():

@@ -25,14 +25,21 @@ from cxr.sharding import (
 )
 from cxr.shards import ShardRef
 from cxr.state import state_dir
+from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 
 # The modules whose source decides the shards' content (the shard folders are named by the same list).
 DECIDED_BY = (__name__, *DECODING_CODE)
 # Local files only: a retry helps against a busy disk or network share, not against bad input.
-_RETRIES = {"persist_result": True, "retries": 2, "retry_delay_seconds": [5, 30]}
+_RETRIES = {
+    "persist_result": True,
+    "retries": 2,
+    "retry_delay_seconds": [5, 30],
+    "retry_condition_fn": retry_transient,
+    "timeout_seconds": DEFAULT_TIMEOUTS.batches_s,
+}
 
 
-@task(name="batches-plan", cache_policy=ContentKey(modules=DECIDED_BY), timeout_seconds=600, **_RETRIES)
+@task(name="batches-plan", cache_policy=ContentKey(modules=DECIDED_BY), **_RETRIES)
 def plan_batches(split_path: str, split_digest: str, image_size: int) -> ShardPlan:
     """List each shard's files for the split with the given digest, under the state folder."""
     plan = plan_shards(Path(split_path), state_dir("batches"), image_size=image_size)
@@ -45,13 +52,13 @@ def plan_batches(split_path: str, split_digest: str, image_size: int) -> ShardPl
 
 
 # One shard is ~1000 images: minutes even on a slow share; a hung read fails the stage.
-@task(name="batches-shard", cache_policy=ContentKey(modules=DECIDED_BY), timeout_seconds=900, **_RETRIES)
+@task(name="batches-shard", cache_policy=ContentKey(modules=DECIDED_BY), **_RETRIES)
 def build_batch_shard(chunk: ShardChunk) -> ShardRef:
     """Decode one chunk's files into its shard (kept when an intact one is already there)."""
     return build_shard(chunk)
 
 
-@task(name="batches-assemble", cache_policy=ContentKey(modules=DECIDED_BY), timeout_seconds=300, **_RETRIES)
+@task(name="batches-assemble", cache_policy=ContentKey(modules=DECIDED_BY), **_RETRIES)
 def assemble_batches(plan: ShardPlan, shards: list[ShardRef]) -> BatchesResult:
     """Index the built shards of every split."""
     result = assemble_shards(plan, shards)

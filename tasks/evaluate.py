@@ -11,6 +11,7 @@ from cxr.errors import ModelError
 from cxr.evaluation import EvaluationResult, evaluate_model, format_metric
 from cxr.sharding import BatchesResult
 from cxr.state import state_dir
+from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 
 # The modules whose source decides an evaluation (its cache key and its report folder).
 DECIDED_BY = (__name__, "cxr.evaluation", "cxr.metrics", "cxr.plots", "cxr.registry")
@@ -21,6 +22,8 @@ DECIDED_BY = (__name__, "cxr.evaluation", "cxr.metrics", "cxr.plots", "cxr.regis
     cache_policy=ContentKey(modules=DECIDED_BY),
     persist_result=True,
     retries=1,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=DEFAULT_TIMEOUTS.evaluate_s,
 )
 def evaluate(model_path: str, model_sha256: str, batches: BatchesResult) -> EvaluationResult:
     """Evaluate the trained model on the test split (the `report` task publishes the results)."""

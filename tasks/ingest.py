@@ -20,7 +20,6 @@ from cxr import CLASSES
 from cxr.artifacts import Artifact
 from cxr.caching import ContentKey, current_task_key, sha256_text
 from cxr.config import IngestParams
-from cxr.errors import CxrError
 from cxr.filelists import FileList
 from cxr.files import write_atomically
 from cxr.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
@@ -28,6 +27,7 @@ from cxr.ingesting import assemble_manifest, check_paths, plan_folder
 from cxr.manifests import IngestResult
 from cxr.scanning import data_dir_fingerprint
 from cxr.state import state_dir
+from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 
 # The modules whose source decides this stage's results (its cache keys and its manifest folder).
 DECIDED_BY = (
@@ -80,17 +80,13 @@ def _fingerprint_inputs(inputs: dict[str, Any]) -> str:
     return data_dir_fingerprint(inputs["data_dir"])
 
 
-def _retry_unless_user_error(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
-    """Retry transient I/O failures only: a bad folder stays bad."""
-    return not isinstance(state.data, CxrError)
-
-
 # Every ingest step reads or writes files that may sit on flaky network storage.
 _TRANSIENT_IO_RETRIES: dict[str, Any] = {
     "persist_result": True,
     "retries": 2,
     "retry_delay_seconds": [2, 10],
-    "retry_condition_fn": _retry_unless_user_error,
+    "retry_condition_fn": retry_transient,
+    "timeout_seconds": DEFAULT_TIMEOUTS.ingest_s,
 }
 
 

@@ -26,8 +26,10 @@ from cxr.errors import ModelError
 from cxr.evaluation import predict_pneumonia_proba
 from cxr.files import write_atomically
 from cxr.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
+from cxr.operating_points import select
 from cxr.registry import load_model_with_metadata
 from cxr.scanning import path_text, real_path, scan_folder
+from cxr.task_policy import PREDICT_TIMEOUT_S, retry_transient
 
 OK = "ok"
 COLUMNS = ["path", "probability", "label", "status", "detail", "heatmap"]
@@ -159,14 +161,16 @@ def score_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     heatmaps_dir: Path | None = None,
+    operating_point: str | None = None,
 ) -> pd.DataFrame:
     """One row per input file (COLUMNS), in input order; folders are expanded recursively.
 
-    `label` applies the model's own `metadata['threshold']`; files that cannot be scored have
-    `status` != 'ok', no probability and a `detail` message.
+    `label` applies the threshold of the model's operating point `operating_point` (None: its
+    default); files that cannot be scored have `status` != 'ok', no probability and a `detail` message.
     """
     try:
-        threshold, image_size = float(metadata["threshold"]), int(metadata["image_size"])
+        _, threshold = select(metadata, operating_point)
+        image_size = int(metadata["image_size"])
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"model metadata lacks a usable threshold and image_size: {error}") from error
     inputs = expand_paths(paths)
@@ -211,11 +215,6 @@ def _publish(frame: pd.DataFrame, counts: dict[str, dict[str, int]], out_csv: Pa
     )
 
 
-def _retry_on_io_error(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
-    """Retry only when reading the model or writing the CSV failed on I/O; bad input stays bad."""
-    return isinstance(state.data, OSError)
-
-
 # NO_CACHE on purpose: the point of a prediction run is to score the files as they are now, and the
 # same paths can hold new images (or a moved champion alias can name another model) on the next run.
 @task(
@@ -223,28 +222,39 @@ def _retry_on_io_error(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=5,
-    retry_condition_fn=_retry_on_io_error,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=PREDICT_TIMEOUT_S,
 )
-def predict_files(model_uri: str, paths: list[str], out_csv: str, heatmaps_dir: str | None = None) -> dict:
-    """Load the model at `model_uri`, score `paths` into `out_csv` and return a summary."""
+def predict_files(
+    model_uri: str,
+    paths: list[str],
+    out_csv: str,
+    heatmaps_dir: str | None = None,
+    operating_point: str | None = None,
+) -> dict:
+    """Load the model at `model_uri`, score `paths` into `out_csv` at its operating point
+    `operating_point` (None: its default) and return a summary."""
     logger = get_run_logger()
     model, metadata = load_model_with_metadata(model_uri)
+    point, threshold = select(metadata, operating_point)
     frame = score_files(
         model,
         metadata,
         [Path(path) for path in paths],
         heatmaps_dir=Path(heatmaps_dir).resolve() if heatmaps_dir else None,
+        operating_point=point,
     )
     out_path = write_atomically(Path(out_csv).resolve(), lambda tmp: frame.to_csv(tmp, index=False))
     counts = outcome_counts(frame)
     scored = int((frame["status"] == OK).sum())
     _publish(frame, counts, out_path)
     logger.info(
-        "scored %d of %d files with %s (threshold %.4f): %s; failed %s -> %s",
+        "scored %d of %d files with %s (operating point %s, threshold %.4f): %s; failed %s -> %s",
         scored,
         len(frame),
         model_uri,
-        float(metadata["threshold"]),
+        point,
+        threshold,
         counts["by_label"],
         counts["by_status"] or "none",
         out_path,
@@ -255,7 +265,8 @@ def predict_files(model_uri: str, paths: list[str], out_csv: str, heatmaps_dir: 
         "out_csv": str(out_path),
         "model_uri": model_uri,
         "model_name": metadata.get("model_name"),
-        "threshold": float(metadata["threshold"]),
+        "threshold": threshold,
+        "operating_point": point,
         "heatmaps_dir": str(Path(heatmaps_dir).resolve()) if heatmaps_dir else None,
         **counts,
     }

@@ -30,6 +30,7 @@ from cxr.run_links import PREFECT_TAG_PREFIX, mlflow_run_url
 from cxr.run_logging import CARD_FILE, log_training_run, model_card, rounded
 from cxr.sharding import BatchesResult
 from cxr.state import default_tracking_uri
+from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.training import TrainResult
 
 LINEAGE_TAGS = ("data_digest", "config_digest", "code_version")
@@ -215,6 +216,7 @@ def register_model(
     """
     quiet_mlflow()
     faults.fail_first("registry")
+    faults.hang("registry")
     name = registered_model_name
     with registry_lock(tracking_uri, name):
         existing = _existing_version(name, train.model_sha256, tracking_uri)
@@ -283,6 +285,8 @@ def _tracking_store(inputs: dict[str, Any]) -> str:
     persist_result=True,
     retries=3,
     retry_delay_seconds=[2, 5, 15],
+    retry_condition_fn=retry_transient,
+    timeout_seconds=DEFAULT_TIMEOUTS.register_s,
 )
 def register(
     train: TrainResult,
@@ -322,6 +326,7 @@ def register(
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[2, 5],
+    retry_condition_fn=retry_transient,
     timeout_seconds=120,  # one alias read
 )
 def champion_now(registration: RegistrationResult) -> RegistrationResult:

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cxr.evaluation import EvaluationResult, publish_evaluation
+from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -40,7 +41,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
 
 
-@task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)  # every run shows its results
+# NO_CACHE: every run shows its results.
+@task(
+    name="report",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=DEFAULT_TIMEOUTS.report_s,
+)
 def report(evaluation: EvaluationResult, summary: dict[str, Any]) -> None:
     """Publish the metrics table, evaluation report, plots and run summary for this flow run."""
     publish_evaluation(evaluation)

@@ -21,6 +21,7 @@ from cxr.config import SplitParams
 from cxr.files import sha256_file, write_atomically
 from cxr.splitting import SPLITS, SplitResult, split_manifest
 from cxr.state import state_dir
+from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 
 # The modules whose source decides a split (its cache key and its state folder).
 DECIDED_BY = (__name__, "cxr.splitting")
@@ -89,6 +90,8 @@ def _summary_table(result: SplitResult) -> list[dict[str, object]]:
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=DEFAULT_TIMEOUTS.split_s,
 )
 def split(manifest_path: str, manifest_digest: str, params: SplitParams) -> SplitResult:
     """Split the manifest with the given digest, keeping the splits of the lineage's previous split."""

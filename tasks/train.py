@@ -7,11 +7,13 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from cxr import faults
 from cxr.artifacts import Artifact
 from cxr.caching import ContentKey, current_task_key
 from cxr.config import TrainParams
 from cxr.sharding import BatchesResult
 from cxr.state import state_dir
+from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.thresholds import DECISION_RULE
 from cxr.training import TrainResult, backbone_weights_digest, train_model
 
@@ -43,6 +45,8 @@ CACHE = ContentKey(modules=DECIDED_BY, fingerprint=_backbone_weights)
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,  # a retry resumes from the last finished epoch
+    retry_condition_fn=retry_transient,
+    timeout_seconds=DEFAULT_TIMEOUTS.train_s,
 )
 def train(batches: BatchesResult, params: TrainParams) -> TrainResult:
     """Train and save a model; see `train_model`."""
@@ -50,6 +54,7 @@ def train(batches: BatchesResult, params: TrainParams) -> TrainResult:
 
     logger = get_run_logger()
     key = current_task_key()[:16]
+    faults.pause("pause_in_train")
 
     def log_epoch(epoch: int, logs: dict[str, float]) -> None:
         shown = " ".join(f"{name}={value:.4f}" for name, value in sorted(logs.items()))

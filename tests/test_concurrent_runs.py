@@ -22,11 +22,19 @@ def isolated_registry(tmp_path, monkeypatch):
     return uri
 
 
-def test_two_identical_runs_started_together_train_once(prefect_harness, tiny_dataset, isolated_registry):
-    """Checked: with ContentKey's isolation level left at Prefect's default (READ_COMMITTED) both runs
-    train, and the registry ends with two versions or one run fails on the model file the other rewrote."""
+def test_two_identical_runs_started_together_train_once(
+    prefect_harness, tiny_dataset, isolated_registry, monkeypatch
+):
+    """Training pauses 4 s as it starts, so both runs reach it while the first is still training.
+    Checked: with ContentKey's isolation level left at Prefect's default (READ_COMMITTED) both runs start
+    training (the second then fails on the checkpoint file the first holds open, and its retry finds the
+    first one's result)."""
+    from cxr import faults
     from cxr.registry import list_versions
     from flows.retrain import retrain
+
+    monkeypatch.setenv(faults.ENV_VAR, "pause_in_train:4")
+    faults.reset()
 
     # A seed of its own, so no earlier test's cached training can answer for both runs.
     train = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16, "seed": 23}
@@ -49,6 +57,7 @@ def test_two_identical_runs_started_together_train_once(prefect_harness, tiny_da
         thread.join(timeout=600)
 
     assert not errors, errors
+    assert faults.hits("pause_in_train") == 1  # the training code ran once, in one run
     trained = [result for result in results if "train" not in result["cached_tasks"]]
     assert len(trained) == 1, [result["cached_tasks"] for result in results]
     assert results[0]["model_version"] == results[1]["model_version"]

@@ -18,7 +18,6 @@ from cxr.ingesting import ingest_folder
 from cxr.layouts import parse_patient_id
 from cxr.manifests import MANIFEST_COLUMNS
 from cxr.scanning import data_dir_fingerprint, scan_folder
-from tasks import ingest as ingest_stage
 from tasks.ingest import data_report_markdown
 from tests.imagefiles import png_declaring
 
@@ -298,13 +297,6 @@ def test_data_report_markdown(tiny_kaggle, tmp_path):
     assert "| train | 6 | 6 |" in report
     assert "| width | 40 | 40 | 40 |" in report
     assert "12 accepted" in report
-
-
-def test_retries_skip_user_errors():
-    from prefect.states import Failed
-
-    assert not ingest_stage._retry_unless_user_error(None, None, Failed(data=DataError("bad folder")))
-    assert ingest_stage._retry_unless_user_error(None, None, Failed(data=OSError("NFS hiccup")))
 
 
 @pytest.mark.real_data
