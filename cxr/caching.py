@@ -31,7 +31,8 @@ def stable_json(value: Any) -> str:
 
     def default(obj: Any) -> Any:
         if hasattr(obj, "model_dump"):
-            return obj.model_dump(mode="json")
+            # The context lets a model leave out what does not decide content (a stamp's mtime).
+            return obj.model_dump(mode="json", context={"content_key": True})
         return str(obj)
 
     return json.dumps(value, sort_keys=True, default=default, separators=(",", ":"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from cxr.files import sha256_file
 
@@ -20,6 +20,15 @@ class FileStamp(BaseModel):
     sha256: str
     size: int
     mtime_ns: int
+
+    @model_serializer(mode="wrap")
+    def _content_only_in_cache_keys(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):
+        """In a cache key (`cxr.caching.stable_json` passes the context `content_key`), a stamp stands for
+        the bytes it vouches for: a file rewritten with the same bytes keys the same results."""
+        data = handler(self)
+        if info.context and info.context.get("content_key"):
+            data.pop("mtime_ns", None)
+        return data
 
     @classmethod
     def of(cls, path: Path | str) -> FileStamp:
