@@ -132,11 +132,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.scoring import evaluate_folder
 
-    result = evaluate_folder(args.model, Path(args.data))
+    result = evaluate_folder(args.model, Path(args.data), operating_point=args.operating_point)
     if args.json:
         _print_json(result)
     else:
         metrics = result["metrics"]
+        print(f"operating point {result['operating_point']}: ", end="")
         print(", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
     return 0
 
@@ -149,6 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model_uri=args.model,
         out_csv=args.out,
         heatmaps_dir=args.heatmaps,
+        operating_point=args.operating_point,
     )
     if args.json:
         _print_json(summary)

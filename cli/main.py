@@ -32,6 +32,9 @@ NOTIFY_WEBHOOK_ENV = "CXR_NOTIFY_WEBHOOK"
 
 # Commands whose Prefect runs and events go to the local dashboard when one is up.
 # promote/rollback announce the champion change there (notifications).
+OPERATING_POINT_HELP = (
+    "a named operating point of the model (its model.json `operating_points`); default: its default"
+)
 RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback"}
 
 
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", cmd_evaluate, "score a model on a labelled folder")
     evaluate.add_argument("--model", default=f"models:/{REGISTERED_MODEL_NAME}@champion")
     evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--operating-point", help=OPERATING_POINT_HELP)
     evaluate.add_argument("--json", action="store_true")
 
     predict = command("predict", cmd_predict, "score images or folders with the champion model")
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default=f"models:/{REGISTERED_MODEL_NAME}@champion")
     predict.add_argument("--out", default="predictions.csv")
     predict.add_argument("--heatmaps", help="folder for Grad-CAM overlay PNGs")
+    predict.add_argument("--operating-point", help=OPERATING_POINT_HELP)
     predict.add_argument("--json", action="store_true")
 
     models = command("models", cmd_models, "list registered model versions")

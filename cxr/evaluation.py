@@ -30,6 +30,9 @@ class EvaluationResult(BaseModel):
     split: str
     n: int
     model_sha256: str
+    # The operating point `metrics` use, and accuracy/sensitivity/specificity at each of the model's points.
+    operating_point: str = "default"
+    operating_points: dict[str, dict[str, Any]] = {}
 
     def is_intact(self) -> bool:
         """Whether the report and plots this result points at are still there."""
@@ -96,8 +99,24 @@ def report_markdown(result: EvaluationResult, image_links: dict[str, str]) -> st
     return (
         f"# Evaluation on the {result.split} split\n\n"
         f"Model sha256 `{result.model_sha256[:16]}`, {result.n} images, "
-        f"threshold P(pneumonia) >= {result.metrics['threshold']:.4f}.\n\n"
-        f"{table}\n\n## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
+        f"operating point `{result.operating_point}`: threshold P(pneumonia) >= {result.metrics['threshold']:.4f}.\n\n"
+        f"{table}\n\n{operating_points_markdown(result)}## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
+    )
+
+
+def operating_points_markdown(result: EvaluationResult) -> str:
+    """Accuracy, sensitivity and specificity on this data at every operating point of the model."""
+    if not result.operating_points:
+        return ""
+    rows = "\n".join(
+        f"| {name}{' (used)' if name == result.operating_point else ''} | {point['threshold']:.4f} | "
+        f"{format_metric(point['accuracy'])} | {format_metric(point['sensitivity'])} | "
+        f"{format_metric(point['specificity'])} |"
+        for name, point in result.operating_points.items()
+    )
+    return (
+        "## Operating points\n\n| operating point | threshold | accuracy | sensitivity | specificity |\n"
+        f"|---|---|---|---|---|\n{rows}\n\n"
     )
 
 
@@ -113,9 +132,16 @@ def evaluate_predictions(
     split: str,
     model_sha256: str,
     out_dir: Path,
+    operating_point: str = "default",
+    point_thresholds: dict[str, float] | None = None,
 ) -> EvaluationResult:
-    """Metrics, CIs, plots and a markdown report (`report.md`) for predictions already made."""
+    """Metrics, CIs, plots and a markdown report (`report.md`) for predictions already made.
+
+    `metrics` are at `threshold` (operating point `operating_point`); `point_thresholds` adds the
+    rates at every other named point of the model.
+    """
     metrics = classification_metrics(is_pneumonia, prob_pneumonia, threshold)
+    metrics["operating_point"] = operating_point
     ci = bootstrap_ci(is_pneumonia, prob_pneumonia, threshold)
     plots = write_plots(is_pneumonia, prob_pneumonia, metrics, out_dir)
     result = EvaluationResult(
@@ -126,6 +152,15 @@ def evaluate_predictions(
         split=split,
         n=metrics["n"],
         model_sha256=model_sha256,
+        operating_point=operating_point,
+        operating_points={
+            name: {
+                key: value
+                for key, value in classification_metrics(is_pneumonia, prob_pneumonia, point).items()
+                if key in ("threshold", "accuracy", "sensitivity", "specificity")
+            }
+            for name, point in (point_thresholds or {}).items()
+        },
     )
     result.report_path.write_text(report_markdown(result, {name: path.name for name, path in plots.items()}))
     return result
@@ -138,20 +173,30 @@ def evaluate_model(
     split: str = "test",
     out_dir: Path,
     threshold: float | None = None,
+    operating_point: str | None = None,
 ) -> EvaluationResult:
-    """Score `split` of `batches` with the model; threshold defaults to the one in its model.json."""
+    """Score `split` of `batches` with the model at its operating point `operating_point` (None: its
+    default), or at an explicit `threshold` when one is given."""
+    from cxr.operating_points import select
+    from cxr.pyfunc_model import operating_points
+
     path = resolve_model(model_path)
     model, metadata = load_model_with_metadata(path)
-    if threshold is None:
-        threshold = float(metadata["threshold"])
+    name, point_threshold = select(metadata, operating_point)
+    if threshold is not None:
+        name, point_threshold = "explicit-threshold", threshold
     prob, is_pneumonia = predict_split(model, batches, split)
     return evaluate_predictions(
         is_pneumonia,
         prob,
-        threshold=threshold,
+        threshold=point_threshold,
         split=split,
         model_sha256=sha256_file(path),
         out_dir=out_dir,
+        operating_point=name,
+        point_thresholds={
+            key: float(point["threshold"]) for key, point in operating_points(metadata)[0].items()
+        },
     )
 
 

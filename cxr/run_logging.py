@@ -17,6 +17,7 @@ import numpy as np
 from cxr.evaluation import EvaluationResult
 from cxr.metrics import CI_METRICS
 from cxr.model_card import ModelCard, PointResult
+from cxr.operating_points import mlflow_tags
 from cxr.pyfunc_logging import log_pyfunc_model
 from cxr.pyfunc_model import operating_points
 from cxr.registry import MODEL_ARTIFACT, load_model_with_metadata
@@ -73,7 +74,7 @@ def log_training_run(train: TrainResult, evaluation: EvaluationResult, lineage: 
     """Record everything about `train` into the active MLflow run; returns the logged model's ModelInfo."""
     import mlflow
 
-    mlflow.set_tags(flow_run_tags())
+    mlflow.set_tags({**flow_run_tags(), **mlflow_tags(train.operating_points, train.default_operating_point)})
     mlflow.log_params(
         {
             **{f"lineage.{key}": str(value)[:500] for key, value in lineage.items()},

@@ -19,6 +19,7 @@ from cxr.evaluation import evaluate_model
 from cxr.files import sha256_file
 from cxr.ingesting import ingest_folder
 from cxr.manifests import MANIFEST_NAME
+from cxr.operating_points import select
 from cxr.registry import load_model_with_metadata, resolve_model
 from cxr.sharding import materialise_batches
 from cxr.state import state_dir
@@ -29,16 +30,20 @@ SPLIT = "test"
 MIN_IMAGE_SIDE: int = IngestParams().min_image_side
 
 
-def evaluate_folder(model_uri_or_path: str, data_dir: Path) -> dict[str, Any]:
+def evaluate_folder(
+    model_uri_or_path: str, data_dir: Path, operating_point: str | None = None
+) -> dict[str, Any]:
     """Metrics (with 95 % CIs) of a model on every accepted image of a labelled folder (any layout), copies
     of the same image included (`duplicates` counts them).
 
-    Uses the model's stored threshold and image size. The manifest and quarantine list (one folder
+    Uses the model's image size and its operating point `operating_point` (None: the model's default);
+    `operating_points` gives the rates at every point the model stores. The manifest and quarantine list (one folder
     per data folder, so a re-run re-checks only changed files), plots and `report.md` stay in the
     state folder; the decoded batches are temporary.
     """
     model_path = resolve_model(model_uri_or_path)
     _, metadata = load_model_with_metadata(model_path)  # fail on a bad model before the slow ingest
+    select(metadata, operating_point)  # and on an unknown operating point
     data_dir = Path(data_dir)
     manifest_dir = state_dir("manifests", f"evaluate-{sha256_text(str(data_dir.resolve()))[:16]}")
     previous = manifest_dir / MANIFEST_NAME
@@ -63,10 +68,14 @@ def evaluate_folder(model_uri_or_path: str, data_dir: Path) -> dict[str, Any]:
             split_path, work_dir / "batches", image_size=int(metadata["image_size"])
         )
         report_dir = state_dir("reports", f"folder-{ingested.digest[:12]}-{sha256_file(model_path)[:12]}")
-        result = evaluate_model(model_path, batches, split=SPLIT, out_dir=report_dir)
+        result = evaluate_model(
+            model_path, batches, split=SPLIT, out_dir=report_dir, operating_point=operating_point
+        )
     return {
         "model": str(model_uri_or_path),
         "data_dir": str(data_dir.resolve()),
+        "operating_point": result.operating_point,
+        "operating_points": result.operating_points,
         "metrics": result.metrics,
         "ci": result.ci,
         "n": result.n,

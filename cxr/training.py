@@ -1,4 +1,4 @@
-"""Train a model: fit on the train split, pick its decision threshold on the valid split, save it.
+"""Train a model: fit on the train split, choose its operating points on the valid split, save it.
 
 Training resumes after a crash (or a retry) from the last finished epoch: Keras' `BackupAndRestore`
 keeps the weights in a checkpoint folder keyed by the run's inputs, and the per-epoch history is kept
@@ -28,10 +28,16 @@ from cxr.datasets import split_dataset
 from cxr.errors import DataError
 from cxr.files import sha256_file, write_atomically
 from cxr.history import HISTORY_FILE, EpochRecorder, ProgressCallback, finished_epochs, images_per_second
+from cxr.operating_points import (
+    DEFAULT_OPERATING_POINT,
+    choose_operating_points,
+    fit_temperature,
+    metadata_entries,
+)
 from cxr.progress import keras_progress_callback, stage_progress
 from cxr.sharding import BatchesResult
 from cxr.shards import read_labels
-from cxr.thresholds import DECISION_RULE, SENSITIVITY_CONFIDENCE_Z, binary_metrics, choose_threshold
+from cxr.thresholds import DECISION_RULE, ThresholdChoice, binary_metrics
 
 if TYPE_CHECKING:
     import keras
@@ -66,6 +72,9 @@ class TrainResult(WithArtifacts):
     images_per_second: float
     valid_metrics: dict[str, float]
     tensorboard_dir: str | None = None
+    # {name: {threshold, rule, sensitivity, specificity, *_ci}}; `threshold` is the default point's.
+    operating_points: dict[str, dict[str, Any]] = {}
+    default_operating_point: str = DEFAULT_OPERATING_POINT
 
     def is_intact(self) -> bool:
         """Whether the saved model is still there, byte for byte, with its metadata."""
@@ -187,8 +196,11 @@ def train_model(
 
     p_pneumonia = model.predict(valid_data, verbose=0)[:, PNEUMONIA_INDEX]
     is_pneumonia = valid_labels == PNEUMONIA_INDEX
-    choice = choose_threshold(
-        p_pneumonia, is_pneumonia, params.target_sensitivity, z=SENSITIVITY_CONFIDENCE_Z
+    points = choose_operating_points(p_pneumonia, is_pneumonia, params.target_sensitivity)
+    stored = metadata_entries(points, fit_temperature(p_pneumonia, is_pneumonia))
+    default = points[DEFAULT_OPERATING_POINT]
+    choice = ThresholdChoice(
+        **default.model_dump(include={"threshold", "rule", "sensitivity", "specificity"})
     )
     valid_metrics = binary_metrics(p_pneumonia, is_pneumonia, choice)
 
@@ -203,8 +215,7 @@ def train_model(
         "model_name": model_name,
         "image_size": batches.image_size,
         "classes": list(CLASSES),
-        "threshold": choice.threshold,
-        "threshold_rule": choice.rule,
+        **stored,
         "decision": DECISION_RULE,
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "epochs_run": epochs_run,
@@ -237,6 +248,8 @@ def train_model(
         images_per_second=images_per_second(len(train_labels), history["epoch_seconds"][resumed_from_epoch:]),
         valid_metrics=valid_metrics,
         tensorboard_dir=None if tensorboard_dir is None else str(tensorboard_dir),
+        operating_points=stored["operating_points"],
+        default_operating_point=stored["default_operating_point"],
     )
 
 

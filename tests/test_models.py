@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from cxr.augmentation import AcquisitionShift
 from cxr.device import configure_devices, distribution_strategy, seed_everything
 from cxr.errors import ModelError
 from cxr.models import (
@@ -271,3 +272,19 @@ def test_cpu_device_configuration_is_float32_and_deterministic():
     assert keras.mixed_precision.global_policy().name == "float32"
     assert distribution_strategy(info) is not None
     assert "cpu" in info.describe()
+
+
+def test_acquisition_shift_is_seeded_keeps_range_and_only_acts_in_training():
+    shift = AcquisitionShift(border_rate=1.0, marker_rate=0.0, seed=5)
+    images = np.full((6, 32, 32, 1), 128.0, dtype="float32")
+    out = np.asarray(shift(images, training=True))
+    assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, images)
+    assert (out[:, 0, 0, 0] == 0).mean() > 0.5  # a dark collimation frame on (almost) every image
+    np.testing.assert_allclose(
+        out, np.asarray(AcquisitionShift(border_rate=1.0, marker_rate=0.0, seed=5)(images))
+    )
+    np.testing.assert_array_equal(np.asarray(shift(images, training=False)), images)
+    assert any(isinstance(layer, AcquisitionShift) for layer in build_augmentation("default", seed=1).layers)
+    assert not any(
+        isinstance(layer, AcquisitionShift) for layer in build_augmentation("mobilenet", seed=1).layers
+    )

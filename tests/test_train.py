@@ -14,6 +14,7 @@ from cxr import CLASSES
 from cxr.config import TrainParams
 from cxr.errors import DataError, ModelError
 from cxr.history import BACKUP_METADATA_FILE
+from cxr.operating_points import DEFAULT_OPERATING_POINT, choose_operating_points
 from cxr.registry import load_model_with_metadata
 from cxr.sharding import BatchesResult, load_split, write_batches
 from cxr.thresholds import choose_threshold, wilson_lower_bound
@@ -132,7 +133,9 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
     assert 1 <= result.best_epoch <= 2
     assert all(len(values) == 2 for values in result.history.values())
     assert result.device["kind"] == "cpu" and result.images_per_second > 0
-    assert 0 <= result.threshold <= 1 and result.threshold_rule.startswith("max-specificity")
+    assert 0 <= result.threshold <= 1 and result.threshold_rule.startswith(
+        "max-specificity-at-sensitivity>=0.95"
+    )
     assert set(result.valid_metrics) >= {"auc", "sensitivity", "specificity", "accuracy"}
     assert result.valid_metrics["sensitivity"] >= 0.9
 
@@ -151,8 +154,13 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
     images, labels = load_split(batches, "valid")
     p_pneumonia = loaded.predict(images.astype("float32"), verbose=0)[:, 0]
     is_pneumonia = labels == 0
-    recomputed = choose_threshold(p_pneumonia, is_pneumonia, 0.9)
-    assert recomputed.threshold == pytest.approx(result.threshold, rel=1e-5)
+    recomputed = choose_operating_points(p_pneumonia, is_pneumonia, PARAMS.target_sensitivity)
+    assert metadata["default_operating_point"] == result.default_operating_point == DEFAULT_OPERATING_POINT
+    assert set(metadata["operating_points"]) == set(recomputed) == set(result.operating_points)
+    for name, point in recomputed.items():
+        assert metadata["operating_points"][name]["threshold"] == pytest.approx(point.threshold, rel=1e-5)
+    assert result.threshold == metadata["operating_points"][DEFAULT_OPERATING_POINT]["threshold"]
+    assert metadata["calibration"]["valid_nll_calibrated"] <= metadata["calibration"]["valid_nll"]
 
 
 def test_same_seed_gives_identical_weights_on_cpu(batches, tmp_path):
