@@ -17,6 +17,7 @@ from cxr.caching import ContentKey
 from cxr.config import GateParams
 from cxr.evaluation import EvaluationResult, champion_scorer_for
 from cxr.locking import registry_lock
+from cxr.operating_points import mlflow_tags
 from cxr.registry import (
     CHAMPION_ALIAS,
     champion_version,
@@ -89,6 +90,7 @@ def _log_and_register(
             "model_sha256": train.model_sha256,
             "model_name": train.model_name,
             "threshold": f"{train.threshold:.6f}",
+            **mlflow_tags(train.operating_points, train.default_operating_point),
             **{f"test_{key}": str(value) for key, value in rounded(evaluation.metrics).items()},
         }
         mlflow_client = client(tracking_uri)

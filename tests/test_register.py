@@ -67,6 +67,8 @@ def trained(tmp_path: Path, gain: float, threshold: float = 0.5, tag: str = "m")
         images_per_second=10.0,
         valid_metrics={"auc": 0.9},
         tensorboard_dir=str(path.parent / "tensorboard"),
+        operating_points={"fixed": {"threshold": threshold, "sensitivity": 0.9, "specificity": 0.8}},
+        default_operating_point="fixed",
     ), model
 
 
@@ -113,6 +115,12 @@ def test_first_model_becomes_champion_with_lineage(tmp_path, tracking_uri, test_
     assert version.tags["data_digest"] == "d" * 16 and version.tags["code_version"] == "v1"
     assert json.loads(version.tags["promotion_decision"])["promoted"] is True
     run = client.get_run(result.run_id)
+    for tags in (version.tags, run.data.tags):  # operating points, for registry readers and run search
+        assert tags["default_operating_point"] == "fixed"
+        assert (tags["operating_point.fixed.threshold"], tags["operating_point.fixed.specificity"]) == (
+            "0.500000",
+            "0.800000",
+        )
     assert run.data.params["lineage.seed"] == "1" and "test_auc_ci_low" in run.data.metrics
     assert [m.step for m in client.get_metric_history(result.run_id, "epoch_loss")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
