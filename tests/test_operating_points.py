@@ -25,6 +25,7 @@ from cxr.operating_points import (
     fit_temperature,
     metadata_entries,
     select,
+    sensitivity_threshold,
     wilson_interval,
 )
 
@@ -59,11 +60,14 @@ def test_points_meet_their_rules_on_validation_scores():
     assert j[BALANCED] == max(j.values())
 
 
-def test_sensitivity_point_keeps_the_margin_that_costs_no_specificity():
+def test_sensitivity_point_sits_mid_way_between_the_thresholds_it_ties_with():
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95])
     y = np.array([False, False, False, True, True, True, True, True])
-    point = choose_operating_points(p, y, target_sensitivity=0.5)[SENSITIVITY_95]
-    assert (point.sensitivity, point.specificity) == (1.0, 1.0) and 0.3 < point.threshold < 0.6
+    # specificity 1 and sensitivity >= 0.5 from threshold 0.75 (halfway 0.7-0.8) down to 0.45 (0.3-0.6)
+    expected = 1 / (1 + np.exp(-(np.log(0.75 / 0.25) + np.log(0.45 / 0.55)) / 2))
+    assert sensitivity_threshold(p, y, 0.5) == pytest.approx(expected)
+    assert sensitivity_threshold(p, y, 0.95) == pytest.approx(0.45)  # only the lowest reaches 0.95
+    assert choose_operating_points(p, y, 0.97)[SENSITIVITY_95].threshold == pytest.approx(0.45)
 
 
 def test_points_need_both_classes():
