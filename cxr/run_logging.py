@@ -112,24 +112,12 @@ def model_card(
 ) -> ModelCard:
     """The card of version `version`: each operating point of the model with the test metrics at it.
 
-    The evaluation scores the model at one threshold; points at other thresholds are listed with
-    their thresholds and no metrics until the evaluation scores them too.
+    The point the evaluation used has every metric with its bootstrap CI; the others have the rates the
+    evaluation measured at their thresholds, and their validation rates with Wilson CIs in the rule.
     """
     trained = json.loads(Path(train.metadata_path).read_text())
     points, default = operating_points(trained)
-    evaluated = evaluation.metrics.get("threshold")
-    results = {
-        point: PointResult(
-            threshold=float(spec["threshold"]),
-            rule=str(spec.get("rule", "")),
-            **(
-                {"metrics": evaluation.metrics, "ci": evaluation.ci}
-                if evaluated is not None and np.isclose(float(spec["threshold"]), float(evaluated))
-                else {"metrics": {}}
-            ),
-        )
-        for point, spec in points.items()
-    }
+    results = {point: _point_result(point, spec, evaluation) for point, spec in points.items()}
     return ModelCard(
         model_name=name,
         version=version,
@@ -146,3 +134,17 @@ def model_card(
         default_operating_point=default,
         links=links,
     )
+
+
+def _point_result(name: str, spec: dict[str, Any], evaluation: EvaluationResult) -> PointResult:
+    if name == evaluation.operating_point:
+        metrics, ci = evaluation.metrics, evaluation.ci
+    else:
+        metrics, ci = evaluation.operating_points.get(name, {}), {}
+    rule = str(spec.get("rule", ""))
+    if spec.get("sensitivity_ci") and spec.get("specificity_ci"):
+        rule += "; validation " + ", ".join(
+            f"{key} {spec[key]:.3f} [{spec[f'{key}_ci'][0]:.3f}, {spec[f'{key}_ci'][1]:.3f}]"
+            for key in ("sensitivity", "specificity")
+        )
+    return PointResult(threshold=float(spec["threshold"]), rule=rule, metrics=metrics, ci=ci)

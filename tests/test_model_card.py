@@ -74,3 +74,62 @@ def test_mlflow_run_url_only_for_a_server():
         mlflow_run_url("http://127.0.0.1:5000/", "1", "r") == "http://127.0.0.1:5000/#/experiments/1/runs/r"
     )
     assert mlflow_run_url("sqlite:///x/mlflow.db", "1", "r") is None
+
+
+def test_card_of_a_model_with_named_points(tmp_path):
+    import json
+
+    from cxr.evaluation import EvaluationResult
+    from cxr.run_logging import model_card
+    from cxr.training import TrainResult
+
+    screening = {"threshold": 0.2, "rule": "sensitivity >= 0.95", "sensitivity": 0.96, "specificity": 0.7}
+    screening |= {"sensitivity_ci": [0.93, 0.98], "specificity_ci": [0.6, 0.8]}
+    metadata = {
+        "image_size": 32,
+        "operating_points": {
+            "sensitivity-0.95": screening,
+            "balanced": {"threshold": 0.6, "rule": "Youden's J"},
+        },
+        "default_operating_point": "sensitivity-0.95",
+    }
+    (tmp_path / "model.json").write_text(json.dumps(metadata))
+    train = TrainResult(
+        model_path=str(tmp_path / "model.keras"),
+        model_sha256="ab" * 32,
+        metadata_path=str(tmp_path / "model.json"),
+        model_name="default",
+        image_size=32,
+        threshold=0.2,
+        threshold_rule="sensitivity >= 0.95",
+        epochs_run=1,
+        best_epoch=1,
+        resumed_from_epoch=0,
+        device={"kind": "cpu"},
+        history={},
+        train_seconds=1.0,
+        images_per_second=1.0,
+        valid_metrics={},
+    )
+    evaluation = EvaluationResult(
+        metrics={**METRICS, "threshold": 0.2},
+        ci={"sensitivity": [0.9, 0.99]},
+        plots={},
+        report_path=tmp_path / "report.md",
+        split="test",
+        n=30,
+        model_sha256="ab" * 32,
+        operating_point="sensitivity-0.95",
+        operating_points={
+            "balanced": {"threshold": 0.6, "accuracy": 0.85, "sensitivity": 0.8, "specificity": 0.9}
+        },
+    )
+    lineage = {
+        "data_dir": "/d",
+        "data_digest": "a" * 16,
+        "split_counts": {"test": {"pneumonia": 20, "normal": 10}},
+    }
+    text = model_card("cxr-pneumonia", 4, train, evaluation, lineage, {}).markdown()
+    assert "| sensitivity-0.95 (default) | 0.2000 | 0.950 [0.900, 0.990] | 0.800 |" in text
+    assert "| balanced | 0.6000 | 0.800 | 0.900 | 0.850 | - |" in text
+    assert "`sensitivity-0.95`: sensitivity >= 0.95; validation sensitivity 0.960 [0.930, 0.980]" in text
