@@ -120,6 +120,8 @@ def retrain(config: RetrainConfig) -> dict:
         "metrics": evaluation.metrics,
         "ci": evaluation.ci,
         "threshold": trained.threshold,
+        "operating_point": trained.default_operating_point,  # the one `metrics` use
+        "operating_points": trained.operating_points,
         "train_images_per_second": trained.images_per_second,
         "architecture": config.train.model,
         "device": trained.device,

@@ -49,6 +49,11 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
         value = first["metrics"][key]
         assert value is None or 0.0 <= value <= 1.0, key
     assert sum(sum(row) for row in first["metrics"]["confusion"]) == first["metrics"]["n"] > 0
+    point = first["operating_point"]  # the test metrics are at the model's default operating point
+    assert first["metrics"]["operating_point"] == point and point in first["operating_points"]
+    assert (
+        first["metrics"]["threshold"] == first["operating_points"][point]["threshold"] == first["threshold"]
+    )
     versions = list_versions("cxr-pneumonia", isolated_registry)
     assert [v["aliases"] for v in versions] == [["champion"]]
     assert versions[0]["data_digest"] == first["data_digest"]
