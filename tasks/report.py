@@ -33,7 +33,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"`champion` is v{summary.get('champion_version') or '-'} now",
             f"- MLflow run `{summary.get('mlflow_run_id')}` ({summary.get('mlflow_run_url') or 'local store'}) "
             f"registered as version {summary['model_version']}",
-            f"- test split: {headline} (threshold {summary['threshold']:.4f})",
+            f"- test split: {headline} (operating point `{summary.get('operating_point', 'default')}`, "
+            f"threshold {summary['threshold']:.4f})",
             f"- data digest `{summary['data_digest'][:16]}`; images accepted {summary['images']['accepted']}, "
             f"quarantined {summary['images']['quarantined']}",
             f"- reused cached stages: {', '.join(summary['cached_tasks']) or 'none'}",

@@ -11,6 +11,8 @@ SUMMARY = {
     "decision": {"reason": "auc 0.951 < champion 0.962 + margin 0"},
     "metrics": {"accuracy": 0.91, "sensitivity": 0.95, "specificity": 0.8, "auc": None},
     "threshold": 0.31234,
+    "operating_point": "sensitivity-0.95",
+    "model_version": 3,
     "data_digest": "ab" * 32,
     "images": {"accepted": 120, "quarantined": 3},
     "cached_tasks": ["ingest", "split"],
@@ -21,7 +23,8 @@ def test_summary_names_the_outcome_metrics_and_reuse():
     text = summary_markdown(SUMMARY)
     assert "`models:/cxr-pneumonia/3`" in text
     assert "champion: **no** (auc 0.951 < champion 0.962 + margin 0)" in text
-    assert "accuracy 0.910 · sensitivity 0.950 · specificity 0.800 (threshold 0.3123)" in text
+    assert "specificity 0.800 (operating point `sensitivity-0.95`, threshold 0.3123)" in text
+    assert "accuracy 0.910 · sensitivity 0.950 · specificity 0.800" in text
     assert "auc" not in text.split("test split:")[1].split("\n")[0]  # undefined metrics are left out
     assert "quarantined 3" in text and "reused cached stages: ingest, split" in text
 
