@@ -383,7 +383,8 @@ def test_corrupt_cache_entries_are_recomputed_not_loaded(prefect_harness, world)
     assert second["cached_tasks"][:4] == ["ingest-plan", "ingest-check", "ingest-assemble", "split"], second[
         "cached_tasks"
     ]
-    assert not {"batches-shard", "batches-assemble", "train", "evaluate"} & set(second["cached_tasks"])
+    # The truncated shard is rebuilt byte for byte, so the index over it may be reused (stamps hash bytes).
+    assert not {"batches-shard", "train", "evaluate"} & set(second["cached_tasks"])
     assert second["data_digest"] == first["data_digest"]
     assert second["model_version"] >= first["model_version"]
 
