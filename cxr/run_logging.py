@@ -18,8 +18,6 @@ from cxr.evaluation import EvaluationResult
 from cxr.metrics import CI_METRICS
 from cxr.model_card import ModelCard, PointResult
 from cxr.operating_points import mlflow_tags
-from cxr.pyfunc_logging import log_pyfunc_model
-from cxr.pyfunc_model import operating_points
 from cxr.registry import MODEL_ARTIFACT, load_model_with_metadata
 from cxr.run_links import flow_run_tags
 from cxr.training import TrainResult
@@ -74,6 +72,8 @@ def log_training_run(train: TrainResult, evaluation: EvaluationResult, lineage: 
     """Record everything about `train` into the active MLflow run; returns the logged model's ModelInfo."""
     import mlflow
 
+    from cxr.pyfunc_logging import log_pyfunc_model  # imported here: loading the flow must not load MLflow
+
     mlflow.set_tags({**flow_run_tags(), **mlflow_tags(train.operating_points, train.default_operating_point)})
     mlflow.log_params(
         {
@@ -116,6 +116,8 @@ def model_card(
     evaluation measured at their thresholds, and their validation rates with Wilson CIs in the rule.
     """
     trained = json.loads(Path(train.metadata_path).read_text())
+    from cxr.pyfunc_model import operating_points  # imported here: loading the flow must not load MLflow
+
     points, default = operating_points(trained)
     results = {point: _point_result(point, spec, evaluation) for point, spec in points.items()}
     return ModelCard(
