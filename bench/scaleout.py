@@ -61,5 +61,5 @@ def mapped_ingest(data_dir: str, out_dir: str) -> int:
         plan_folder(Path(data_dir), Path(out_dir), min_side=MIN_IMAGE_SIDE), Path(out_dir) / "plan"
     )
     futures = check_chunk.with_options(refresh_cache=True).map(plan.chunks())
-    checks = [check for future in futures for check in read_checks(future.result())]
+    checks = read_checks([future.result() for future in futures])
     return assemble_manifest(plan.load(), checks).accepted

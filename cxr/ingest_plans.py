@@ -1,6 +1,6 @@
 """An ingest plan and its chunks' checks on disk, so ingest's tasks pass paths and digests, not file lists.
 
-`store_plan` writes an `IngestPlan`'s lists as Parquet files (candidates, reused checks, files refused
+`store_plan` writes an `IngestPlan`'s tables as Parquet files (candidates, reused checks, files refused
 without opening) and the files to check as one Parquet list per chunk; the `StoredPlan` it returns
 names them by path and digest and stays the same size whatever the number of files, as do the chunk
 lists and check tables passed between the mapped tasks.
@@ -15,15 +15,11 @@ import pandas as pd
 from pydantic import BaseModel
 
 from cxr.filelists import FileList, write_file_list
-from cxr.imaging import FileCheck, ImageInfo
-from cxr.ingesting import IngestPlan
-from cxr.layouts import Labelled
-from cxr.manifests import QUARANTINE_COLUMNS
-from cxr.scanning import FoundFile
+from cxr.imaging import FileCheck
+from cxr.ingesting import CANDIDATE_DTYPES, IngestPlan
+from cxr.manifests import CHECK_DTYPES, STAMP_COLUMNS, checks_frame, quarantine_frame
 
-CHECK_COLUMNS = ["path", "sha256", "width", "height", "mode", "format", "reason", "detail"]
-CANDIDATE_COLUMNS = ["path", "relative", "size_bytes", "mtime_ns", "label", "source_split"]
-CHUNK_COLUMNS = ["path", "size_bytes", "mtime_ns"]
+CHUNK_COLUMNS = STAMP_COLUMNS
 # The plan's fields that are single values, stored as they are.
 PLAN_SCALARS = ("data_dir", "out_dir", "min_side", "patient_pattern", "files_found", "scan_s")
 
@@ -50,18 +46,11 @@ class StoredPlan(BaseModel):
 
     def load(self) -> IngestPlan:
         """The plan in memory again, for `assemble_manifest`."""
-        candidates = [
-            (
-                FoundFile(row["path"], row["relative"], row["size_bytes"], row["mtime_ns"]),
-                Labelled(row["label"], row["source_split"]),
-            )
-            for row in _rows(self.candidates)
-        ]
         return IngestPlan(
             **{name: getattr(self, name) for name in PLAN_SCALARS},
-            quarantine=_rows(self.quarantine),
-            candidates=candidates,
-            reused={check.path: check for check in read_checks(self.reused_checks)},
+            quarantine=quarantine_frame(self.quarantine.read()),
+            candidates=self.candidates.read().astype(CANDIDATE_DTYPES),
+            reused=self.reused_checks.read().astype(CHECK_DTYPES),
         )
 
     def is_intact(self) -> bool:
@@ -79,13 +68,6 @@ def _rows(listed: FileList) -> list[dict]:
 def store_plan(plan: IngestPlan, folder: Path) -> StoredPlan:
     """Write the plan's lists under `folder`, the files to check as `plan.chunks()` cuts them."""
     folder = Path(folder)
-    candidates = pd.DataFrame(
-        [
-            (item.path, item.relative, item.size_bytes, item.mtime_ns, labelled.label, labelled.source_split)
-            for item, labelled in plan.candidates
-        ],
-        columns=CANDIDATE_COLUMNS,
-    )
     chunks = [
         write_file_list(pd.DataFrame(chunk, columns=CHUNK_COLUMNS), folder / f"chunk-{number:05d}.parquet")
         for number, chunk in enumerate(plan.chunks())
@@ -95,46 +77,19 @@ def store_plan(plan: IngestPlan, folder: Path) -> StoredPlan:
         **{name: getattr(plan, name) for name in PLAN_SCALARS},
         todo=sum(chunk.rows for chunk in chunks),
         reused=len(plan.reused),
-        candidates=write_file_list(candidates, folder / "candidates.parquet"),
-        reused_checks=write_checks(plan.reused.values(), folder / "reused.parquet"),
-        quarantine=write_file_list(
-            pd.DataFrame(plan.quarantine, columns=QUARANTINE_COLUMNS), folder / "quarantine.parquet"
-        ),
+        candidates=write_file_list(plan.candidates, folder / "candidates.parquet"),
+        reused_checks=write_file_list(plan.reused, folder / "reused.parquet"),
+        quarantine=write_file_list(plan.quarantine, folder / "quarantine.parquet"),
         chunk_lists=write_file_list(chunk_lists, folder / "chunks.parquet"),
     )
 
 
 def write_checks(checks: Iterable[FileCheck], path: Path) -> FileList:
     """File checks as a Parquet table (header facts empty for refused files)."""
-    rows = [
-        (
-            check.path,
-            check.sha256,
-            *(
-                (check.info.width, check.info.height, check.info.mode, check.info.format)
-                if check.info
-                else (None,) * 4
-            ),
-            check.reason,
-            check.detail,
-        )
-        for check in checks
-    ]
-    frame = pd.DataFrame(rows, columns=CHECK_COLUMNS).astype({"width": "Int64", "height": "Int64"})
-    return write_file_list(frame, path)
+    return write_file_list(checks_frame(checks), path)
 
 
-def read_checks(listed: FileList) -> list[FileCheck]:
-    """The checks `write_checks` wrote."""
-    return [
-        FileCheck(
-            row["path"],
-            row["sha256"],
-            None
-            if row["width"] is None
-            else ImageInfo(int(row["width"]), int(row["height"]), row["mode"], row["format"]),
-            row["reason"],
-            row["detail"] or "",
-        )
-        for row in _rows(listed)
-    ]
+def read_checks(lists: Iterable[FileList]) -> pd.DataFrame:
+    """The checks `write_checks` wrote to `lists`, as one CHECK_COLUMNS table for `assemble_manifest`."""
+    frames = [listed.read() for listed in lists]
+    return pd.concat(frames, ignore_index=True).astype(CHECK_DTYPES) if frames else checks_frame([])

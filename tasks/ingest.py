@@ -7,7 +7,6 @@ They pass Parquet file lists by path and digest (`cxr.ingest_plans`), never the 
 
 from __future__ import annotations
 
-import itertools
 import statistics
 from pathlib import Path
 from typing import Any
@@ -103,15 +102,16 @@ def plan_ingest(data_dir: str, params: IngestParams) -> StoredPlan:
     index = _latest_index(folder)
     previous = Path(index.read_text().strip()) if index.is_file() else None
     plan = plan_folder(folder, out_dir, min_side=params.min_image_side, previous_manifest=previous)
+    stored = store_plan(plan, out_dir / "plan")
     get_run_logger().info(
         "ingest %s: %d found, %d checks reused, %d files to check in %d chunks",
         data_dir,
         plan.files_found,
         len(plan.reused),
-        len(plan.todo),
-        len(plan.chunks()),
+        stored.todo,
+        stored.chunk_lists.rows,
     )
-    return store_plan(plan, out_dir / "plan")
+    return stored
 
 
 @task(name="ingest-check", cache_policy=ContentKey(modules=DECIDED_BY), **_TRANSIENT_IO_RETRIES)
@@ -127,7 +127,7 @@ def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
 
     Its `elapsed_s` counts scanning and assembling: the checks ran as their own task runs.
     """
-    result = assemble_manifest(plan.load(), itertools.chain.from_iterable(map(read_checks, checks)))
+    result = assemble_manifest(plan.load(), read_checks(checks))
     write_atomically(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
     get_run_logger().info(
         "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused",

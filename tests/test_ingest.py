@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -316,3 +317,57 @@ def test_real_original_resolution(shared_data, tmp_path):
     native = load_greyscale(Path(largest))
     row = manifest.loc[manifest["width"].idxmax()]
     assert native.shape == (row["height"], row["width"])
+
+
+def test_incremental_reingest_sees_files_rewritten_in_place(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "NORMAL"
+    for index in range(3):
+        write_image(folder / f"IM-000{index}-0001.bmp", seed=index, fmt="BMP")
+    first, manifest, _ = run_ingest(tmp_path / "data", tmp_path / "one", workers=1)
+    checked: list[str] = []
+    real_check = ingest_module.check_file
+    monkeypatch.setattr(
+        ingest_module, "check_file", lambda path: checked.append(Path(path).name) or real_check(path)
+    )
+    # same name, new content (a BMP of the same size keeps its byte count), and a later mtime
+    edited = folder / "IM-0001-0001.bmp"
+    before = edited.stat()
+    write_image(edited, seed=50, fmt="BMP")
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns + 10**6))
+    assert edited.stat().st_size == before.st_size
+    # same name, new content of another size, mtime put back as it was
+    resized = folder / "IM-0002-0001.bmp"
+    stamp = resized.stat()
+    write_image(resized, seed=51, size=48, fmt="BMP")
+    os.utime(resized, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+    second, manifest2, _ = run_ingest(
+        tmp_path / "data", tmp_path / "two", workers=1, previous_manifest=Path(first.manifest_path)
+    )
+    assert sorted(checked) == ["IM-0001-0001.bmp", "IM-0002-0001.bmp"]
+    assert second.reused == 1
+    digests = dict(zip(manifest2["path"].map(lambda path: Path(path).name), manifest2["sha256"], strict=True))
+    for path in (edited, resized):
+        assert digests[path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest2.loc[manifest2["path"].str.endswith("0002-0001.bmp"), "width"].item() == 48
+    assert digests["IM-0000-0001.bmp"] == manifest["sha256"].iloc[0]  # unchanged: reused as it was
+
+
+def test_patient_ids_are_parsed_again_when_the_pattern_changes(tmp_path):
+    write_image(tmp_path / "data" / "NORMAL" / "pt-007_scan2.jpeg", seed=1)
+    first, manifest, _ = run_ingest(tmp_path / "data", tmp_path / "one")
+    second, manifest2, _ = run_ingest(
+        tmp_path / "data",
+        tmp_path / "two",
+        patient_pattern=r"^(?P<patient>pt-\d+)_",
+        previous_manifest=Path(first.manifest_path),
+    )
+    assert second.reused == 1  # the check is reused; the id follows the new pattern
+    assert manifest["patient_id"].tolist() != ["pt-007"] and manifest2["patient_id"].tolist() == ["pt-007"]
+    third, manifest3, _ = run_ingest(
+        tmp_path / "data",
+        tmp_path / "three",
+        patient_pattern=r"^(?P<patient>pt-\d+)_",
+        previous_manifest=Path(second.manifest_path),
+    )
+    assert manifest3["patient_id"].tolist() == ["pt-007"] and third.digest == second.digest
