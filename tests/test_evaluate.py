@@ -145,6 +145,23 @@ def test_predict_uses_first_softmax_output_and_resizes():
         predict_pneumonia_proba(brightness_model(1.0), images[..., 0])
 
 
+def test_predict_traces_once_per_model_and_does_not_keep_it_alive():
+    import gc
+    import weakref
+
+    images, _ = bright_dark_images(20)
+    model = brightness_model(40.0)
+    first = predict_pneumonia_proba(model, images, batch_size=8)  # batches of 8, 8 and 4
+    again = predict_pneumonia_proba(model, images[:5], batch_size=3)
+    np.testing.assert_allclose(first, model.predict(images, verbose=0)[:, 0], atol=1e-6)
+    np.testing.assert_allclose(again, first[:5], atol=1e-6)
+    assert evaluate_module._forward_pass(model).experimental_get_tracing_count() == 1
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
 def test_predict_split_streams_shards_in_order_and_resizes(tmp_path):
     images, labels = bright_dark_images(20)
     larger = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 64 px shards, 32 px model
