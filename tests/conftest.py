@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+import absl.logging
 import pytest
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="cxr-test-home-"))
@@ -16,6 +18,13 @@ for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_A
 from cxr.state import configure_environment  # noqa: E402
 
 configure_environment()
+
+# absl's log handler (made when TensorFlow first loads, maybe while a test module is collected) closes the
+# stream it was made with unless that stream is the current sys.stderr, and every non-incremental logging
+# set-up (Prefect's first, MLflow's) closes all handlers. Inside a test that captures output with capsys
+# this closed pytest's own stderr capture and ended the session. The real stderr (still captured at the
+# file-descriptor level) is never closed.
+absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -42,6 +51,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def isolated_registry(tmp_path, monkeypatch) -> str:
+    """An MLflow registry of this test's own; returns its tracking URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @pytest.fixture
