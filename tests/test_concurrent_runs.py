@@ -8,18 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from cxr.config import RetrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def isolated_registry(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
 
 
 def test_two_identical_runs_started_together_train_once(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from cxr.config import RetrainConfig
 
 INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
@@ -22,13 +20,6 @@ STAGE_ARTIFACTS = {
     "promotion-decision",
     "run-summary",
 }
-
-
-@pytest.fixture
-def isolated_registry(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
 
 
 def test_retrain_registers_a_champion_then_reuses_every_task(
