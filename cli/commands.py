@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,15 @@ DEMO_SIZE = 256
 
 def _print_json(payload: dict[str, Any]) -> None:
     print(json.dumps(payload, default=str, allow_nan=False, separators=(",", ":")))
+
+
+def _show(result: dict[str, Any], as_json: bool, print_text: Callable[[dict[str, Any]], None]) -> int:
+    """Print `result` as one JSON line or as text; the exit status of a command that succeeded."""
+    if as_json:
+        _print_json(result)
+    else:
+        print_text(result)
+    return 0
 
 
 def _demo_data_dir() -> Path:
@@ -72,11 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with tags(args.trigger):
         summary = retrain(config)
     summary["duration_s"] = round(time.perf_counter() - started, 2)
-    if args.json:
-        _print_json(summary)
-    else:
-        _print_training_summary(summary)
-    return 0
+    return _show(summary, args.json, _print_training_summary)
 
 
 def _print_training_summary(summary: dict[str, Any]) -> None:
@@ -248,12 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from cxr.status import gather_status
 
-    status = gather_status(args.name)
-    if args.json:
-        _print_json(status)
-    else:
-        _print_status(status)
-    return 0
+    return _show(gather_status(args.name), args.json, _print_status)
 
 
 def _print_status(status: dict[str, Any]) -> None:
