@@ -8,8 +8,8 @@ held-out images: normals from a family the model never saw, and unseen pneumonia
 report gives the ROC AUC and accuracy / sensitivity / specificity at every operating point of the
 model, next to the same model's in-distribution test split.
 
-    python -m bench.family_shift --data ../shared/data/kaggle_train_224 [--family NORMAL2-] \
-        [--epochs N] [--image-size S] [--json]
+    python -m bench.family_shift --data ../shared/data/kaggle_train_224 [--family NORMAL2-] [--json] \
+        [any `cxr train` flag, e.g. --epochs N --image-size S --early-stopping-patience P]
 
 Costs one training run (minutes to tens of minutes on CPU); nothing is written into the repository.
 """
@@ -62,18 +62,14 @@ def _cxr_json(arguments: list[str], home: Path) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(
-    data: Path, family: str, epochs: int | None, work: Path, image_size: int | None = None
-) -> dict[str, Any]:
+def measure(data: Path, family: str, work: Path, train_flags: list[str]) -> dict[str, Any]:
+    """Train with `train_flags` (passed to `cxr train`) without the held-out images, then score those."""
     train_dir, proxy_dir = link_folders(data, family, work)
-    extra = [
-        *(["--epochs", str(epochs)] if epochs else []),
-        *(["--image-size", str(image_size)] if image_size else []),
-    ]
-    trained = _cxr_json(["train", "--data", str(train_dir), *extra], work / "home")
+    trained = _cxr_json(["train", "--data", str(train_dir), *train_flags], work / "home")
     proxy = _cxr_json(["evaluate", "--model", trained["model_uri"], "--data", str(proxy_dir)], work / "home")
     return {
         "family": family,
+        "train_flags": train_flags,
         "flow_seconds": trained["flow_seconds"],
         "epochs_run": trained["epochs_run"],
         "in_distribution_test": {
@@ -87,15 +83,17 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.family_shift", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.family_shift",
+        description=__doc__.splitlines()[0],
+        epilog="Any other flag is passed to `cxr train`.",
+    )
     parser.add_argument("--data", required=True, type=Path, help="folder with NORMAL/ and PNEUMONIA/ images")
     parser.add_argument("--family", default="NORMAL2-", help="file-name prefix of the held-out normal family")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: the model's)")
-    parser.add_argument("--image-size", type=int, help="training image size in pixels (default: the model's)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    args, train_flags = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory(prefix="cxr-family-shift-") as tmp:
-        result = measure(args.data, args.family, args.epochs, Path(tmp), args.image_size)
+        result = measure(args.data, args.family, Path(tmp), train_flags)
     if args.json:
         print(json.dumps(result))
         return

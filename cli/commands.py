@@ -70,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "learning_rate": args.learning_rate,
+        "early_stopping_patience": args.early_stopping_patience,
     }
     split = {"seed": args.seed, "keep_official_test": args.keep_official_test}
     config = RetrainConfig(

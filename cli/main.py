@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument(
+        "--early-stopping-patience",
+        type=int,
+        metavar="EPOCHS",
+        help="stop after this many epochs without a better validation AUC; 0: run every epoch (default: the model's)",
+    )
+    train.add_argument(
         "--keep-official-test", action="store_true", help="use the folder's test/ split as test set"
     )
     train.add_argument("--trigger", choices=["manual", "nightly", "new-data"], default="manual")

@@ -17,6 +17,9 @@ class ModelSpec:
     epochs: int
     batch_size: int
     learning_rate: float
+    # Epochs without a better validation AUC before training stops and keeps its best epoch; 0 runs the whole
+    # schedule and keeps the last weights (a cosine schedule ends at its lowest learning rate).
+    early_stopping_patience: int
     min_image_size: int = 16  # the smallest input it can downsample without reaching zero size
     pretrainable: bool = False  # has a backbone that can start from a user-supplied weights file
 
@@ -25,14 +28,24 @@ class ModelSpec:
 # under 10 CPU minutes; `mobilenet` at MobileNetV3's smallest usual ImageNet size, shorter because a
 # pretrained backbone converges sooner (and MobileNetV3 refuses inputs below 32 pixels).
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "seed": ModelSpec("build_seed", image_size=224, epochs=10, batch_size=10, learning_rate=1e-4),
-    "default": ModelSpec("build_default", image_size=160, epochs=12, batch_size=32, learning_rate=1e-3),
+    "seed": ModelSpec(
+        "build_seed", image_size=224, epochs=10, batch_size=10, learning_rate=1e-4, early_stopping_patience=4
+    ),
+    "default": ModelSpec(
+        "build_default",
+        image_size=160,
+        epochs=12,
+        batch_size=32,
+        learning_rate=1e-3,
+        early_stopping_patience=4,
+    ),
     "mobilenet": ModelSpec(
         "build_mobilenet",
         image_size=160,
         epochs=8,
         batch_size=32,
         learning_rate=1e-3,
+        early_stopping_patience=4,
         min_image_size=32,
         pretrainable=True,
     ),

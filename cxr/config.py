@@ -59,7 +59,9 @@ class TrainParams(Params):
     batch_size: int = Field(None, ge=1, le=4096, description="Default: the model's")
     learning_rate: float | None = Field(None, gt=0, description="None: the model's own default")
     seed: int = Field(DEFAULT_SEED, description="Seed of initialisation, augmentation and shuffling")
-    early_stopping_patience: int = Field(4, ge=1)
+    early_stopping_patience: int = Field(
+        None, ge=0, description="Epochs without a better validation AUC before stopping; 0: never stop early"
+    )
     target_sensitivity: float = Field(
         0.97, gt=0, le=1, description="Validation sensitivity (95 % lower bound) the threshold must reach"
     )
@@ -69,7 +71,12 @@ class TrainParams(Params):
     def _model_defaults(cls, values: Any) -> Any:
         if isinstance(values, dict) and values.get("model", "default") in MODEL_SPECS:
             spec = MODEL_SPECS[values.get("model", "default")]
-            defaults = {"image_size": spec.image_size, "epochs": spec.epochs, "batch_size": spec.batch_size}
+            defaults = {
+                "image_size": spec.image_size,
+                "epochs": spec.epochs,
+                "batch_size": spec.batch_size,
+                "early_stopping_patience": spec.early_stopping_patience,
+            }
             values = {**values, **{k: v for k, v in defaults.items() if values.get(k) is None}}
         return values
 

@@ -105,15 +105,16 @@ def train_model(
     """Train `params.model` on the train split; write `model.keras` + `model.json` into `out_dir`.
 
     `params.backbone_weights`: a user-supplied weights file the model's backbone starts from (see
-    `cxr.models.build_model`). Early stopping watches the validation AUC and keeps the best epoch's weights. A backup in
+    `cxr.models.build_model`). With `params.early_stopping_patience` > 0, early stopping watches the validation
+    AUC and keeps the best epoch's weights; with 0 the whole schedule runs and the last weights are kept. A backup in
     `checkpoint_dir` from an interrupted run with the same inputs is resumed; it is deleted on success.
     `progress(epoch, logs)` is called after each epoch (1-based epoch numbers).
     """
     model_name, epochs, batch_size, seed = params.model, params.epochs, params.batch_size, params.seed
     patience, backbone_weights = params.early_stopping_patience, params.backbone_weights
-    if epochs < 1 or batch_size < 1 or patience < 1:
+    if epochs < 1 or batch_size < 1 or patience < 0:
         raise DataError(
-            f"epochs, batch_size and patience must be positive: {epochs}, {batch_size}, {patience}"
+            f"epochs and batch_size must be positive, patience not negative: {epochs}, {batch_size}, {patience}"
         )
     train_labels = read_labels(batches.shards("train"))
     valid_labels = read_labels(batches.shards("valid"))
@@ -155,13 +156,16 @@ def train_model(
     callbacks: list[keras.callbacks.Callback] = [
         # First, so an epoch is backed up before anything later in the list can fail.
         keras.callbacks.BackupAndRestore(str(checkpoint_dir)),
-        keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=patience, restore_best_weights=True
-        ),
         keras.callbacks.LambdaCallback(
             on_epoch_begin=recorder.on_epoch_begin, on_epoch_end=recorder.on_epoch_end
         ),
     ]
+    if patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_auc", mode="max", patience=patience, restore_best_weights=True
+            )
+        )
     if tensorboard_dir is not None:
         if importlib.util.find_spec("tensorboard") is None:
             # TensorFlow only writes summaries through the tensorboard package; logs are optional.
@@ -210,7 +214,10 @@ def train_model(
     write_atomically(model_path, lambda tmp: model.save(str(tmp)))
     history = recorder.history
     epochs_run = len(history.get("loss", []))
-    best_epoch = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else epochs_run
+    # Without early stopping the last epoch's weights are kept, whatever epoch scored best.
+    best_epoch = (
+        int(np.argmax(history["val_auc"])) + 1 if patience > 0 and history.get("val_auc") else epochs_run
+    )
     metadata = {
         "model_name": model_name,
         "image_size": batches.image_size,

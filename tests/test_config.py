@@ -21,6 +21,9 @@ def test_model_defaults_come_from_the_model_spec_and_explicit_values_win():
     assert (seed.train.image_size, seed.train.epochs, seed.train.batch_size) == (224, 10, 10)
     assert (spec.image_size, spec.epochs, spec.batch_size) == (224, 10, 10)
     assert RetrainConfig(data_dir="/data", train={"model": "seed", "image_size": 64}).train.image_size == 64
+    assert seed.train.early_stopping_patience == spec.early_stopping_patience
+    no_early_stop = RetrainConfig(data_dir="/data", train={"model": "seed", "early_stopping_patience": 0})
+    assert no_early_stop.train.early_stopping_patience == 0
     # Round trip through the flow's JSON parameters keeps the resolved values.
     assert RetrainConfig.model_validate(seed.model_dump(mode="json")) == seed
 

@@ -195,9 +195,20 @@ def test_training_resumes_after_a_crash(batches, tmp_path):
     assert not (run_dir / "checkpoint").exists()
 
 
+def test_early_stopping_stops_on_a_flat_validation_auc_and_patience_zero_runs_every_epoch(batches, tmp_path):
+    # A learning rate of 1e-12 leaves the predictions, so the validation AUC, as they were after epoch 1.
+    frozen = PARAMS.model_copy(update={"epochs": 4, "learning_rate": 1e-12, "early_stopping_patience": 1})
+    stopped = _train(batches, tmp_path / "stopped", frozen)
+    assert (stopped.epochs_run, stopped.best_epoch) == (2, 1)
+    every_epoch = _train(batches, tmp_path / "all", frozen.model_copy(update={"early_stopping_patience": 0}))
+    assert (every_epoch.epochs_run, every_epoch.best_epoch) == (4, 4)
+
+
 def test_bad_training_settings_are_refused(batches, tmp_path):
     with pytest.raises(DataError, match="positive"):
         _train(batches, tmp_path, PARAMS.model_copy(update={"epochs": 0}))  # past validation
+    with pytest.raises(DataError, match="patience not negative"):
+        _train(batches, tmp_path, PARAMS.model_copy(update={"early_stopping_patience": -1}))
     with pytest.raises(ModelError, match="valid names"):
         _train(batches, tmp_path, PARAMS.model_copy(update={"model": "nope"}))
 
