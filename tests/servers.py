@@ -29,13 +29,35 @@ STATE_VARIABLES = {
 
 @contextmanager
 def prefect_server(home: Path) -> Iterator[str]:
-    """A `prefect server start` subprocess with its database in `home`; yields its API URL."""
+    """A `prefect server start` subprocess with its database in `home`; yields its API URL.
+
+    On exit this process's Prefect log and event workers are drained into it before it stops.
+    """
     # A queued run retries for a free concurrency slot after 3 s instead of the default 30 s.
     with (
         mock.patch.dict(os.environ, {"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3"}),
         temporary_prefect_server(home) as api_url,
     ):
-        yield api_url
+        try:
+            yield api_url
+        finally:
+            _drain_prefect_workers()
+
+
+def _drain_prefect_workers() -> None:
+    """Send what the process-wide log and event workers hold, and stop them (the next use starts new ones).
+
+    Each keeps the API URL it started with. Left running after their server stopped, they would post every
+    later log and event to it (the next test's `prefect_test_harness` too), each event retrying for about
+    a minute: the harness's exit, which drains them, then took many minutes.
+    """
+    if "prefect" not in sys.modules:  # nothing in this process talked to the server
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(at_exit=False)
+    EventsWorker.drain_all(at_exit=False)
 
 
 @contextmanager
