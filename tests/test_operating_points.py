@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from test_predict import write_blob_model
-from test_scoring import labelled_folder
 
 from cli.main import build_parser, main
 from cxr.errors import DataError, ModelError
@@ -28,6 +26,7 @@ from cxr.operating_points import (
     sensitivity_threshold,
     wilson_interval,
 )
+from tests.blobmodel import labelled_folder, write_blob_model
 
 
 def _scores(n: int = 2000, separation: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,8 @@
-"""Batch prediction, Grad-CAM and the `predict` flow, with a tiny hand-weighted 'bright blob' model.
-
-The model's P(pneumonia) rises only where a bright blob is, so both its labels and its Grad-CAM map
-have a known right answer without training.
-"""
+"""Batch prediction, Grad-CAM and the `predict` flow, with the hand-weighted 'bright blob' model
+(tests.blobmodel), whose labels and Grad-CAM map have a known right answer without training."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -15,53 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr import CLASSES
+from tests.blobmodel import SIZE, THRESHOLD, blob_image, blob_model, write_blob_model, write_png
 from tests.imagefiles import png_declaring
-
-SIZE = 32
-THRESHOLD = 0.5
-DARK, BRIGHT = 30, 230
-
-
-def blob_model(size: int = SIZE) -> keras.Model:
-    """Input raw 0..255 grey; conv fires on pixels brighter than mid-grey; more bright area, more pneumonia."""
-    inputs = keras.Input((size, size, 1))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="bright")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    model.get_layer("bright").set_weights(
-        [np.full((3, 3, 1, 1), 1 / 9, "float32"), np.array([-0.5], "float32")]
-    )
-    # Logit gap (pneumonia - normal) = 400 * mean bright response - 2: about -2 without a blob, +6 with one.
-    model.layers[-1].set_weights([np.array([[200.0, -200.0]], "float32"), np.array([-1.0, 1.0], "float32")])
-    return model
-
-
-def write_blob_model(folder: Path, size: int = SIZE) -> Path:
-    """model.keras + model.json as the training stage writes them; returns the folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    blob_model(size).save(folder / "model.keras")
-    metadata = {"model_name": "blob", "image_size": size, "classes": list(CLASSES), "threshold": THRESHOLD}
-    (folder / "model.json").write_text(json.dumps(metadata))
-    return folder
-
-
-def blob_image(size: int, *, blob: bool, corner: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """A dark (size, size) uint8 image, with a bright square a quarter of the side wide when `blob`."""
-    image = np.full((size, size), DARK, np.uint8)
-    if blob:
-        side = size // 4
-        row, col = corner
-        image[row : row + side, col : col + side] = BRIGHT
-    return image
-
-
-def write_png(path: Path, pixels: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -6,33 +6,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_predict import blob_image, png_declaring, write_blob_model, write_png
 
 from cxr.errors import DataError
 from cxr.scoring import evaluate_folder
-
-# Ingest quarantines images below 64 px; the model works at 32 px, so batches downscale them.
-SIDE = 64
+from tests.blobmodel import labelled_folder, write_blob_model
+from tests.imagefiles import png_declaring
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return write_blob_model(tmp_path_factory.mktemp("model"))
-
-
-def labelled_folder(root: Path, *, pneumonia: int, normal: int) -> Path:
-    """Bare NORMAL/PNEUMONIA layout: pneumonia images carry the blob the model looks for."""
-    for index in range(pneumonia):
-        corner = (index * 5 % 40, index * 11 % 40)
-        write_png(
-            root / "PNEUMONIA" / f"person{index}_bacteria_{index}.png",
-            blob_image(SIDE, blob=True, corner=corner),
-        )
-    for index in range(normal):
-        image = blob_image(SIDE, blob=False)
-        image[index, :] = 60  # distinct content: identical files would be quarantined as duplicates
-        write_png(root / "NORMAL" / f"IM-{index:04d}-0001.png", image)
-    return root
 
 
 def test_evaluate_folder_scores_every_accepted_image(model_dir, tmp_path):

@@ -1,0 +1,83 @@
+"""A tiny hand-weighted 'bright blob' model and the images it scores, built inside tests.
+
+The model's P(pneumonia) rises only where a bright blob is, so both its labels and its Grad-CAM map
+have a known right answer without training. Keras loads only when a model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from cxr import CLASSES
+
+if TYPE_CHECKING:
+    import keras
+
+SIZE = 32
+THRESHOLD = 0.5
+DARK, BRIGHT = 30, 230
+# Ingest quarantines images below 64 px; the model works at 32 px, so batches downscale them.
+LABELLED_SIDE = 64
+
+
+def blob_model(size: int = SIZE) -> keras.Model:
+    """Input raw 0..255 grey; conv fires on pixels brighter than mid-grey; more bright area, more pneumonia."""
+    import keras
+
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="bright")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("bright").set_weights(
+        [np.full((3, 3, 1, 1), 1 / 9, "float32"), np.array([-0.5], "float32")]
+    )
+    # Logit gap (pneumonia - normal) = 400 * mean bright response - 2: about -2 without a blob, +6 with one.
+    model.layers[-1].set_weights([np.array([[200.0, -200.0]], "float32"), np.array([-1.0, 1.0], "float32")])
+    return model
+
+
+def write_blob_model(folder: Path, size: int = SIZE) -> Path:
+    """model.keras + model.json as the training stage writes them; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blob_model(size).save(folder / "model.keras")
+    metadata = {"model_name": "blob", "image_size": size, "classes": list(CLASSES), "threshold": THRESHOLD}
+    (folder / "model.json").write_text(json.dumps(metadata))
+    return folder
+
+
+def blob_image(size: int, *, blob: bool, corner: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """A dark (size, size) uint8 image, with a bright square a quarter of the side wide when `blob`."""
+    image = np.full((size, size), DARK, np.uint8)
+    if blob:
+        side = size // 4
+        row, col = corner
+        image[row : row + side, col : col + side] = BRIGHT
+    return image
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def labelled_folder(root: Path, *, pneumonia: int, normal: int) -> Path:
+    """Bare NORMAL/PNEUMONIA layout: pneumonia images carry the blob the model looks for."""
+    for index in range(pneumonia):
+        corner = (index * 5 % 40, index * 11 % 40)
+        write_png(
+            root / "PNEUMONIA" / f"person{index}_bacteria_{index}.png",
+            blob_image(LABELLED_SIDE, blob=True, corner=corner),
+        )
+    for index in range(normal):
+        image = blob_image(LABELLED_SIDE, blob=False)
+        image[index, :] = 60  # distinct content: identical files would be quarantined as duplicates
+        write_png(root / "NORMAL" / f"IM-{index:04d}-0001.png", image)
+    return root
