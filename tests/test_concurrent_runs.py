@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 from cxr.config import RetrainConfig
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.holders import holding
 
 
 def test_two_identical_runs_started_together_train_once(
@@ -62,26 +57,14 @@ def test_a_cache_lock_dies_with_its_holder(tmp_path, monkeypatch):
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     locks = cache_lock_manager()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from cxr.locking import cache_lock_manager\n"
-            "cache_lock_manager().acquire_lock('k1', 'other')\n"
-            "print('held', flush=True); sys.stdin.read()\n",
-        ],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    script = (
+        "import sys; from cxr.locking import cache_lock_manager\n"
+        "cache_lock_manager().acquire_lock('k1', 'other')\n"
+        "print('held', flush=True); sys.stdin.read()\n"
     )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with holding(script):
         assert locks.is_locked("k1")
         assert locks.acquire_lock("k1", "me", acquire_timeout=0.3) is False
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     assert locks.wait_for_lock("k1", timeout=5)
     assert locks.acquire_lock("k1", "me", acquire_timeout=0)
     assert locks.is_lock_holder("k1", "me") and not locks.is_lock_holder("k1", "other")

@@ -23,6 +23,7 @@ import pytest
 from cli.main import main
 from cxr import REGISTERED_MODEL_NAME, faults
 from cxr.config import RetrainConfig
+from tests.holders import holding
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"train": {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}}
@@ -279,20 +280,8 @@ def test_registry_lock_excludes_other_processes(tmp_path):
         "import sys; from pathlib import Path; from cxr.locking import file_lock\n"
         "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()\n"
     )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", probe, str(lock)],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(LockTimeout, match="pid"), file_lock(lock, timeout_s=0.5):
-            pass
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+    with holding(probe, str(lock)), pytest.raises(LockTimeout, match="pid"), file_lock(lock, timeout_s=0.5):
+        pass
     with file_lock(lock, timeout_s=5):
         pass
 
