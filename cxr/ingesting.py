@@ -15,37 +15,23 @@ import logging
 import math
 import os
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from cxr import CLASSES
 from cxr.errors import DataError
-from cxr.files import write_atomically
-from cxr.imaging import BadImage, FileCheck, ImageInfo, check_file, check_files, check_min_side
+from cxr.imaging import FileCheck, check_file, check_files
+from cxr.ingest_assembly import assemble_manifest
+from cxr.ingest_reuse import PreviousRun, patient_ids, previous_run, reused_checks, text_array
 from cxr.layouts import DEFAULT_PATIENT_PATTERN, UNKNOWN_CLASS_HINTS, Labelled, detect_layout, label_all
-from cxr.manifests import (
-    CHECK_COLUMNS,
-    CHECK_DTYPES,
-    MANIFEST_NAME,
-    QUARANTINE_NAME,
-    STAMP_COLUMNS,
-    IngestResult,
-    checks_frame,
-    manifest_digest,
-    manifest_frame,
-    patient_ids,
-    previous_run,
-    quarantine_frame,
-    quarantine_row,
-    write_manifest,
-)
+from cxr.manifests import STAMP_COLUMNS, IngestResult, quarantine_frame, quarantine_row
 from cxr.progress import stage_progress
 from cxr.scanning import FoundFile, scan_folder
 
@@ -90,8 +76,8 @@ class IngestPlan:
     @property
     def todo(self) -> pd.DataFrame:
         """(path, size_bytes, mtime_ns) of the candidates without a reusable check from the previous run."""
-        reused = set(self.reused["path"].tolist())  # a set: `Series.isin` on text is 30x slower here
-        fresh = [path not in reused for path in self.candidates["path"].tolist()]
+        reused = pc.is_in(text_array(self.candidates["path"]), value_set=text_array(self.reused["path"]))
+        fresh = ~reused.to_numpy(zero_copy_only=False)
         return self.candidates.loc[fresh, STAMP_COLUMNS].reset_index(drop=True)
 
     def chunks(self, size: int | None = None) -> list[list[tuple[str, int, int]]]:
@@ -151,48 +137,62 @@ def plan_folder(
         raise DataError(f"no files found in {data_dir}")
     layout = detect_layout(found)
     labels = label_all(found, layout)
-
-    quarantine: list[dict[str, Any]] = []
-    usable: list[tuple[FoundFile, Labelled]] = []
-    for item, labelled in zip(found, labels, strict=True):
-        if item.problem is not None:
-            quarantine.append(quarantine_row(item, *item.problem))
-        elif labelled.label is None:
-            quarantine.append(quarantine_row(item, "unknown_class", UNKNOWN_CLASS_HINTS[layout]))
-        else:
-            usable.append((item, labelled))
-    candidates = _candidate_frame(usable, patient_pattern, previous.patient_ids)
-    # A check is reused only for the same path, size and mtime: a file rewritten in place is checked again.
-    reused = _take_matching(previous.checks, _stamps(previous.checks), _stamps(candidates))
+    refused = [
+        index
+        for index, (item, labelled) in enumerate(zip(found, labels, strict=True))
+        if item.problem is not None or labelled.label is None
+    ]
+    quarantine = [
+        quarantine_row(
+            found[index], *(found[index].problem or ("unknown_class", UNKNOWN_CLASS_HINTS[layout]))
+        )
+        for index in refused
+    ]
+    if refused:
+        kept = sorted(set(range(len(found))).difference(refused))
+        found, labels = [found[index] for index in kept], [labels[index] for index in kept]
+    candidates, reused = _candidates(found, labels, patient_pattern, previous)
     return IngestPlan(
         data_dir=str(data_dir),
         out_dir=str(out_dir),
         min_side=min_side,
         patient_pattern=patient_pattern,
-        files_found=len(found),
+        files_found=len(refused) + len(found),
         quarantine=quarantine_frame(quarantine),
         candidates=candidates,
-        reused=reused[CHECK_COLUMNS].astype(CHECK_DTYPES),
+        reused=reused,
         scan_s=time.perf_counter() - started,
     )
 
 
-def _candidate_frame(
-    usable: list[tuple[FoundFile, Labelled]], patient_pattern: str, known_patients: dict[str, str | None]
-) -> pd.DataFrame:
-    # Built from whole columns: a DataFrame made of row tuples costs ten times more.
-    items = [item for item, _ in usable]
-    paths, relatives = [item.path for item in items], [item.relative for item in items]
+def _candidates(
+    usable: list[FoundFile], labels: list[Labelled], patient_pattern: str, previous: PreviousRun
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The usable files as a CANDIDATE_COLUMNS table, and the previous checks still valid for them.
+
+    Built from whole columns (a DataFrame made of row tuples costs ten times more); a check is reused
+    only for the same path, size and mtime, so a file rewritten in place is checked again.
+    """
+    paths, relatives, sizes, mtimes, _ = zip(*usable, strict=True) if usable else ((),) * 5
+    path_array = pa.array(paths, pa.large_string())
+    size_array, mtime_array = np.array(sizes, dtype=np.int64), np.array(mtimes, dtype=np.int64)
     columns = {
-        "path": paths,
-        "relative": relatives,
-        "size_bytes": [item.size_bytes for item in items],
-        "mtime_ns": [item.mtime_ns for item in items],
-        "label": [labelled.label for _, labelled in usable],
-        "source_split": [labelled.source_split for _, labelled in usable],
-        "patient_id": patient_ids(paths, relatives, patient_pattern, known_patients),
+        "path": path_array,
+        "relative": pa.array(relatives, pa.large_string()),
+        "size_bytes": size_array,
+        "mtime_ns": mtime_array,
+        "label": _text([labelled.label for labelled in labels]),
+        "source_split": _text([labelled.source_split for labelled in labels]),
+        "patient_id": _text(patient_ids(previous, path_array, relatives, patient_pattern)),
     }
-    return pd.DataFrame(columns, columns=CANDIDATE_COLUMNS).astype(CANDIDATE_DTYPES)
+    candidates = pa.table(columns).select(CANDIDATE_COLUMNS).to_pandas()
+    return candidates, reused_checks(previous, path_array, size_array, mtime_array)
+
+
+def _text(values: list[str | None]) -> pa.Array:
+    """Text as pandas would infer it from a list (large strings; no type when every value is None)."""
+    array = pa.array(values)
+    return array if pa.types.is_null(array.type) else array.cast(pa.large_string())
 
 
 def check_paths(
@@ -213,100 +213,6 @@ def check_paths(
     return _check_in_pool(paths, workers, report)
 
 
-def assemble_manifest(
-    plan: IngestPlan,
-    checks: Iterable[FileCheck] | pd.DataFrame,
-    *,
-    check_s: float = 0.0,
-    keep_duplicates: bool = False,
-) -> IngestResult:
-    """Apply the minimum side, remove duplicates and label conflicts (unless `keep_duplicates`), write
-    manifest + quarantine list.
-
-    `checks` covers the plan's `todo` files (in any order; FileChecks or a CHECK_COLUMNS table);
-    `check_s` is the time they took.
-    """
-    started = time.perf_counter()
-    fresh = checks if isinstance(checks, pd.DataFrame) else checks_frame(checks)
-    by_path = pd.concat([plan.reused, fresh.astype(CHECK_DTYPES)], ignore_index=True)
-    paths = plan.candidates["path"].tolist()
-    found = _take_matching(by_path, by_path["path"].tolist(), paths)
-    if len(found) < len(paths):
-        missing = sorted(set(paths) - set(found["path"].tolist()))
-        raise ValueError(f"{len(missing)} planned files were not checked, e.g. {missing[0]}")
-    rows = pd.concat([plan.candidates.reset_index(drop=True), found.drop(columns="path")], axis=1)
-    rows = _apply_min_side(rows, plan.min_side)
-    refused = rows["reason"].notna()
-    passing, failed = rows[~refused], rows[refused]
-
-    if keep_duplicates:
-        accepted, rejected = passing, passing.iloc[:0]
-        duplicates = len(passing) - passing["sha256"].nunique()
-    else:
-        accepted, rejected = _deduplicate(passing)
-        duplicates = int((rejected["reason"] == "duplicate").sum())
-    quarantine = pd.concat(
-        [plan.quarantine, quarantine_frame(failed), quarantine_frame(rejected)], ignore_index=True
-    ).sort_values("path", kind="stable")
-    manifest = manifest_frame(accepted)
-    out_dir = Path(plan.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path, quarantine_path = out_dir / MANIFEST_NAME, out_dir / QUARANTINE_NAME
-    write_atomically(quarantine_path, lambda tmp: quarantine.to_csv(tmp, index=False))
-    reasons = quarantine["reason"].value_counts()
-    if manifest.empty:
-        raise DataError(
-            f"no usable images in {plan.data_dir}: all {plan.files_found} files quarantined "
-            f"{ {reason: int(count) for reason, count in reasons.items()} } (see {quarantine_path})"
-        )
-    write_atomically(manifest_path, lambda tmp: write_manifest(manifest, tmp, plan.patient_pattern))
-
-    per_source_split: dict[str, dict[str, int]] = defaultdict(dict)
-    for (split, label), count in manifest.groupby(["source_split", "label"], dropna=False).size().items():
-        per_source_split["none" if pd.isna(split) else split][label] = int(count)
-    per_class = manifest["label"].value_counts()
-    return IngestResult(
-        manifest_path=str(manifest_path),
-        quarantine_path=str(quarantine_path),
-        digest=manifest_digest(manifest),
-        files_found=plan.files_found,
-        accepted=len(manifest),
-        quarantined=len(quarantine),
-        quarantined_by_reason={reason: int(reasons[reason]) for reason in sorted(reasons.index)},
-        per_class={label: int(per_class.get(label, 0)) for label in CLASSES},
-        per_source_split=dict(per_source_split),
-        duplicates=int(duplicates),
-        elapsed_s=round(plan.scan_s + check_s + time.perf_counter() - started, 3),
-        reused=len(plan.reused),
-    )
-
-
-def _stamps(frame: pd.DataFrame) -> list[tuple[str, int, int]]:
-    return list(zip(*(frame[name].tolist() for name in STAMP_COLUMNS), strict=True))
-
-
-def _take_matching(table: pd.DataFrame, keys: list, wanted: list) -> pd.DataFrame:
-    """The rows of `table` whose key (`keys`, one per row; the last row wins) is in `wanted`, in
-    `wanted`'s order. A dict lookup per row: a pandas merge on text costs several times more."""
-    position = dict(zip(keys, range(len(keys)), strict=True))
-    taken = [position[key] for key in wanted if key in position]
-    return table.iloc[taken].reset_index(drop=True)
-
-
-def _apply_min_side(rows: pd.DataFrame, min_side: int) -> pd.DataFrame:
-    """`rows` with checked images below `min_side` refused as `too_small` (digest and header facts kept)."""
-    small = (rows["reason"].isna() & (rows[["width", "height"]].min(axis=1) < min_side)).fillna(False)
-    if not small.any():
-        return rows
-    rows = rows.copy()
-    for index, width, height in rows.loc[small, ["width", "height"]].itertuples(name=None):
-        try:
-            check_min_side(ImageInfo(int(width), int(height), "", ""), min_side)
-        except BadImage as error:
-            rows.loc[index, ["reason", "detail"]] = error.reason, error.detail
-    return rows
-
-
 def _check_in_pool(paths: list[str], workers: int, report: Callable[[int], object]) -> list[FileCheck]:
     """`check_file` over `paths` in worker processes; in this process if no pool can run here.
 
@@ -325,34 +231,3 @@ def _check_in_pool(paths: list[str], workers: int, report: Callable[[int], objec
     except (BrokenProcessPool, OSError) as error:  # e.g. no /dev/shm semaphores, or a worker killed
         logger.warning("process pool failed (%s); checking %d files in this process", error, len(paths))
         return [check_file(path) for path in paths]
-
-
-def _deduplicate(passing: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep the first file (path order) of identical content; all copies go when their labels disagree.
-
-    Returns (accepted, rejected); rejected rows carry their quarantine `reason` and `detail`.
-    """
-    copies = passing["sha256"].duplicated(keep=False)
-    if not copies.any():  # the common case, kept columnar: no Python work per file
-        return passing, passing.iloc[:0]
-    shared = passing[copies].sort_values("relative", kind="stable", ignore_index=True)
-    by_content: dict[str, list[int]] = defaultdict(list)
-    for position, sha256 in enumerate(shared["sha256"].tolist()):
-        by_content[sha256].append(position)
-    labels, relatives, paths = (shared[name].tolist() for name in ("label", "relative", "path"))
-    kept, rejected, reasons, details = [], [], [], []
-    for positions in by_content.values():
-        names = sorted({labels[position] for position in positions})
-        if len(names) > 1:
-            listed = ", ".join(relatives[position] for position in positions)
-            detail = f"same content labelled {' and '.join(names)}: {listed}"
-            rejected += positions
-            reasons += ["label_conflict"] * len(positions)
-            details += [detail] * len(positions)
-            continue
-        kept.append(positions[0])
-        rejected += positions[1:]
-        reasons += ["duplicate"] * (len(positions) - 1)
-        details += [f"same content as {paths[positions[0]]}"] * (len(positions) - 1)
-    refused = shared.iloc[rejected].assign(reason=reasons, detail=details)
-    return pd.concat([passing[~copies], shared.iloc[kept]], ignore_index=True), refused

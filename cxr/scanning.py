@@ -73,6 +73,8 @@ def scan_folder(root: Path) -> list[FoundFile]:
 
 
 _relative = operator.attrgetter("relative")
+_name = operator.attrgetter("name")
+_new_tuple = tuple.__new__
 
 
 def _dir_identity(path: Path | str) -> tuple[int, int]:
@@ -87,7 +89,7 @@ def _walk(directory: Path | str, prefix: str, visited: set[tuple[int, int]], fou
     part of a multi-byte character, so the parts escape exactly as the whole path would.
     """
     try:
-        entries = sorted(os.scandir(directory), key=lambda item: item.name)
+        entries = sorted(os.scandir(directory), key=_name)
     except OSError as error:
         found.append(
             _problem(str(directory), prefix or ".", "unreadable", f"folder cannot be listed: {error}")
@@ -106,9 +108,15 @@ def _walk(directory: Path | str, prefix: str, visited: set[tuple[int, int]], fou
                 found.append(_unusable_link(entry, f"{prefix}{entry.name}", error))
                 continue
             if entry.is_file():
-                name = path_text(entry.name)
+                name = entry.name
+                if "\\" in name or not name.isascii():
+                    name = path_text(name)
+                # `tuple.__new__` skips the named tuple's Python-level `__new__`: half the cost of each tuple.
                 found.append(
-                    FoundFile(folder_text + name, prefix_text + name, stat.st_size, stat.st_mtime_ns)
+                    _new_tuple(
+                        FoundFile,
+                        (folder_text + name, prefix_text + name, stat.st_size, stat.st_mtime_ns, None),
+                    )
                 )
             else:
                 found.append(

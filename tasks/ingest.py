@@ -32,6 +32,8 @@ from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 DECIDED_BY = (
     __name__,
     "cxr.ingesting",
+    "cxr.ingest_reuse",
+    "cxr.ingest_assembly",
     "cxr.ingest_plans",
     "cxr.manifests",
     "cxr.layouts",

@@ -371,3 +371,29 @@ def test_patient_ids_are_parsed_again_when_the_pattern_changes(tmp_path):
         previous_manifest=Path(second.manifest_path),
     )
     assert manifest3["patient_id"].tolist() == ["pt-007"] and third.digest == second.digest
+
+
+def test_incremental_ingest_writes_what_a_full_ingest_of_the_same_folder_writes(bad_corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    first, _, _ = run_ingest(bad_corpus, tmp_path / "one", workers=1)
+    write_image(bad_corpus / "train" / "PNEUMONIA" / "person7_virus_9.jpeg", seed=98)
+    shutil.copy(
+        bad_corpus / "train" / "NORMAL" / "IM-0011-0001.jpeg", bad_corpus / "train" / "NORMAL" / "b.jpeg"
+    )
+    write_image(bad_corpus / "train" / "NORMAL" / "IM-0011-0001.jpeg", seed=97)  # rewritten in place
+    (bad_corpus / "train" / "NORMAL" / "IM-0021-0001.jpeg").unlink()
+    incremental, manifest, quarantine = run_ingest(
+        bad_corpus, tmp_path / "two", workers=1, previous_manifest=Path(first.manifest_path)
+    )
+    full, full_manifest, full_quarantine = run_ingest(bad_corpus, tmp_path / "three", workers=1)
+
+    assert incremental.reused > 0 and full.reused == 0
+    pd.testing.assert_frame_equal(manifest, full_manifest)
+    pd.testing.assert_frame_equal(quarantine, full_quarantine)
+    assert pq.read_schema(incremental.manifest_path).equals(
+        pq.read_schema(full.manifest_path), check_metadata=True
+    )
+    assert incremental.model_dump(exclude={"manifest_path", "quarantine_path", "elapsed_s", "reused"}) == (
+        full.model_dump(exclude={"manifest_path", "quarantine_path", "elapsed_s", "reused"})
+    )
