@@ -21,13 +21,13 @@ def measure_ingest(context: Context) -> dict[str, Any]:
     from cxr.ingesting import POOL_MIN_FILES, ingest_folder
 
     data, work, workers = context.data, context.work, context.workers
-    full, full_s, full_cpu_s = _with_cpu_time(
+    full, full_s, full_cpu_s = with_cpu_time(
         lambda: ingest_folder(data.ingest_dir, work / "full", min_side=MIN_IMAGE_SIDE, workers=workers)
     )
     paths = pd.read_parquet(full.manifest_path, columns=["path"])["path"].tolist()
     decode_s = _plain_decode_seconds(paths)
     added = add_extra_files(data)
-    incremental, incremental_s, _ = _with_cpu_time(
+    incremental, incremental_s, _ = with_cpu_time(
         lambda: ingest_folder(
             data.ingest_dir,
             work / "incremental",
@@ -66,7 +66,7 @@ def _plain_decode_seconds(paths: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _with_cpu_time(function):
+def with_cpu_time(function):
     """(result, wall s, CPU s of this process and of the worker processes it waited for)."""
     before = _cpu_seconds()
     started = time.perf_counter()

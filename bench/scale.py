@@ -3,12 +3,19 @@
 Per size N: a folder of N distinct synthetic X-rays, one `cxr train` (one epoch) and the same run
 again, fully cached. Reported per N: ingest, shard-building and training images/s, the run's peak
 resident memory, the cached rerun's wall time; then how the largest N compares with the smallest.
+Ingest is also timed alone (`cxr.ingesting.ingest_folder`, CPU seconds included), which tells its
+own cost per image from the load of a shared machine:
+
+    python -m bench.scale --ingest-only 2000 10000 40000 [--repeats 3] [--work DIR] [--json]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +43,7 @@ def measure_scale(context: Context) -> dict[str, Any]:
     for count in sorted(count for count in counts if count):
         data_dir = context.work / f"images-{count}" / "chest_xray"
         write_scaled_dataset(data_dir, count, seed=count)
+        ingest = ingest_cost(data_dir, context.work / f"ingest-{count}", workers=context.workers)
         arguments = ["--image-size", str(sizes.scale_image_size), "--epochs", "1", "--model", SCALE_MODEL]
         first, first_s, peak_mib = train_measured(data_dir, context.api_url, arguments)
         rerun, rerun_s, _ = train_measured(data_dir, context.api_url, arguments)
@@ -54,6 +62,7 @@ def measure_scale(context: Context) -> dict[str, Any]:
                 "cached_rerun_s": round(rerun_s, 2),
                 "cached_tasks": len(rerun["cached_tasks"]),
                 "load_average_1m": round(os.getloadavg()[0], 2),
+                **ingest,
             }
         )
     smallest, largest = runs[0], runs[-1]
@@ -62,6 +71,7 @@ def measure_scale(context: Context) -> dict[str, Any]:
         "scale_images_largest": largest["images"],
         "scale_rss_growth": round(largest["peak_rss_mib"] / smallest["peak_rss_mib"], 3),
         "scale_time_per_image_spread": time_per_image_spread(runs),
+        "scale_ingest_cpu_spread": cpu_per_image_spread(runs),
         "scale_cached_rerun_max_s": max(run["cached_rerun_s"] for run in runs),
         "scale_runs": runs,
         "scale_workload": {"model": SCALE_MODEL, "image_size": sizes.scale_image_size, "epochs": 1},
@@ -75,6 +85,26 @@ def time_per_image_spread(runs: list[dict[str, Any]]) -> float:
     return round(
         max(abs(base[key] / run[key] - 1) for run in runs[1:] for key in keys) if runs[1:] else 0.0, 3
     )
+
+
+def cpu_per_image_spread(runs: list[dict[str, Any]]) -> float:
+    """Largest relative change of ingest's CPU milliseconds per image, from the smallest N to any other."""
+    base = runs[0]["ingest_cpu_ms_per_image"]
+    return round(max((abs(run["ingest_cpu_ms_per_image"] / base - 1) for run in runs[1:]), default=0.0), 3)
+
+
+def ingest_cost(data_dir: Path, out_dir: Path, *, workers: int | None = None) -> dict[str, Any]:
+    """One full ingest of `data_dir` in this process: images/s and CPU ms per image (its workers included)."""
+    from bench.measures import MIN_IMAGE_SIDE, with_cpu_time
+    from cxr.ingesting import ingest_folder
+
+    result, wall_s, cpu_s = with_cpu_time(
+        lambda: ingest_folder(data_dir, out_dir, min_side=MIN_IMAGE_SIDE, workers=workers)
+    )
+    return {
+        "ingest_alone_img_s": round(result.files_found / wall_s, 1),
+        "ingest_cpu_ms_per_image": round(1000 * cpu_s / result.files_found, 3),
+    }
 
 
 def write_scaled_dataset(out: Path, count: int, *, seed: int, base_images: int = BASE_IMAGES) -> None:
@@ -146,3 +176,36 @@ def stage_seconds(api_url: str | None, flow_run_id: str) -> dict[str, float]:
     if missing:
         raise RuntimeError(f"flow run {flow_run_id} ran no task of stage(s) {missing}")
     return {stage: (max(times) - min(times)).total_seconds() for stage, times in spans.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Ingest alone on synthetic folders of the given sizes: the per-image cost without a training run."""
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=main.__doc__)
+    parser.add_argument("--ingest-only", type=int, nargs="+", required=True, metavar="N")
+    parser.add_argument(
+        "--work", type=Path, help="folder for the synthetic images (kept; default: temporary)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="ingests per size; the cheapest is kept")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or Path(temporary)
+        runs = []
+        for count in sorted(args.ingest_only):
+            data_dir = work / f"images-{count}" / "chest_xray"
+            if not data_dir.exists():
+                write_scaled_dataset(data_dir, count, seed=count)
+            load = os.getloadavg()[0]
+            # Other load only ever adds time, so the cheapest of the repeats is the ingest's own cost.
+            costs = [ingest_cost(data_dir, work / "out") for _ in range(args.repeats)]
+            cheapest = min(costs, key=lambda cost: cost["ingest_cpu_ms_per_image"])
+            runs.append({"images": count, "load_average_1m": round(load, 2), **cheapest})
+            if not args.json:
+                print(runs[-1], flush=True)
+    result = {"runs": runs, "ingest_cpu_spread": cpu_per_image_spread(runs)}
+    print(json.dumps(result) if args.json else f"ingest CPU per image spread: {result['ingest_cpu_spread']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -201,6 +201,7 @@ MEASURES: tuple[Measure, ...] = (
             "scale_images_largest",
             "scale_rss_growth",
             "scale_time_per_image_spread",
+            "scale_ingest_cpu_spread",
             "scale_cached_rerun_max_s",
         ),
         server=True,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
-from bench.scale import time_per_image_spread, write_scaled_dataset
+from bench.scale import cpu_per_image_spread, main, time_per_image_spread, write_scaled_dataset
 from cxr.layouts import label_for, parse_patient_id
 
 
@@ -28,3 +29,16 @@ def test_spread_is_the_largest_change_of_seconds_per_image_from_the_smallest_fol
     ]
     assert time_per_image_spread(runs) == 0.25
     assert time_per_image_spread(runs[:1]) == 0.0
+    cpu = [{"ingest_cpu_ms_per_image": ms} for ms in (2.0, 2.2, 1.5)]
+    assert cpu_per_image_spread(cpu) == 0.25
+    assert cpu_per_image_spread(cpu[:1]) == 0.0
+
+
+def test_ingest_alone_reports_its_cpu_cost_per_image_for_each_folder_size(tmp_path, capsys):
+    assert main(["--ingest-only", "24", "12", "--repeats", "2", "--work", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [run["images"] for run in result["runs"]] == [12, 24]
+    for run in result["runs"]:
+        assert run["ingest_alone_img_s"] > 0 and run["ingest_cpu_ms_per_image"] > 0
+    assert result["ingest_cpu_spread"] == cpu_per_image_spread(result["runs"]) >= 0
+    assert (tmp_path / "out" / "manifest.parquet").exists()  # the larger folder's manifest, written last
