@@ -27,6 +27,20 @@ def _show(result: dict[str, Any], as_json: bool, print_text: Callable[[dict[str,
     return 0
 
 
+def _peak_rss_mib() -> float | None:
+    """This process's peak resident memory since it started its program (None off Linux).
+
+    `VmHWM` belongs to the memory of this program only; `ru_maxrss` would also count the parent
+    that started it, which is what a benchmark running `cxr train` from a large process would see.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return round(int(kib) / 1024, 1) if kib else None
+
+
 def _demo_data_dir() -> Path:
     """The demo dataset in the state folder, generated on first use."""
     from cxr.demo_data import write_demo_dataset
@@ -83,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with tags(args.trigger):
         summary = retrain(config)
     summary["duration_s"] = round(time.perf_counter() - started, 2)
+    summary["peak_rss_mib"] = _peak_rss_mib()
     return _show(summary, args.json, _print_training_summary)
 
 

@@ -16,6 +16,7 @@ TRAIN_KEYS = {
     "metrics",
     "flow_run_id",
     "duration_s",
+    "peak_rss_mib",
     "cached_tasks",
 }
 METRIC_KEYS = {"accuracy", "sensitivity", "specificity", "precision", "f1", "auc"}
@@ -84,3 +85,4 @@ def test_train_json_contract(prefect_harness, tiny_dataset, tmp_path, monkeypatc
     assert set(summary["metrics"]) >= METRIC_KEYS
     assert summary["model_name"] == "cxr-pneumonia" and summary["champion"] is True
     assert summary["duration_s"] > 0
+    assert summary["peak_rss_mib"] > 100  # this process, TensorFlow loaded
