@@ -157,10 +157,15 @@ def stage_seconds(api_url: str | None, flow_run_id: str) -> dict[str, float]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     updates = {PREFECT_API_URL: api_url} if api_url else {}
+    task_runs: list = []
     with temporary_settings(updates=updates), get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+        # The server returns at most 200 task runs per call; a big folder's run has more.
+        while page := client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            limit=200,
+            offset=len(task_runs),
+        ):
+            task_runs += page
     spans: dict[str, list] = {stage: [] for stage in STAGES}
     for run in task_runs:
         stage = run.name.split("-")[0]

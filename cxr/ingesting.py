@@ -44,6 +44,10 @@ POOL_CHUNK_SIZE = 64
 
 # Files per mapped `check_chunk` task: big enough that task overhead stays small next to decoding.
 MAP_CHUNK_SIZE = 256
+# Past MAP_CHUNK_SIZE x this, chunks grow instead: every task run is several writes to the Prefect
+# server, and 157 of them at once (a cached rerun on 40k images) kept its SQLite database busy
+# enough to answer 503, and the run waited out the client's 2-6 s back-off.
+MAX_MAP_CHUNKS = 64
 
 
 logger = logging.getLogger(__name__)
@@ -81,9 +85,10 @@ class IngestPlan:
         return self.candidates.loc[fresh, STAMP_COLUMNS].reset_index(drop=True)
 
     def chunks(self, size: int | None = None) -> list[list[tuple[str, int, int]]]:
-        """The `todo` files as (path, size, mtime_ns) lists of at most `size` (default MAP_CHUNK_SIZE)."""
-        size = size or MAP_CHUNK_SIZE
+        """The `todo` files as (path, size, mtime_ns) lists of at most `size` files (default:
+        MAP_CHUNK_SIZE, or as many as keep the lists to MAX_MAP_CHUNKS)."""
         stamps = list(self.todo.itertuples(index=False, name=None))
+        size = size or max(MAP_CHUNK_SIZE, math.ceil(len(stamps) / MAX_MAP_CHUNKS))
         return [stamps[start : start + size] for start in range(0, len(stamps), size)]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -36,6 +38,28 @@ def test_stored_plan_loads_back_the_same_plan(folder, tmp_path, monkeypatch):
         stamp for chunk in plan.chunks() for stamp in chunk
     ]
     assert stored.is_intact()
+
+
+def test_a_big_folder_maps_a_bounded_number_of_chunks_covering_every_file(tmp_path):
+    count = ingesting.MAP_CHUNK_SIZE * ingesting.MAX_MAP_CHUNKS + 1000
+    candidates = pd.DataFrame(
+        {"path": [f"/data/{n}.png" for n in range(count)], "size_bytes": 1, "mtime_ns": 2}
+    )
+    plan = ingesting.IngestPlan(
+        data_dir="/data",
+        out_dir=str(tmp_path),
+        min_side=8,
+        patient_pattern=ingesting.DEFAULT_PATIENT_PATTERN,
+        files_found=count,
+        quarantine=pd.DataFrame(),
+        candidates=candidates,
+        reused=pd.DataFrame({"path": pd.Series([], dtype=object)}),
+        scan_s=0.0,
+    )
+    chunks = plan.chunks()
+    assert len(chunks) == ingesting.MAX_MAP_CHUNKS
+    assert [path for chunk in chunks for path, _, _ in chunk] == candidates["path"].tolist()
+    assert len(plan.chunks(100)) == math.ceil(count / 100)  # an explicit size still wins
 
 
 def test_stored_plan_stays_the_same_size_whatever_the_number_of_files(tmp_path):
