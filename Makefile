@@ -5,15 +5,20 @@ BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install install-cluster demo test lint bench clean
 
 $(BIN)/cxr: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,dask]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,dask,cluster]'
 	touch $@
 
 install: $(BIN)/cxr
+
+# `cxr cluster up` needs PostgreSQL's server binaries (Debian's package; no service is started).
+install-cluster: install
+	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
 # The main job: generate the synthetic demo data, run the retrain flow on it, register the model.
 demo: install

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from cli.cluster import add_cluster
 from cli.commands import (
     DEMO_SIZE,
     cmd_dashboard,
@@ -23,6 +24,7 @@ from cli.commands import (
     cmd_train,
     cmd_watch,
 )
+from cxr.cluster import use_stack_if_up
 from cxr.progress import enable_terminal_progress
 from cxr.quiet import set_verbose
 from cxr.state import configure_environment
@@ -193,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEBOUNCE_S,
         help="at most one event per N s: later files are announced when the window ends (match cxr serve's)",
     )
+    add_cluster(command)
     return parser
 
 
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         set_verbose()
     enable_terminal_progress(not getattr(args, "json", False))
     try:
+        if args.command != "cluster":
+            use_stack_if_up()  # the stack `cxr cluster up` started, unless the user's variables say otherwise
         configure_environment()  # also quiets TensorFlow's native logs (cxr.quiet) unless verbose
         if args.command in RECORDED_COMMANDS:
             _use_dashboard_if_running()  # before Prefect is imported: it reads its settings once

@@ -9,6 +9,8 @@ Points used by the code base:
 - `read_image:N`      the first N image opens raise a transient OSError (EIO)
 - `registry:N`        the first N registrations raise a transient OSError (registry unreachable)
 - `kill_after_epoch:E` SIGKILL this process right after training epoch E is backed up
+- `kill_once_ingest_check:1` SIGKILL the first process (of all, e.g. one Dask worker) that starts an
+                      ingest check; a marker file in $CXR_HOME/faults/ keeps every later one alive
 - `kill_before_version:1` SIGKILL after the model is logged to MLflow, before its version is created
 - `pause_in_gate:S`   sleep S seconds between reading the champion and moving the alias
 - `pause_in_train:S`  sleep S seconds as training starts (widens the window two identical runs race in)
@@ -73,6 +75,19 @@ def kill_at(point: str, step: int = 1) -> None:
     """SIGKILL this process (no cleanup, like the OOM killer or a power cut) when `point` is planned at `step`."""
     if planned(point) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_once(point: str) -> None:
+    """SIGKILL this process if it is the first of all processes to reach `point` with `kill_once_<point>` planned."""
+    if planned(f"kill_once_{point}") is None:
+        return
+    from cxr.state import state_dir
+
+    try:  # creating the marker is atomic: exactly one process wins
+        (state_dir("faults") / f"kill_once_{point}").touch(exist_ok=False)
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def pause(point: str) -> None:

@@ -83,7 +83,8 @@ def is_transient(error: BaseException) -> bool:
     # Checked only when loaded: importing MLflow or SQLAlchemy here would slow every task.
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")
     if mlflow_exceptions is not None and isinstance(error, mlflow_exceptions.MlflowException):
-        return error.error_code in TRANSIENT_MLFLOW_CODES
+        # A tracking server that is down or times out: MLflow wraps the network error without a code.
+        return error.error_code in TRANSIENT_MLFLOW_CODES or isinstance(error.__context__, OSError)
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     return sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.OperationalError)
 

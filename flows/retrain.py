@@ -7,6 +7,7 @@ import os
 import time
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -21,6 +22,7 @@ from tasks import batches, evaluate, ingest, register, report, split, train
 MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY})
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
+DASK_SCHEDULER_ENV = "CXR_DASK_SCHEDULER"  # the same, under the name the README documents
 
 
 def local_task_runner() -> ThreadPoolTaskRunner:
@@ -29,8 +31,8 @@ def local_task_runner() -> ThreadPoolTaskRunner:
 
 
 def task_runner_from_env() -> TaskRunner:
-    """A `DaskTaskRunner` on the cluster at $CXR_DASK_ADDRESS when set, else the local thread pool."""
-    address = os.environ.get(DASK_ADDRESS_ENV, "").strip()
+    """A `DaskTaskRunner` on the cluster at $CXR_DASK_ADDRESS (or $CXR_DASK_SCHEDULER), else a thread pool."""
+    address = (os.environ.get(DASK_ADDRESS_ENV) or os.environ.get(DASK_SCHEDULER_ENV, "")).strip()
     if not address:
         return local_task_runner()
     try:
@@ -59,6 +61,12 @@ def batches_stage(
     plan = run(batches.plan_batches, split_path, split_digest, image_size)
     shards = run.map(batches.build_batch_shard, plan.chunks())
     return run(batches.assemble_batches, plan, shards)
+
+
+def executor() -> str:
+    """Where this run's mapped tasks run: its Dask scheduler's address, or "threads" (in this process)."""
+    runner = FlowRunContext.get().task_runner
+    return getattr(runner, "address", None) or "threads"
 
 
 def retrain_run_name() -> str:
@@ -125,6 +133,7 @@ def retrain(config: RetrainConfig) -> dict:
         "train_images_per_second": trained.images_per_second,
         "architecture": config.train.model,
         "device": trained.device,
+        "executor": executor(),
         "epochs_run": trained.epochs_run,
         "resumed_from_epoch": trained.resumed_from_epoch,
         "data_digest": ingested.digest,

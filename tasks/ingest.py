@@ -15,7 +15,7 @@ import pandas as pd
 from prefect import task
 from prefect.logging import get_run_logger
 
-from cxr import CLASSES
+from cxr import CLASSES, faults
 from cxr.artifacts import Artifact
 from cxr.caching import ContentKey, current_task_key, sha256_text
 from cxr.config import IngestParams
@@ -119,6 +119,7 @@ def plan_ingest(data_dir: str, params: IngestParams) -> StoredPlan:
 @task(name="ingest-check", cache_policy=ContentKey(modules=DECIDED_BY), **_TRANSIENT_IO_RETRIES)
 def check_chunk(files: FileList) -> FileList:
     """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
+    faults.kill_once("ingest_check")  # a Dask worker lost mid-ingest (tests/test_cluster.py)
     checks = check_paths(files.read(columns=["path"])["path"].tolist(), workers=1)
     return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
 

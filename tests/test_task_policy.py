@@ -38,11 +38,25 @@ def test_transient_failures_are_told_from_input_errors():
     assert is_transient(ConnectionRefusedError("registry down"))
     assert is_transient(MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE))
     assert not is_transient(MlflowException("no such version", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert is_transient(_tracking_server_down())
     assert not is_transient(DataError("only one class"))
     assert not is_transient(ModelError("unsafe model file"))
     assert not is_transient(ValueError("a bug"))
     assert not is_transient(TaskRunTimeoutError("hung"))
     assert not is_transient(StageTimeout("hung"))
+
+
+def _tracking_server_down() -> Exception:
+    """The error MLflow's REST client raises when its tracking server does not answer."""
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    try:
+        http_request(
+            MlflowHostCreds("http://127.0.0.1:9"), "/api/2.0/mlflow/experiments/search", "GET", max_retries=0
+        )
+    except Exception as error:
+        return error
+    raise AssertionError("a request to a closed port succeeded")
 
 
 def test_every_stage_states_the_shared_retry_rule_and_a_timeout():
