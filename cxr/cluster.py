@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cxr import postgres
@@ -85,7 +86,10 @@ def _database(endpoints: dict) -> postgres.Postgres:
 def _client_env(endpoints: dict) -> dict[str, str]:
     """What every process of the stack inherits: this state folder, this code, the stack's addresses."""
     env = {key: value for key, value in os.environ.items() if key not in STACK_ENV}
-    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    # A deployment loads `flows/retrain.py` as the module `retrain`, and the task context that Dask workers
+    # unpickle refers to it by that name: they need `flows/` on their path too.
+    project = [str(PROJECT_ROOT), str(PROJECT_ROOT / "flows")]
+    path = os.pathsep.join(filter(None, [*project, env.get("PYTHONPATH")]))
     env.update(
         CXR_HOME=str(cxr_home()),
         PYTHONPATH=path,
@@ -284,23 +288,19 @@ def down() -> dict:
     endpoints = read_endpoints()
     if endpoints is None:
         return {"stopped": []}
-    stopped = []
-    for name in sorted(endpoints["pids"], key=_stop_order):
-        pid = endpoints["pids"][name]
-        if is_running(pid):
-            stop_process_group(pid)
-            stopped.append(name)
+    running = {name: pid for name, pid in endpoints["pids"].items() if is_running(pid)}
+    worker = running.pop("prefect-worker", None)
+    if worker:  # first, so it does not take new runs from a server going away
+        stop_process_group(worker)
+    with ThreadPoolExecutor(max_workers=len(running) or 1) as pool:  # each may take seconds to exit
+        list(pool.map(stop_process_group, running.values()))
+    stopped = (["prefect-worker"] if worker else []) + sorted(running)
     database = _database(endpoints)
     if postgres.is_running(database):
         postgres.stop(database)
         stopped.append("postgres")
     endpoints_path().unlink()
     return {"stopped": stopped}
-
-
-def _stop_order(name: str) -> int:
-    order = ("prefect-worker", "mlflow-server", "dask-worker", "dask-scheduler", "prefect-server")
-    return next(index for index, prefix in enumerate(order) if name.startswith(prefix))
 
 
 def stop_service(name: str) -> None:
