@@ -33,6 +33,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The variables a `cxr` command takes from the endpoints file unless the user set them.
 DASK_ENV = ("CXR_DASK_ADDRESS", "CXR_DASK_SCHEDULER")  # the flow reads the first; the second is documented
 STACK_ENV = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", *DASK_ENV)
+STATUS_KEYS = (
+    "prefect_api_url",
+    "database",
+    "dask_scheduler",
+    "dask_workers",
+    "mlflow_tracking_uri",
+    "prefect_worker",
+)
 
 
 def cluster_dir() -> Path:
@@ -316,7 +324,7 @@ def status() -> dict:
     """What answers now: each field is None (or 0 workers) for a service that is down."""
     endpoints = read_endpoints()
     if endpoints is None:
-        return {"up": False, **dict.fromkeys(STATUS_KEYS), "dask_workers": 0}
+        return {"up": False, **dict.fromkeys(STATUS_KEYS), "dask_workers": 0, "state_dir": str(cluster_dir())}
     checks = _ready_checks(endpoints)
     database = _database(endpoints)
     report = {
@@ -331,13 +339,3 @@ def status() -> dict:
     }
     complete = all(value for value in report.values()) and report["dask_workers"] >= endpoints["workers"]
     return {"up": complete, **report, "state_dir": str(cluster_dir())}
-
-
-STATUS_KEYS = (
-    "prefect_api_url",
-    "database",
-    "dask_scheduler",
-    "dask_workers",
-    "mlflow_tracking_uri",
-    "prefect_worker",
-)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -86,3 +87,27 @@ def test_train_json_contract(prefect_harness, tiny_dataset, tmp_path, monkeypatc
     assert summary["model_name"] == "cxr-pneumonia" and summary["champion"] is True
     assert summary["duration_s"] > 0
     assert summary["peak_rss_mib"] > 100  # this process, TensorFlow loaded
+    assert summary["executor"] == "threads"  # no Dask scheduler named
+
+
+def test_a_stack_that_is_up_points_commands_at_it_unless_the_user_chose(tmp_path, monkeypatch):
+    from cxr import cluster
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path))
+    for name in cluster.STACK_ENV:
+        monkeypatch.delenv(name, raising=False)
+    cluster.use_stack_if_up()  # no stack: nothing set
+    assert not [name for name in cluster.STACK_ENV if name in os.environ]
+    endpoints = {
+        "prefect_api_url": "http://127.0.0.1:1/api",
+        "mlflow_tracking_uri": "http://127.0.0.1:2",
+        "dask_scheduler": "tcp://127.0.0.1:3",
+    }
+    cluster.endpoints_path().parent.mkdir(parents=True)
+    cluster.endpoints_path().write_text(json.dumps(endpoints))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mine.db")
+    monkeypatch.setenv("CXR_DASK_SCHEDULER", "tcp://elsewhere:8786")
+    cluster.use_stack_if_up()
+    assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:1/api"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///mine.db"
+    assert "CXR_DASK_ADDRESS" not in os.environ  # the flow reads the user's CXR_DASK_SCHEDULER

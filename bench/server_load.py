@@ -1,0 +1,99 @@
+"""Orchestration load on the Prefect server: many mapped task runs at once, SQLite server vs PostgreSQL server.
+
+    python -m bench.server_load [--tasks 400] [--threads 64]
+
+One flow maps a trivial cached task over `--tasks` inputs on a thread pool of `--threads` (what a cached rerun of
+a large archive with ingest's chunk cap lifted sends the server: hundreds of task runs at once, each a few API
+calls). It runs twice per server, first computing, then all cached, against a temporary `prefect server start`
+on SQLite and against the PostgreSQL-backed server of `cxr cluster up` in a temporary state folder. Reported per
+run: seconds, task runs per second, and how often the client was told to back off (HTTP 503/429 answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = """
+import json, logging, sys, time
+from prefect import flow, task
+from prefect.cache_policies import INPUTS
+from prefect.task_runners import ThreadPoolTaskRunner
+
+tasks, threads = int(sys.argv[1]), int(sys.argv[2])
+backoffs = []
+class Count(logging.Handler):
+    def emit(self, record):
+        if "retryable status code" in record.getMessage():
+            backoffs.append(record.getMessage())
+logging.getLogger("prefect").addHandler(Count())
+
+@task(cache_policy=INPUTS, persist_result=True)
+def touch(i: int) -> int:
+    return i
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=threads), log_prints=False)
+def fan_out(n: int) -> int:
+    return sum(future.result() for future in touch.map(range(n)))
+
+started = time.perf_counter()
+fan_out(tasks)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": round(seconds, 2), "task_runs_per_s": round(tasks / seconds, 1),
+                  "backoffs": len(backoffs)}))
+"""
+
+
+def _run(api_url: str, storage: Path, tasks: int, threads: int) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_LOCAL_STORAGE_PATH=str(storage),
+        PREFECT_HOME=str(storage.parent / "client-home"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tasks), str(threads)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _both_runs(api_url: str, work: Path, tasks: int, threads: int) -> dict:
+    storage = work / "results"
+    return {
+        "first": _run(api_url, storage, tasks, threads),
+        "cached": _run(api_url, storage, tasks, threads),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=64)
+    args = parser.parse_args()
+    from cxr import cluster
+    from cxr.server import temporary_prefect_server
+
+    work = Path(tempfile.mkdtemp(prefix="cxr-server-load-", dir="/tmp"))
+    work.chmod(0o755)  # PostgreSQL's user must reach its data folder when this runs as root
+    report = {"tasks": args.tasks, "threads": args.threads}
+    with temporary_prefect_server(work / "sqlite-server") as api_url:
+        report["sqlite"] = _both_runs(api_url, work / "sqlite", args.tasks, args.threads)
+    os.environ["CXR_HOME"] = str(work / "cluster-home")
+    stack = cluster.up(workers=1)
+    try:
+        report["postgresql"] = _both_runs(stack["prefect_api_url"], work / "pg", args.tasks, args.threads)
+    finally:
+        cluster.down()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
