@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,9 +60,11 @@ def _run(api_url: str, storage: Path, tasks: int, threads: int) -> dict:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tasks), str(threads)],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [sys.executable, "-c", CHILD, str(tasks), str(threads)], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:  # the run failed under the load: say why
+        errors = [line for line in done.stderr.splitlines() if "Error" in line or "Exception" in line]
+        return {"failed": (errors or [f"exit status {done.returncode}"])[-1][:300]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -92,6 +95,7 @@ def main() -> None:
         report["postgresql"] = _both_runs(stack["prefect_api_url"], work / "pg", args.tasks, args.threads)
     finally:
         cluster.down()
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report))
 
 

@@ -94,7 +94,8 @@ def _run(*command: str) -> subprocess.CompletedProcess:
     argv = [str(bin_dir() / command[0]), *command[1:]]
     if os.geteuid() == 0:
         argv = ["runuser", "-u", SYSTEM_USER, "--", *argv]
-    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    # From "/": the `postgres` user may not be allowed into the caller's working folder.
+    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd="/")
     if result.returncode != 0:
         raise CxrError(f"{command[0]} failed: {(result.stderr or result.stdout).strip()[-400:]}")
     return result
