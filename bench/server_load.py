@@ -95,6 +95,9 @@ def main() -> None:
         report["postgresql"] = _both_runs(stack["prefect_api_url"], work / "pg", args.tasks, args.threads)
     finally:
         cluster.down()
+    if '"failed"' in json.dumps(report):  # keep the servers' logs (cluster-home/cluster/logs) to read why
+        print(f"a run failed: logs kept in {work}", file=sys.stderr)
+    else:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report))
 
