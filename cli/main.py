@@ -23,6 +23,7 @@ from cli.commands import (
     cmd_train,
     cmd_watch,
 )
+from cli.external_commands import cmd_calibrate
 from cxr.progress import enable_terminal_progress
 from cxr.quiet import set_verbose
 from cxr.state import configure_environment
@@ -35,7 +36,7 @@ NOTIFY_WEBHOOK_ENV = "CXR_NOTIFY_WEBHOOK"
 OPERATING_POINT_HELP = (
     "a named operating point of the model (its model.json `operating_points`); default: its default"
 )
-RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback"}
+RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback", "calibrate"}
 
 
 def _use_dashboard_if_running() -> None:
@@ -47,6 +48,17 @@ def _use_dashboard_if_running() -> None:
     url = api_url_if_running()
     if url:
         os.environ["PREFECT_API_URL"] = url
+
+
+def add_external_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a labelled folder from elsewhere, scored with the challenger and the champion in every run and "
+        "gated on (repeatable; never trained on)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--keep-official-test", action="store_true", help="use the folder's test/ split as test set"
     )
+    add_external_arguments(train)
+    train.add_argument(
+        "--calibrate-on",
+        metavar="NAME",
+        help="make external set NAME's `NAME:sensitivity-0.95` point the registered model's default",
+    )
+    train.add_argument(
+        "--external-auc-margin",
+        type=float,
+        metavar="AUC",
+        help="refuse a challenger whose AUC on an external set is more than this below the champion's (default 0.01)",
+    )
     train.add_argument("--trigger", choices=["manual", "nightly", "new-data"], default="manual")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -116,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--operating-point", help=OPERATING_POINT_HELP)
     evaluate.add_argument("--json", action="store_true")
+
+    calibrate = command(
+        "calibrate", cmd_calibrate, "add a site's operating points (SITE:...) to a registered model version"
+    )
+    calibrate.add_argument("--data", required=True, help="the site's labelled images (any layout)")
+    calibrate.add_argument("--name", required=True, metavar="SITE", help="site name: the points' prefix")
+    calibrate.add_argument("--model", default=f"models:/{REGISTERED_MODEL_NAME}@champion")
+    calibrate.add_argument("--target-sensitivity", type=float, default=0.95)
+    calibrate.add_argument(
+        "--make-default", action="store_true", help="make SITE:sensitivity-T the new version's default point"
+    )
+    calibrate.add_argument("--json", action="store_true")
 
     predict = command("predict", cmd_predict, "score images or folders with the champion model")
     predict.add_argument("paths", nargs="+")
@@ -163,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="folder that event-named data folders must lie in (repeatable; default: the --data folder's parent)",
     )
+    add_external_arguments(serve)
     notify = serve.add_mutually_exclusive_group()
     notify.add_argument(
         "--notify-webhook",
