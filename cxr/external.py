@@ -169,8 +169,8 @@ def comparison_rows(result: ExternalResult) -> list[tuple[str, dict[str, Any]]]:
 
 
 def with_ci(score: dict[str, Any], key: str) -> str:
-    interval = score["ci"].get(key)
-    text = format_metric(score["metrics"].get(key))
+    interval, value = score["ci"].get(key), score["metrics"].get(key)
+    text = "n/a" if value is None else f"{value:.3f}"
     return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 

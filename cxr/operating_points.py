@@ -176,5 +176,6 @@ def mlflow_tags(points: dict[str, dict[str, Any]], default: str) -> dict[str, st
     tags = {"default_operating_point": default}
     for name, point in points.items():
         for key in ("threshold", "sensitivity", "specificity"):
-            tags[f"operating_point.{name}.{key}"] = f"{float(point[key]):.6f}"
+            if key in point:  # a model saved with one threshold has no rates for it
+                tags[f"operating_point.{name}.{key}"] = f"{float(point[key]):.6f}"
     return tags

@@ -36,11 +36,15 @@ def test_the_gate_looks_outside_only_after_the_internal_test_passes():
     worse_outside = ({"site": {"auc": 0.80}}, {"site": {"auc": 0.90}})
     promoted, reason = decide_with_outside(*inside_better, GATE, worse_outside)
     assert not promoted and reason.startswith("worse outside on external set site")
-    promoted, reason = decide_with_outside({"auc": 0.97, "sensitivity": 0.9}, {"auc": 0.98}, GATE, worse_outside)
+    promoted, reason = decide_with_outside(
+        {"auc": 0.97, "sensitivity": 0.9}, {"auc": 0.98}, GATE, worse_outside
+    )
     assert not promoted and reason.startswith("challenger auc 0.9700 < champion 0.9800")
     promoted, reason = decide_with_outside(inside_better[0], None, GATE, worse_outside)
     assert promoted and reason == "first model: no champion yet"
-    promoted, reason = decide_with_outside(*inside_better, GATE, ({"site": {"auc": 0.95}}, {"site": {"auc": 0.90}}))
+    promoted, reason = decide_with_outside(
+        *inside_better, GATE, ({"site": {"auc": 0.95}}, {"site": {"auc": 0.90}})
+    )
     assert promoted and reason.endswith("site auc 0.9500 vs champion 0.9000")
 
 
@@ -92,7 +96,10 @@ def test_an_external_set_sharing_training_images_is_refused(model_file, tmp_path
     ("make", "message"),
     [
         (lambda root: root / "nowhere", "external set site: folder not found"),
-        (lambda root: labelled_folder(root / "one", pneumonia=3, normal=0), "external set site: .* has no normal"),
+        (
+            lambda root: labelled_folder(root / "one", pneumonia=3, normal=0),
+            "external set site: .* has no normal",
+        ),
         (lambda root: root / "data" / "inside", "overlaps the training folder"),
     ],
 )
@@ -110,5 +117,7 @@ def test_external_set_names_and_calibrate_on_are_checked(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["train", "--data", str(tmp_path / "x"), "--external", f"bad.name={site}"]) == 2
     assert "external set name 'bad.name'" in capsys.readouterr().err
-    assert main(["train", "--data", str(tmp_path / "x"), "--external", f"s={site}", "--calibrate-on", "t"]) == 2
+    assert (
+        main(["train", "--data", str(tmp_path / "x"), "--external", f"s={site}", "--calibrate-on", "t"]) == 2
+    )
     assert "calibrate_on 't' is not an external set" in capsys.readouterr().err
