@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config.external.sets:
         from cxr.external import check_external_sets
 
-        check_external_sets(config.external.sets)  # before training: a bad set is found in seconds
+        check_external_sets(config.external.sets, config.data_dir)  # before training: found in seconds
     started = time.perf_counter()
     with tags(args.trigger):
         summary = retrain(config)
@@ -272,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.external:
         from cxr.external import check_external_sets
 
-        check_external_sets(ExternalParams(sets=args.external).sets)  # each nightly run would fail on it
+        check_external_sets(ExternalParams(sets=args.external).sets, data_dir)  # else every run fails on it
     options = ServeOptions(
         cron=args.cron,
         timezone=args.timezone,

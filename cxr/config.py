@@ -173,16 +173,6 @@ class RetrainConfig(Params):
         }
 
     @model_validator(mode="after")
-    def _external_sets_apart_from_training(self) -> RetrainConfig:
-        # An external set inside the training folder (or around it) would be trained on.
-        data = Path(self.data_dir).resolve()
-        for name, folder in self.external.sets.items():
-            external = Path(folder).resolve()
-            if external.is_relative_to(data) or data.is_relative_to(external):
-                raise ValueError(f"external set {name} ({external}) overlaps the training folder {data}")
-        return self
-
-    @model_validator(mode="after")
     def _data_dir_inside_roots(self) -> RetrainConfig:
         # Event payloads are untrusted: '../..' or '/etc' must not become a training folder.
         if self.data_roots:

@@ -55,11 +55,14 @@ class ExternalResult(WithArtifacts):
         return self.model_dump(mode="json", exclude={"artifacts"})
 
 
-def check_external_sets(sets: dict[str, str]) -> None:
-    """Before any training: each set's folder exists and names files of both classes (by path; not decoded)."""
+def check_external_sets(sets: dict[str, str], training_dir: str | None = None) -> None:
+    """Before any training: each set's folder exists, lies apart from the training folder (neither inside the
+    other) and names files of both classes (by path; not decoded)."""
     for name, folder in sets.items():
         if not Path(folder).is_dir():
             raise DataError(f"external set {name}: folder not found: {folder}")
+        if training_dir is not None and _nested(Path(folder), Path(training_dir)):
+            raise DataError(f"external set {name}: {folder} overlaps the training folder {training_dir}")
         files = [item for item in scan_folder(Path(folder)) if item.problem is None]
         counts = Counter(labelled.label for labelled in label_all(files, detect_layout(files)))
         missing = [label for label in CLASSES if not counts.get(label)]
@@ -68,6 +71,11 @@ def check_external_sets(sets: dict[str, str]) -> None:
                 f"external set {name}: {folder} has no {' or '.join(missing)} images "
                 f"({ {label: counts.get(label, 0) for label in CLASSES} }); its metrics need both classes"
             )
+
+
+def _nested(first: Path, second: Path) -> bool:
+    first, second = first.resolve(), second.resolve()
+    return first.is_relative_to(second) or second.is_relative_to(first)
 
 
 def score_on_set(model: str, data_dir: str) -> dict[str, Any]:
