@@ -146,8 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--data", required=True, help="the site's labelled images (any layout)")
     calibrate.add_argument("--name", required=True, metavar="SITE", help="site name: the points' prefix")
-    calibrate.add_argument("--model", default=f"models:/{REGISTERED_MODEL_NAME}@champion")
-    calibrate.add_argument("--target-sensitivity", type=float, default=0.95)
+    calibrate.add_argument(
+        "--model",
+        default=f"models:/{REGISTERED_MODEL_NAME}@champion",
+        help="the registered version to calibrate (models:/NAME/N or models:/NAME@ALIAS)",
+    )
+    calibrate.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.95,
+        metavar="T",
+        help="SITE:sensitivity-T: the best specificity with at least this sensitivity on the site's images",
+    )
     calibrate.add_argument(
         "--make-default", action="store_true", help="make SITE:sensitivity-T the new version's default point"
     )

@@ -150,6 +150,8 @@ def calibrate_registered(
     version (see the module docstring); returns what `cxr calibrate --json` prints."""
     if not EXTERNAL_NAME.fullmatch(site):
         raise DataError(f"site name {site!r}: use letters, digits, _ and - (at most 40)")
+    if not 0 < target_sensitivity <= 1:
+        raise DataError(f"target sensitivity {target_sensitivity} must be in (0, 1]")
     if not model_uri.startswith("models:/"):
         raise ModelError(
             f"cxr calibrate adds points to a registered version: give a models:/ URI, not {model_uri}"

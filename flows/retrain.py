@@ -1,4 +1,4 @@
-"""The `retrain` flow: ingest → split → batches → train → evaluate (+ external sets) → register."""
+"""The `retrain` flow: ingest → split → batches → train → external sets → evaluate → register."""
 
 from __future__ import annotations
 

@@ -99,3 +99,5 @@ def test_calibrate_refuses_one_class_folders_and_model_files(champion, tmp_path,
     assert "give a models:/ URI" in capsys.readouterr().err
     assert main(["calibrate", "--data", str(two), "--name", "s:x"]) == 2
     assert "site name 's:x'" in capsys.readouterr().err
+    assert main(["calibrate", "--data", str(two), "--name", "s", "--target-sensitivity", "1.5"]) == 2
+    assert "target sensitivity 1.5 must be in (0, 1]" in capsys.readouterr().err
