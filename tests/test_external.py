@@ -121,3 +121,30 @@ def test_external_set_names_and_calibrate_on_are_checked(tmp_path, capsys):
         main(["train", "--data", str(tmp_path / "x"), "--external", f"s={site}", "--calibrate-on", "t"]) == 2
     )
     assert "calibrate_on 't' is not an external set" in capsys.readouterr().err
+
+
+def test_the_gate_rescores_a_champion_that_moved_since_the_set_was_scored(monkeypatch):
+    from cxr import external
+    from cxr.external import ExternalResult, champion_metrics_now
+
+    scored_with = []
+    monkeypatch.setattr(
+        external,
+        "score_on_set",
+        lambda model, folder: scored_with.append((model, folder)) or {"metrics": {"auc": 0.7}},
+    )
+    score = {"metrics": {"auc": 0.9}}
+    result = ExternalResult(
+        name="s",
+        data_dir="/d",
+        data_digest="e",
+        n=4,
+        quarantined=0,
+        challenger=score,
+        champion=score,
+        champion_version=1,
+    )
+    assert champion_metrics_now({"s": result}, 1, "m") == {"s": {"auc": 0.9}} and scored_with == []
+    assert champion_metrics_now({"s": result}, 2, "m") == {"s": {"auc": 0.7}}
+    assert scored_with == [("models:/m/2", "/d")]
+    assert champion_metrics_now({"s": result}, None, "m") == {"s": None}
