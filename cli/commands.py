@@ -305,7 +305,7 @@ def _print_status(status: dict[str, Any]) -> None:
             f"server     local Prefect server {answers}, pid {local['pid']}, {local['url']} (log: {local['log']})"
         )
     else:
-        print("server     no local Prefect server running (the next `cxr train` starts one)")
+        print("server     no local Prefect server running")
     serving = status["serving"]
     if serving is not None:
         polled = ", ".join(
