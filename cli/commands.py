@@ -315,6 +315,14 @@ def _print_status(status: dict[str, Any]) -> None:
     if scheduled:
         print(f"next run   {scheduled['name']} ({scheduled['deployment']}) at {scheduled['at']}")
     print(f"dashboard  {status['dashboard_url'] or 'not running'}")
+    local = status["local_server"]
+    if local:
+        answers = "up" if local["up"] else "not answering"
+        print(
+            f"server     local Prefect server {answers}, pid {local['pid']}, {local['url']} (log: {local['log']})"
+        )
+    else:
+        print("server     no local Prefect server running")
     serving = status["serving"]
     if serving is not None:
         polled = ", ".join(

@@ -31,23 +31,12 @@ from cxr.watch import DEFAULT_DEBOUNCE_S
 
 NOTIFY_WEBHOOK_ENV = "CXR_NOTIFY_WEBHOOK"
 
-# Commands whose Prefect runs and events go to the local dashboard when one is up.
-# promote/rollback announce the champion change there (notifications).
 OPERATING_POINT_HELP = (
     "a named operating point of the model (its model.json `operating_points`); default: its default"
 )
+# Commands that record Prefect runs or events: they use the state folder's server, starting it if needed
+# (cxr.prefect_api). promote/rollback announce the champion change there (notifications).
 RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback", "calibrate"}
-
-
-def _use_dashboard_if_running() -> None:
-    """Record runs in the local dashboard when one is up; else Prefect starts a temporary server."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from cxr.server import api_url_if_running
-
-    url = api_url_if_running()
-    if url:
-        os.environ["PREFECT_API_URL"] = url
 
 
 def add_external_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,9 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", default="manual rollback")
     rollback.add_argument("--name", default=REGISTERED_MODEL_NAME)
 
-    dashboard = command("dashboard", cmd_dashboard, "start (or reuse) the local Prefect dashboard")
-    dashboard.add_argument("--port", type=int, default=4200)
-    dashboard.add_argument("--stop", action="store_true", help="stop the dashboard this state folder started")
+    dashboard = command(
+        "dashboard", cmd_dashboard, "start (or reuse) the state folder's Prefect server and dashboard"
+    )
+    dashboard.add_argument(
+        "--port", type=int, help="port of a server to start (default 4200, or a free port when 4200 is taken)"
+    )
+    dashboard.add_argument("--stop", action="store_true", help="stop the state folder's Prefect server")
 
     mlflow_ui = command("mlflow-ui", cmd_mlflow_ui, "open the MLflow registry UI on 127.0.0.1")
     mlflow_ui.add_argument("--port", type=int, default=5000)
@@ -255,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_environment()  # also quiets TensorFlow's native logs (cxr.quiet) unless verbose
         if args.command in RECORDED_COMMANDS:
-            _use_dashboard_if_running()  # before Prefect is imported: it reads its settings once
+            from cxr.prefect_api import use_prefect_api
+
+            use_prefect_api()  # before Prefect is imported: it reads its settings once
         return args.handler(args)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
