@@ -138,6 +138,7 @@ def _deploy(stack: SimpleNamespace) -> None:
         PREFECT_API_URL=stack.endpoints["prefect_api_url"],
         CXR_DATA_DIR=str(stack.data),
         CXR_DATA_ROOT=str(stack.data.parent),
+        CXR_EXTERNAL_SETS="",  # none
     )
     command = [_console_script("prefect"), "--no-prompt", "deploy", "--all"]
     done = subprocess.run(
