@@ -19,7 +19,6 @@ from types import SimpleNamespace
 import pytest
 
 from cxr import REGISTERED_MODEL_NAME, postgres
-from tests.servers import wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -129,61 +128,23 @@ def test_a_run_lands_on_the_stack_and_survives_a_lost_dask_worker(stack):
     stack.first_run = summary
 
 
-def _deploy(stack: SimpleNamespace) -> None:
-    """`prefect deploy --all` of deployments/prefect.yaml onto the stack's server (its `cxr` pool)."""
-    from cxr.server import _console_script
-
-    env = _env(
-        stack.home,
-        PREFECT_API_URL=stack.endpoints["prefect_api_url"],
-        CXR_DATA_DIR=str(stack.data),
-        CXR_DATA_ROOT=str(stack.data.parent),
-        CXR_EXTERNAL_SETS="",  # none
-    )
-    command = [_console_script("prefect"), "--no-prompt", "deploy", "--all"]
-    done = subprocess.run(
-        [*command, "--prefect-file", "deployments/prefect.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:]
-
-
-def _run_nightly(api_url: str) -> str:
-    """Start a run of the `nightly` deployment with the tiny model; the stack's Prefect worker picks it up."""
-    deployment = _api(api_url, "/deployments/name/retrain/nightly")
-    train = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}
-    config = {**deployment["parameters"]["config"], "train": train}
-    return _api(
-        api_url, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"config": config}}
-    )["id"]
-
-
-def test_runs_and_schedules_go_on_after_the_prefect_server_restarts(stack, monkeypatch):
+def test_the_next_run_goes_on_after_the_prefect_server_restarts(stack, monkeypatch):
     from cxr import cluster
 
     assert hasattr(stack, "first_run"), "needs the run of the test before"
     api_url = stack.endpoints["prefect_api_url"]
-    _deploy(stack)
     monkeypatch.setenv("CXR_HOME", str(stack.home))
     cluster.stop_service("prefect-server")
     assert not cluster.is_healthy(api_url)
     again = _cxr(stack.home, "cluster", "up", "--json")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert _last_json(again)["prefect_worker"]["status"] == "ONLINE"
     run = _cxr(stack.home, "train", "--data", str(stack.data), *TINY)
     assert run.returncode == 0, run.stderr[-3000:]
-    nightly = _run_nightly(api_url)
-    wait_for(
-        lambda: _flow_run_states(api_url)[nightly] in ("COMPLETED", "FAILED", "CRASHED"),
-        timeout_s=TIMEOUT_S,
-        what="the nightly deployment's run on the stack's Prefect worker",
-    )
     states = _flow_run_states(api_url)
-    # What PostgreSQL kept (the earlier run, the nightly schedule) is still there; the new runs completed.
+    # The earlier run is still on record (PostgreSQL kept it) and the new one completed.
     assert states[stack.first_run["flow_run_id"]] == "COMPLETED"
-    deployment = _api(api_url, "/deployments/name/retrain/nightly")
-    assert [(s["schedule"]["cron"], s["active"]) for s in deployment["schedules"]] == [("0 2 * * *", True)]
     assert states[_last_json(run)["flow_run_id"]] == "COMPLETED"
-    assert states[nightly] == "COMPLETED"
 
 
 def test_a_tracking_server_down_at_register_fails_clearly_after_retries_with_nothing_registered(
