@@ -14,6 +14,7 @@ import pandas as pd
 
 from cxr.caching import sha256_text
 from cxr.config import IngestParams
+from cxr.domain_fit import domain_summary
 from cxr.errors import DataError
 from cxr.evaluation import evaluate_model
 from cxr.files import sha256_file
@@ -71,6 +72,7 @@ def evaluate_folder(
         result = evaluate_model(
             model_path, batches, split=SPLIT, out_dir=report_dir, operating_point=operating_point
         )
+        domain = domain_summary(model_path, batches, SPLIT, threshold=float(result.metrics["threshold"]))
     return {
         "model": str(model_uri_or_path),
         "data_dir": str(data_dir.resolve()),
@@ -84,4 +86,6 @@ def evaluate_folder(
         "quarantined_by_reason": ingested.quarantined_by_reason,
         "quarantine": ingested.quarantine_path,
         "report": str(result.report_path),
+        # Images the model's domain score flags (`cxr.domain`), and the metrics on the rest.
+        **domain,
     }

@@ -1,4 +1,4 @@
-"""The `retrain` flow: ingest → split → batches → train → evaluate → register."""
+"""The `retrain` flow: ingest → split → batches → train → domain → evaluate → register."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from cxr.config import IngestParams, RetrainConfig
 from cxr.errors import CxrError
 from cxr.progress import stage_progress
 from flows.stages import StageRunner
-from tasks import batches, evaluate, ingest, register, report, split, train
+from tasks import batches, domain, evaluate, ingest, register, report, split, train
 
 # Modules whose source decides a trained model (as its stages declare them): the lineage's code version.
-MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY})
+MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY, *domain.DECIDED_BY})
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
 
@@ -86,6 +86,12 @@ def retrain(config: RetrainConfig) -> dict:
     splits = run(split.split, ingested.manifest_path, ingested.digest, config.split)
     data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)
     trained = run(train.train, data, config.train)
+    # The same network, saved with its domain score: the model every later stage evaluates and registers.
+    trained = run(domain.fit_domain, trained, data, config.domain, config.train.seed)
+    # Judged by the champion as it stands before this run's gate.
+    drift = run(
+        domain.data_drift, ingested, config.data_dir, trained, config.registered_model_name, config.domain
+    )
     evaluation = run(evaluate.evaluate, trained.model_path, trained.model_sha256, data)
     lineage = {
         "data_digest": ingested.digest,
@@ -108,6 +114,7 @@ def retrain(config: RetrainConfig) -> dict:
     )
     # Read live: the alias may have moved (promote, rollback) since a cached registration was made.
     registered = run(register.champion_now, registered)
+    drifted = run(domain.report_drift, drift, registered.run_id, registered.model_name)
     summary = {
         "model_name": registered.model_name,
         "model_version": registered.version,
@@ -133,6 +140,7 @@ def retrain(config: RetrainConfig) -> dict:
         "flow_run_id": str(flow_run.id),
         "cached_tasks": run.cached,
         "reused": run.reused,  # cached task -> when its result was made
+        "data_drift": drifted,  # new images out of the serving model's domain
     }
     run.limited(report.report)[0](evaluation, summary)
     return {**summary, "flow_seconds": round(time.perf_counter() - started, 2)}
