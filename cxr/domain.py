@@ -16,6 +16,7 @@ This module travels with the registered pyfunc (`cxr.pyfunc_model`): numpy only,
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ PROFILE_CELLS = 16
 THUMBNAIL_CELLS = 4
 # Quantiles of the intensity distribution the statistics keep.
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
+STATISTICS_SIDE = 64
 DARK, BRIGHT = 16.0, 240.0
 # A feature's standard deviation below this (in its own units) counts as this, so constant features do not
 # divide by zero.
@@ -35,9 +37,8 @@ MIN_SCALE = 1e-6
 FEATURE_BATCH = 64
 
 
-def image_statistics(images: np.ndarray) -> np.ndarray:
-    """(N, 16) float64 statistics of (N, S, S) or (N, S, S, 1) grey images on 0..255."""
-    grey = np.asarray(images, dtype=np.float32).reshape(len(images), *np.shape(images)[1:3]) / 255.0
+def image_statistics(grey: np.ndarray) -> np.ndarray:
+    """(N, 16) float64 statistics of (N, s, s) grey images on 0..1."""
     flat = grey.reshape(len(grey), -1)
     side = grey.shape[1]
     third, quarter = max(1, side // 3), max(1, side // 4)
@@ -66,15 +67,17 @@ def cell_means(grey: np.ndarray, cells: int) -> np.ndarray:
 
 
 def image_descriptors(images: np.ndarray) -> np.ndarray:
-    """(N, 64) float64: 4x4 thumbnail, 16 row and 16 column means, 16 statistics, of grey images on 0..255."""
-    grey = np.asarray(images, dtype=np.float64).reshape(len(images), *np.shape(images)[1:3]) / 255.0
-    grid = cell_means(grey, PROFILE_CELLS)
+    """(N, 64) float64 of (N, S, S[, 1]) grey images on 0..255: a 4x4 thumbnail, 16 row and 16 column means,
+    and 16 statistics of the image reduced to at most 64 px (block means: cheap beside the network's pass)."""
+    grey = np.asarray(images, dtype=np.float32).reshape(len(images), *np.shape(images)[1:3]) / 255.0
+    small = cell_means(grey, min(STATISTICS_SIDE, grey.shape[1]))
+    grid = cell_means(small, PROFILE_CELLS)
     step = PROFILE_CELLS // THUMBNAIL_CELLS
     thumbnail = grid.reshape(len(grey), THUMBNAIL_CELLS, step, THUMBNAIL_CELLS, step).mean(axis=(2, 4))
     return np.concatenate(
-        [thumbnail.reshape(len(grey), -1), grid.mean(axis=2), grid.mean(axis=1), image_statistics(images)],
+        [thumbnail.reshape(len(grey), -1), grid.mean(axis=2), grid.mean(axis=1), image_statistics(small)],
         axis=1,
-    )
+    ).astype(np.float64)
 
 
 def ledoit_wolf(centred: np.ndarray) -> np.ndarray:
@@ -219,19 +222,9 @@ class DomainScorer:
     without a guard)."""
 
     def __init__(self, network, guard: DomainGuard | None = None, layer: str | None = None):  # noqa: ANN001
-        import keras
-        import tensorflow as tf
-
         self.network, self.guard = network, guard
         self.layer = layer or (guard.layer if guard else None)
-        pooled = [keras.ops.mean(network.get_layer(self.layer).output, axis=(1, 2))] if self.layer else []
-        extractor = keras.Model(network.inputs, [network.output, *pooled])
-        self._forward = tf.function(
-            # A list even with no pooled layers (a one-output model returns a bare tensor).
-            lambda batch: tf.nest.flatten(extractor(batch, training=False)),
-            input_signature=[tf.TensorSpec((None, *network.input_shape[1:]), tf.float32)],
-            autograph=False,
-        )
+        self._forward = _forward_pass(network, self.layer)
 
     def features(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """(softmax (N, classes), per-component features: pooled network features, image descriptors) of
@@ -252,3 +245,26 @@ class DomainScorer:
         if self.guard is None:
             return probabilities, None
         return probabilities, self.guard.scores(features) if len(images) else np.empty(0)
+
+
+# One traced forward pass per live network and feature layer, shared by every scorer: tracing costs about as
+# much as scoring a few hundred images, and `cxr predict` builds a scorer per call.
+_FORWARD_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward_pass(network, layer: str | None):  # noqa: ANN001, ANN202 - a keras.Model; a tf.function
+    """`[softmax, pooled features of layer]` (just `[softmax]` without a layer) as one graph for any batch."""
+    import keras
+    import tensorflow as tf
+
+    passes = _FORWARD_PASSES.setdefault(network, {})
+    if layer not in passes:
+        pooled = [keras.ops.mean(network.get_layer(layer).output, axis=(1, 2))] if layer else []
+        extractor = keras.Model(network.inputs, [network.output, *pooled])
+        passes[layer] = tf.function(
+            # A list even with no pooled layer (a one-output model returns a bare tensor).
+            lambda batch: tf.nest.flatten(extractor(batch, training=False)),
+            input_signature=[tf.TensorSpec((None, *network.input_shape[1:]), tf.float32)],
+            autograph=False,
+        )
+    return passes[layer]

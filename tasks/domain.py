@@ -75,28 +75,38 @@ def _summary(guard: DomainGuard) -> Artifact:
     )
 
 
-def _judge(registered_model_name: str, trained: TrainResult) -> tuple[str, Path]:
-    """(URI, local path) of the model that judges new images: the champion when it has a domain score (it is
-    what serves answers), else the run's own model."""
+def _champion(registered_model_name: str) -> tuple[int | None, str | None]:
+    """(version, model sha256) of the current champion; (None, None) without one."""
     tracking_uri = default_tracking_uri()
-    if store_exists(tracking_uri) and champion_version(registered_model_name, tracking_uri) is not None:
-        uri = f"models:/{registered_model_name}@champion"
-        path = resolve_model(uri, tracking_uri)
+    version = champion_version(registered_model_name, tracking_uri) if store_exists(tracking_uri) else None
+    if version is None:
+        return None, None
+    tags = client(tracking_uri).get_model_version(registered_model_name, str(version)).tags
+    return version, tags.get("model_sha256")
+
+
+def _judge(registered_model_name: str, trained: TrainResult) -> tuple[str, Path]:
+    """(URI, local path) of the model that judges new images: the champion when it is another model with a
+    domain score (it is what serves answers), else the run's own model."""
+    version, sha256 = _champion(registered_model_name)
+    if version is not None and sha256 != trained.model_sha256:
+        uri = f"models:/{registered_model_name}/{version}"
+        path = resolve_model(uri, default_tracking_uri())
         if DomainGuard.from_metadata(json.loads(path.with_name(METADATA_FILE).read_text())):
             return uri, path
     return trained.model_path, Path(trained.model_path)
 
 
-def _champion_now(inputs: dict[str, Any]) -> str:
-    """Cache-key content: the champion's version, since it is the model that judges the new images."""
-    tracking_uri = default_tracking_uri()
-    name = inputs["registered_model_name"]
-    return str(champion_version(name, tracking_uri) if store_exists(tracking_uri) else None)
+def _judge_key(inputs: dict[str, Any]) -> str:
+    """Cache-key content: which model judges the new images. The run's own model once it is the champion
+    counts as itself, so an identical rerun reuses the measurement."""
+    version, sha256 = _champion(inputs["registered_model_name"])
+    return "own" if version is None or sha256 == inputs["trained"].model_sha256 else f"{version}:{sha256}"
 
 
 @task(
     name="domain-drift",
-    cache_policy=ContentKey(modules=(__name__, "cxr.domain", "cxr.drift"), fingerprint=_champion_now),
+    cache_policy=ContentKey(modules=(__name__, "cxr.domain", "cxr.drift"), fingerprint=_judge_key),
     persist_result=True,
     retries=1,  # reads image files and the registry
     retry_condition_fn=retry_transient,

@@ -56,6 +56,20 @@ def out_of_domain_cases(chests: np.ndarray, seed: int = 0) -> dict[str, np.ndarr
     }
 
 
+def blob_scenes(count: int, size: int, seed: int) -> np.ndarray:
+    """Dark (size, size) images with a blob at a random place (odd indices) or none, and mild noise: the
+    domain of the hand-weighted blob model (tests.blobmodel)."""
+    from tests.blobmodel import blob_image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(count):
+        corner = tuple(int(v) for v in rng.integers(0, size - size // 4, 2))
+        image = blob_image(size, blob=bool(index % 2), corner=corner).astype(np.int16)
+        images.append(np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8))
+    return np.stack(images)
+
+
 def add_domain_score(model_folder: Path, train: np.ndarray, valid: np.ndarray, quantile: float = 0.9) -> dict:
     """Fit a domain score for the model in `model_folder` on uint8 (n, S, S) images, as the `domain` stage
     does, and store it in its model.json; returns the metadata."""

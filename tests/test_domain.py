@@ -56,12 +56,12 @@ def test_ledoit_wolf_matches_scikit_learn():
 
 
 def test_statistics_tell_blank_inverted_and_rotated_images_apart(chests):
-    chest = chests["test"][:1]
+    chest = chests["test"][:1] / 255
     stats = {
         "chest": image_statistics(chest),
-        "inverted": image_statistics(255 - chest),
+        "inverted": image_statistics(1 - chest),
         "rotated": image_statistics(np.rot90(chest, axes=(1, 2))),
-        "blank": image_statistics(np.full_like(chest, 128)),
+        "blank": image_statistics(np.full_like(chest, 0.5)),
     }
     assert all(values.shape == (1, 16) for values in stats.values())
     assert stats["blank"][0, 1] == 0 and stats["chest"][0, 1] > 0  # no contrast at all
@@ -127,4 +127,4 @@ def test_descriptors_hold_the_layout_of_the_image():
     thumbnail, rows, columns = descriptors[0, :16], descriptors[0, 16:32], descriptors[0, 32:48]
     assert np.allclose(thumbnail.reshape(4, 4), [[1, 1, 0, 0]] * 4)
     assert np.allclose(rows, 0.5) and np.allclose(columns, [1] * 8 + [0] * 8)
-    assert np.allclose(descriptors[0, 48:], image_statistics(image)[0])
+    assert np.allclose(descriptors[0, 48:], image_statistics(image / 255)[0])

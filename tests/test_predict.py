@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.blobmodel import SIZE, THRESHOLD, blob_image, blob_model, write_blob_model, write_png
+from tests.domaincases import add_domain_score, blob_scenes
 from tests.imagefiles import png_declaring
 
 
@@ -160,23 +161,11 @@ def test_predict_flow_writes_the_csv(prefect_harness, model_dir, mixed_folder, t
     assert summary["out_of_domain"] is None
 
 
-def blob_scenes(count: int, seed: int) -> np.ndarray:
-    """Dark (SIZE, SIZE) images with a blob at a random place or none, and mild noise: the blob model's domain."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for index in range(count):
-        corner = tuple(int(v) for v in rng.integers(0, SIZE - SIZE // 4, 2))
-        image = blob_image(SIZE, blob=bool(index % 2), corner=corner).astype(np.int16)
-        images.append(np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8))
-    return np.stack(images)
-
-
 @pytest.fixture(scope="module")
 def guarded_dir(tmp_path_factory) -> Path:
-    from tests.domaincases import add_domain_score
 
     folder = write_blob_model(tmp_path_factory.mktemp("guarded"))
-    add_domain_score(folder, blob_scenes(120, seed=0), blob_scenes(60, seed=1))
+    add_domain_score(folder, blob_scenes(120, SIZE, seed=0), blob_scenes(60, SIZE, seed=1))
     return folder
 
 
@@ -184,7 +173,7 @@ def guarded_dir(tmp_path_factory) -> Path:
 def odd_folder(tmp_path) -> Path:
     """One image like the model's own and three it was never meant to see."""
     folder = tmp_path / "odd"
-    scene = blob_scenes(2, seed=5)[1]  # with a blob
+    scene = blob_scenes(2, SIZE, seed=5)[1]  # with a blob
     write_png(folder / "usual.png", scene)
     write_png(folder / "inverted.png", 255 - scene)
     write_png(folder / "blank.png", np.full((SIZE, SIZE), 200, np.uint8))
