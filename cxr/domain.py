@@ -29,7 +29,7 @@ PROFILE_CELLS = 16
 THUMBNAIL_CELLS = 4
 # Quantiles of the intensity distribution the statistics keep.
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
-STATISTICS_SIDE = 64
+STATISTICS_SIDE = 32
 DARK, BRIGHT = 16.0, 240.0
 # A feature's standard deviation below this (in its own units) counts as this, so constant features do not
 # divide by zero.
@@ -60,6 +60,8 @@ def image_statistics(grey: np.ndarray) -> np.ndarray:
 
 def cell_means(grey: np.ndarray, cells: int) -> np.ndarray:
     """(N, cells, cells) means of nearly equal blocks of (N, S, S) images (S >= cells)."""
+    if grey.shape[1:] == (cells, cells):
+        return grey
     edges = np.linspace(0, grey.shape[1], cells + 1).astype(int)[:-1]
     sums = np.add.reduceat(np.add.reduceat(grey, edges, axis=1), edges, axis=2)
     counts = np.outer(np.diff([*edges, grey.shape[1]]), np.diff([*edges, grey.shape[2]]))
@@ -68,7 +70,7 @@ def cell_means(grey: np.ndarray, cells: int) -> np.ndarray:
 
 def image_descriptors(images: np.ndarray) -> np.ndarray:
     """(N, 64) float64 of (N, S, S[, 1]) grey images on 0..255: a 4x4 thumbnail, 16 row and 16 column means,
-    and 16 statistics of the image reduced to at most 64 px (block means: cheap beside the network's pass)."""
+    and 16 statistics of the image reduced to at most 32 px (block means: cheap beside the network's pass)."""
     grey = np.asarray(images, dtype=np.float32).reshape(len(images), *np.shape(images)[1:3]) / 255.0
     small = cell_means(grey, min(STATISTICS_SIDE, grey.shape[1]))
     grid = cell_means(small, PROFILE_CELLS)
@@ -237,7 +239,9 @@ class DomainScorer:
         if not outputs:
             return np.empty((0, 0)), []
         columns = [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
-        return columns[0], [columns[1], image_descriptors(images)] if self.layer else []
+        if not self.layer:
+            return columns[0], []
+        return columns[0], [columns[1], image_descriptors(columns[2])]
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(softmax, domain score per image; None for a model without a guard)."""
@@ -253,14 +257,19 @@ _FORWARD_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _forward_pass(network, layer: str | None):  # noqa: ANN001, ANN202 - a keras.Model; a tf.function
-    """`[softmax, pooled features of layer]` (just `[softmax]` without a layer) as one graph for any batch."""
+    """`[softmax, pooled features of layer, the image reduced to at most 32 px]` (just `[softmax]` without a
+    layer) as one graph for any batch: the reduction runs in TensorFlow, much faster than in numpy."""
     import keras
     import tensorflow as tf
 
     passes = _FORWARD_PASSES.setdefault(network, {})
     if layer not in passes:
-        pooled = [keras.ops.mean(network.get_layer(layer).output, axis=(1, 2))] if layer else []
-        extractor = keras.Model(network.inputs, [network.output, *pooled])
+        extra = []
+        if layer:
+            image, side = network.inputs[0], min(STATISTICS_SIDE, network.input_shape[1])
+            pooled = keras.ops.mean(network.get_layer(layer).output, axis=(1, 2))
+            extra = [pooled, keras.ops.image.resize(image, (side, side), interpolation="area")]
+        extractor = keras.Model(network.inputs, [network.output, *extra])
         passes[layer] = tf.function(
             # A list even with no pooled layer (a one-output model returns a bare tensor).
             lambda batch: tf.nest.flatten(extractor(batch, training=False)),
