@@ -131,7 +131,8 @@ def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
     """
     checked = read_checks(checks)
     result = assemble_manifest(plan.load(), checked)
-    new_files = write_new_files(Path(result.manifest_path), set(checked["path"]))
+    # A folder's first ingest (nothing reused) has no earlier data to drift from: no new files.
+    new_files = write_new_files(Path(result.manifest_path), set(checked["path"])) if plan.reused else None
     write_atomically(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
     get_run_logger().info(
         "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused",

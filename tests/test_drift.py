@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr.drift import DriftResult, measure_drift
+from cxr.drift import NO_NEW_IMAGES, DriftResult, measure_drift
 from cxr.manifests import write_new_files
 from tests.blobmodel import SIZE, write_blob_model, write_png
 from tests.domaincases import add_domain_score, blob_scenes
@@ -49,6 +49,9 @@ def test_a_model_without_domain_score_judges_nothing(tmp_path, new_images):
     model = write_blob_model(tmp_path / "plain") / "model.keras"
     drift = measure_drift(new_images["odd"], model, "m", data_dir="/inbox", alert_share=0.1)
     assert drift.share is None and drift.out_of_domain is None and not drift.alert
+    nothing_new = measure_drift([], tmp_path / "never-loaded.keras", "m", data_dir="/inbox", alert_share=0.1)
+    assert nothing_new.new_images == 0 and nothing_new.share is None and nothing_new.note == NO_NEW_IMAGES
+    assert NO_NEW_IMAGES in nothing_new.artifacts[0].markdown  # every run shows its drift artifact
 
 
 def test_new_files_are_the_accepted_ones_the_ingest_checked(tmp_path):
