@@ -43,12 +43,12 @@ def fit_domain(trained: TrainResult, batches: BatchesResult, params: DomainParam
     out_dir = state_dir("models", f"guarded-{current_task_key()[:16]}")
     guard = guard_model(Path(trained.model_path), batches, params, seed=seed, out_dir=out_dir)
     get_run_logger().info(
-        "domain score on %s features and image descriptors: threshold %.3f (%.0f %% of validation); flagged %.1f %% of train, %.1f %% of valid",
+        "domain score on %s features and image descriptors: threshold %.3f (%.0f %% of validation); "
+        "flagged %.1f %% of train, %.1f %% of valid, %.1f %% of test",
         guard.layer,
         guard.threshold,
         100 * params.quantile,
-        100 * guard.summary["train_flagged_share"],
-        100 * guard.summary["valid_flagged_share"],
+        *(100 * guard.summary[f"{split}_flagged_share"] for split in ("train", "valid", "test")),
     )
     return trained.model_copy(
         update={
@@ -69,7 +69,8 @@ def _summary(guard: DomainGuard) -> Artifact:
         markdown=(
             f"# Domain score\n\nThreshold {guard.threshold:.3f} (quantile {guard.quantile} of validation scores); "
             f"flagged: {100 * guard.summary['train_flagged_share']:.1f} % of training, "
-            f"{100 * guard.summary['valid_flagged_share']:.1f} % of validation images.\n\n"
+            f"{100 * guard.summary['valid_flagged_share']:.1f} % of validation, "
+            f"{100 * guard.summary['test_flagged_share']:.1f} % of test images (not used to fit).\n\n"
             f"| component | dimensions | validation distance at the quantile |\n|---|---|---|\n{rows}\n"
         ),
     )
