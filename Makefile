@@ -30,5 +30,7 @@ test: lint
 bench: install
 	$(BIN)/python -m bench --quick
 
+# Stops the state folder's Prefect server (the first `cxr` command started it) before deleting its database.
 clean:
+	if [ -x $(BIN)/cxr ]; then $(BIN)/cxr dashboard --stop; fi
 	rm -rf .cxr test-output

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.suite import Context
 from cxr import REGISTERED_MODEL_NAME
+from cxr.prefect_api import SERVER_ENV
 
 # What the first `cxr train` of the orchestration measure registers (and promotes: the registry is new).
 CHAMPION = f"models:/{REGISTERED_MODEL_NAME}@champion"
@@ -69,9 +70,15 @@ def measure_orchestration(context: Context) -> dict[str, Any]:
 
 
 def cxr_train(
-    data_dir: Path, *, api_url: str, image_size: int, epochs: int, model: str, profile_imports: bool = False
+    data_dir: Path,
+    *,
+    api_url: str | None,
+    image_size: int,
+    epochs: int,
+    model: str,
+    profile_imports: bool = False,
 ) -> tuple[dict, float, str]:
-    """Run `cxr train ... --json` as a subprocess against `api_url`.
+    """Run `cxr train ... --json` as a subprocess against `api_url` (None: the one it chooses, as a user's).
 
     Returns its JSON summary, its wall seconds and its stderr (with `profile_imports`, Python's
     `-X importtime` report).
@@ -90,7 +97,9 @@ def cxr_train(
         "--json",
     ]
     started = time.perf_counter()
-    env = {**os.environ, "PREFECT_API_URL": api_url}
+    env = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", SERVER_ENV)}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     if profile_imports:
         env["PYTHONPROFILEIMPORTTIME"] = "1"
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)

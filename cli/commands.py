@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cli.external_commands import external_options, print_external
 from cxr.state import state_dir
 
 DEMO_SIZE = 256
@@ -92,7 +93,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         split={key: value for key, value in split.items() if value is not None},
         train={key: value for key, value in train.items() if value is not None},
         trigger=args.trigger,
+        **external_options(args),
     )
+    if config.external.sets:
+        from cxr.external import check_external_sets
+
+        check_external_sets(config.external.sets, config.data_dir)  # before training: found in seconds
     started = time.perf_counter()
     with tags(args.trigger):
         summary = retrain(config)
@@ -122,6 +128,7 @@ def _print_training_summary(summary: dict[str, Any]) -> None:
             f"{summary['epochs_run']} epochs (run took {summary['duration_s']} s)"
         )
     print(f"test metrics: {shown}")
+    print_external(summary.get("external") or {})
     earlier = " (registered by an earlier run)" if "register" in reused else ""
     print(f"model {summary['model_uri']}: {role}{earlier}")
     if reused:
@@ -250,6 +257,7 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cxr.config import ExternalParams
     from deployments.serve import ServeOptions, serve_deployments
     from flows.retrain import task_runner_from_env
 
@@ -260,8 +268,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         names = configure_notifications(webhook_url=args.notify_webhook, block_slug=args.notify_block)
         print(f"notifications ({', '.join(names)}) -> {args.notify_block or args.notify_webhook}", flush=True)
+    overrides = {"external": {"sets": args.external}} if args.external else {}
+    if args.external:
+        from cxr.external import check_external_sets
+
+        check_external_sets(ExternalParams(sets=args.external).sets, data_dir)  # else every run fails on it
     options = ServeOptions(
-        cron=args.cron, timezone=args.timezone, debounce_s=args.debounce, event_roots=args.data_root
+        cron=args.cron,
+        timezone=args.timezone,
+        debounce_s=args.debounce,
+        event_roots=args.data_root,
+        config_overrides=overrides,
     )
     serve_deployments(data_dir, options)
     return 0
@@ -298,6 +315,14 @@ def _print_status(status: dict[str, Any]) -> None:
     if scheduled:
         print(f"next run   {scheduled['name']} ({scheduled['deployment']}) at {scheduled['at']}")
     print(f"dashboard  {status['dashboard_url'] or 'not running'}")
+    local = status["local_server"]
+    if local:
+        answers = "up" if local["up"] else "not answering"
+        print(
+            f"server     local Prefect server {answers}, pid {local['pid']}, {local['url']} (log: {local['log']})"
+        )
+    else:
+        print("server     no local Prefect server running")
     serving = status["serving"]
     if serving is not None:
         polled = ", ".join(

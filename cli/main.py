@@ -23,6 +23,7 @@ from cli.commands import (
     cmd_train,
     cmd_watch,
 )
+from cli.external_commands import cmd_calibrate
 from cxr.progress import enable_terminal_progress
 from cxr.quiet import set_verbose
 from cxr.state import configure_environment
@@ -30,23 +31,23 @@ from cxr.watch import DEFAULT_DEBOUNCE_S
 
 NOTIFY_WEBHOOK_ENV = "CXR_NOTIFY_WEBHOOK"
 
-# Commands whose Prefect runs and events go to the local dashboard when one is up.
-# promote/rollback announce the champion change there (notifications).
 OPERATING_POINT_HELP = (
     "a named operating point of the model (its model.json `operating_points`); default: its default"
 )
-RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback"}
+# Commands that record Prefect runs or events: they use the state folder's server, starting it if needed
+# (cxr.prefect_api). promote/rollback announce the champion change there (notifications).
+RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback", "calibrate"}
 
 
-def _use_dashboard_if_running() -> None:
-    """Record runs in the local dashboard when one is up; else Prefect starts a temporary server."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from cxr.server import api_url_if_running
-
-    url = api_url_if_running()
-    if url:
-        os.environ["PREFECT_API_URL"] = url
+def add_external_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a labelled folder from elsewhere, scored with the challenger and the champion in every run and "
+        "gated on (repeatable; never trained on)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--keep-official-test", action="store_true", help="use the folder's test/ split as test set"
     )
+    add_external_arguments(train)
+    train.add_argument(
+        "--calibrate-on",
+        metavar="NAME",
+        help="make external set NAME's `NAME:sensitivity-0.95` point the registered model's default",
+    )
+    train.add_argument(
+        "--external-auc-margin",
+        type=float,
+        metavar="AUC",
+        help="refuse a challenger whose AUC on an external set is more than this below the champion's (default 0.01)",
+    )
     train.add_argument("--trigger", choices=["manual", "nightly", "new-data"], default="manual")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -116,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--operating-point", help=OPERATING_POINT_HELP)
     evaluate.add_argument("--json", action="store_true")
+
+    calibrate = command(
+        "calibrate", cmd_calibrate, "add a site's operating points (SITE:...) to a registered model version"
+    )
+    calibrate.add_argument("--data", required=True, help="the site's labelled images (any layout)")
+    calibrate.add_argument("--name", required=True, metavar="SITE", help="site name: the points' prefix")
+    calibrate.add_argument(
+        "--model",
+        default=f"models:/{REGISTERED_MODEL_NAME}@champion",
+        help="the registered version to calibrate (models:/NAME/N or models:/NAME@ALIAS)",
+    )
+    calibrate.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.95,
+        metavar="T",
+        help="SITE:sensitivity-T: the best specificity with at least this sensitivity on the site's images",
+    )
+    calibrate.add_argument(
+        "--make-default", action="store_true", help="make SITE:sensitivity-T the new version's default point"
+    )
+    calibrate.add_argument("--json", action="store_true")
 
     predict = command("predict", cmd_predict, "score images or folders with the champion model")
     predict.add_argument("paths", nargs="+")
@@ -138,9 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", default="manual rollback")
     rollback.add_argument("--name", default=REGISTERED_MODEL_NAME)
 
-    dashboard = command("dashboard", cmd_dashboard, "start (or reuse) the local Prefect dashboard")
-    dashboard.add_argument("--port", type=int, default=4200)
-    dashboard.add_argument("--stop", action="store_true", help="stop the dashboard this state folder started")
+    dashboard = command(
+        "dashboard", cmd_dashboard, "start (or reuse) the state folder's Prefect server and dashboard"
+    )
+    dashboard.add_argument(
+        "--port", type=int, help="port of a server to start (default 4200, or a free port when 4200 is taken)"
+    )
+    dashboard.add_argument("--stop", action="store_true", help="stop the state folder's Prefect server")
 
     mlflow_ui = command("mlflow-ui", cmd_mlflow_ui, "open the MLflow registry UI on 127.0.0.1")
     mlflow_ui.add_argument("--port", type=int, default=5000)
@@ -163,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="folder that event-named data folders must lie in (repeatable; default: the --data folder's parent)",
     )
+    add_external_arguments(serve)
     notify = serve.add_mutually_exclusive_group()
     notify.add_argument(
         "--notify-webhook",
@@ -208,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_environment()  # also quiets TensorFlow's native logs (cxr.quiet) unless verbose
         if args.command in RECORDED_COMMANDS:
-            _use_dashboard_if_running()  # before Prefect is imported: it reads its settings once
+            from cxr.prefect_api import use_prefect_api
+
+            use_prefect_api()  # before Prefect is imported: it reads its settings once
         return args.handler(args)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)

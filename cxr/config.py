@@ -3,10 +3,11 @@ parameter, and each stage task takes its group whole."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxr import REGISTERED_MODEL_NAME
 from cxr.architectures import MODEL_NAMES, MODEL_SPECS, PRETRAINABLE_MODELS
@@ -14,6 +15,8 @@ from cxr.task_policy import TimeoutParams
 
 ModelName = Literal[*MODEL_NAMES]
 DEFAULT_SEED = 42
+# Names of external sets: they become metric names, artifact keys and operating-point prefixes.
+EXTERNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 
 
 class Params(BaseModel):
@@ -95,6 +98,52 @@ class GateParams(Params):
     metric: str = Field("auc", description="A test metric where higher is better")
     margin: float = Field(0.0, ge=0, description="Challenger must beat the champion by this much")
     sensitivity_floor: float = Field(0.0, ge=0, le=1, description="Never promote below this sensitivity")
+    external_auc_margin: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Refuse a challenger whose AUC on an external set is this much below the champion's",
+    )
+
+
+class ExternalParams(Params):
+    """Labelled folders from other sites, scored (challenger and champion) in every run and never trained on."""
+
+    sets: dict[str, str] = Field(
+        default_factory=dict, description="NAME -> folder; NAME: letters, digits, _ and -"
+    )
+    calibrate_on: str | None = Field(
+        None, description="Make this set's `NAME:sensitivity-0.95` point the registered model's default"
+    )
+
+    @field_validator("sets", mode="before")
+    @classmethod
+    def _sets_from_text(cls, value: Any) -> Any:
+        """`NAME=DIR` items, as a list or one comma-separated text (a deployment's environment variable)."""
+        if isinstance(value, str):
+            value = [item for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple):
+            return dict(external_set(item) for item in value)
+        return value
+
+    @model_validator(mode="after")
+    def _names_and_calibration(self) -> ExternalParams:
+        for name in self.sets:
+            if not EXTERNAL_NAME.fullmatch(name):
+                raise ValueError(f"external set name {name!r}: use letters, digits, _ and - (at most 40)")
+        if self.calibrate_on is not None and self.calibrate_on not in self.sets:
+            raise ValueError(
+                f"calibrate_on {self.calibrate_on!r} is not an external set ({', '.join(self.sets) or 'none'})"
+            )
+        return self
+
+
+def external_set(item: str) -> tuple[str, str]:
+    """`NAME=DIR` -> (NAME, absolute DIR)."""
+    name, separator, folder = item.strip().partition("=")
+    if not separator or not name or not folder:
+        raise ValueError(f"external set {item!r}: expected NAME=DIR")
+    return name.strip(), str(Path(folder.strip()).resolve())
 
 
 class DomainParams(Params):
@@ -122,6 +171,7 @@ class RetrainConfig(Params):
     train: TrainParams = TrainParams()
     gate: GateParams = GateParams()
     domain: DomainParams = DomainParams()
+    external: ExternalParams = ExternalParams()
     timeouts: TimeoutParams = Field(TimeoutParams(), description="Limits only: they decide no result")
     registered_model_name: str = REGISTERED_MODEL_NAME
     trigger: Literal["manual", "nightly", "new-data"] = "manual"

@@ -58,6 +58,9 @@ class ModelCard(BaseModel):
     default_operating_point: str
     shift: list[dict[str, Any]] | None = Field(None, description="rows: {'shift': name, <metric>: value}")
     links: dict[str, str] = Field(default_factory=dict, description="label -> URL or id")
+    external: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="external set -> `cxr.external.ExternalResult.summary()`"
+    )
 
     def markdown(self) -> str:
         sections = [
@@ -67,6 +70,7 @@ class ModelCard(BaseModel):
             self._data(),
             self._metrics(),
             self._shift(),
+            self._external(),
             "## Known limits\n\n" + "\n".join(f"- {limit}" for limit in KNOWN_LIMITS),
         ]
         return "\n\n".join(sections) + "\n"
@@ -135,6 +139,25 @@ class ModelCard(BaseModel):
             for row in self.shift
         ]
         return "## Acquisition shift\n\n" + "\n".join([header, *rows])
+
+    def _external(self) -> str:
+        from cxr.external import ExternalResult, comparison_markdown
+
+        if not self.external:
+            return (
+                "## External validation\n\nNo external set was given to the run that made this version "
+                "(`cxr train --external NAME=DIR`)."
+            )
+        sections = [
+            f"### `{name}` ({summary['n']} images from `{summary['data_dir']}`, digest "
+            f"`{summary['data_digest'][:16]}`)\n\n{comparison_markdown(ExternalResult(**summary))}"
+            for name, summary in self.external.items()
+        ]
+        return (
+            "## External validation\n\nLabelled images from elsewhere, never trained on, scored with this "
+            "version and the champion of that moment; 95 % bootstrap CIs in brackets.\n\n"
+            + "\n\n".join(sections)
+        )
 
 
 def _with_ci(value: float | None, ci: list[float] | None) -> str:

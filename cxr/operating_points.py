@@ -53,7 +53,7 @@ def wilson_interval(successes: int, n: int, z: float = CI_Z) -> tuple[float, flo
     return round(low, 6), round(high, 6)
 
 
-def _point(p: np.ndarray, y: np.ndarray, threshold: float, rule: str) -> OperatingPoint:
+def point_at(p: np.ndarray, y: np.ndarray, threshold: float, rule: str) -> OperatingPoint:
     predicted = p >= threshold
     true_positives, true_negatives = int((predicted & y).sum()), int((~predicted & ~y).sum())
     positives, negatives = int(y.sum()), int((~y).sum())
@@ -102,12 +102,12 @@ def choose_operating_points(
         raise DataError("choosing operating points needs both classes in the validation split")
     screening = choose_threshold(p, y, target_sensitivity, z=SENSITIVITY_CONFIDENCE_Z)
     return {
-        HIGH_SENSITIVITY: _point(p, y, screening.threshold, screening.rule),
-        SENSITIVITY_95: _point(
+        HIGH_SENSITIVITY: point_at(p, y, screening.threshold, screening.rule),
+        SENSITIVITY_95: point_at(
             p, y, sensitivity_threshold(p, y, 0.95), "max-specificity-at-sensitivity>=0.95, mid-logit of ties"
         ),
-        BALANCED: _point(p, y, youden_threshold(p, y), "youden-j (max sensitivity + specificity)"),
-        PROBABILITY_HALF: _point(p, y, 0.5, "fixed P(pneumonia) >= 0.5"),
+        BALANCED: point_at(p, y, youden_threshold(p, y), "youden-j (max sensitivity + specificity)"),
+        PROBABILITY_HALF: point_at(p, y, 0.5, "fixed P(pneumonia) >= 0.5"),
     }
 
 
@@ -176,5 +176,6 @@ def mlflow_tags(points: dict[str, dict[str, Any]], default: str) -> dict[str, st
     tags = {"default_operating_point": default}
     for name, point in points.items():
         for key in ("threshold", "sensitivity", "specificity"):
-            tags[f"operating_point.{name}.{key}"] = f"{float(point[key]):.6f}"
+            if key in point:  # a model saved with one threshold has no rates for it
+                tags[f"operating_point.{name}.{key}"] = f"{float(point[key]):.6f}"
     return tags

@@ -215,6 +215,22 @@ def rollback(name: str, reason: str, tracking_uri: str) -> int:
     return previous
 
 
+def registered_version(uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow ModelVersion
+    """The version a `models:/NAME/N` or `models:/NAME@ALIAS` URI names (an alias as it points now)."""
+    from mlflow.exceptions import MlflowException
+
+    reference = uri.removeprefix("models:/").strip("/")
+    mlflow_client = client(tracking_uri)
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            return mlflow_client.get_model_version_by_alias(name, alias)
+        name, number = reference.rsplit("/", 1)
+        return mlflow_client.get_model_version(name, number)
+    except (MlflowException, ValueError) as exc:
+        raise ModelError(f"no registered model at {uri}: {exc}") from exc
+
+
 def _registry_source(uri: str, tracking_uri: str) -> tuple[str, str, str | None]:
     """(immutable download URI, cache name, expected sha256) for a models:/ or runs:/ URI.
 
@@ -222,19 +238,7 @@ def _registry_source(uri: str, tracking_uri: str) -> tuple[str, str, str | None]
     """
     if uri.startswith("runs:/"):
         return uri, uri, None
-    reference = uri.removeprefix("models:/").strip("/")
-    mlflow_client = client(tracking_uri)
-    from mlflow.exceptions import MlflowException
-
-    try:
-        if "@" in reference:
-            name, alias = reference.split("@", 1)
-            version = mlflow_client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = reference.rsplit("/", 1)
-            version = mlflow_client.get_model_version(name, number)
-    except (MlflowException, ValueError) as exc:
-        raise ModelError(f"no registered model at {uri}: {exc}") from exc
+    version = registered_version(uri, tracking_uri)
     immutable = f"models:/{version.name}/{version.version}"
     return immutable, immutable, version.tags.get("model_sha256")
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cxr.evaluation import EvaluationResult
+from cxr.external import ExternalResult
 from cxr.metrics import CI_METRICS
 from cxr.model_card import ModelCard, PointResult
 from cxr.operating_points import mlflow_tags
@@ -109,6 +110,7 @@ def model_card(
     evaluation: EvaluationResult,
     lineage: dict[str, Any],
     links: dict[str, str],
+    external: dict[str, ExternalResult] | None = None,
 ) -> ModelCard:
     """The card of version `version`: each operating point of the model with the test metrics at it.
 
@@ -135,6 +137,7 @@ def model_card(
         operating_points=results,
         default_operating_point=default,
         links=links,
+        external={name: result.summary() for name, result in (external or {}).items()},
     )
 
 

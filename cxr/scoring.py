@@ -7,6 +7,8 @@ size, the evaluation's metrics) so its numbers are comparable with the test metr
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,10 @@ from cxr.errors import DataError
 from cxr.evaluation import evaluate_model
 from cxr.files import sha256_file
 from cxr.ingesting import ingest_folder
-from cxr.manifests import MANIFEST_NAME
+from cxr.manifests import MANIFEST_NAME, IngestResult
 from cxr.operating_points import select
 from cxr.registry import load_model_with_metadata, resolve_model
-from cxr.sharding import materialise_batches
+from cxr.sharding import BatchesResult, materialise_batches
 from cxr.state import state_dir
 
 # Every accepted file of the folder is scored as this split.
@@ -45,7 +47,40 @@ def evaluate_folder(
     model_path = resolve_model(model_uri_or_path)
     _, metadata = load_model_with_metadata(model_path)  # fail on a bad model before the slow ingest
     select(metadata, operating_point)  # and on an unknown operating point
-    data_dir = Path(data_dir)
+    with labelled_batches(Path(data_dir), int(metadata["image_size"])) as (ingested, batches):
+        report_dir = state_dir("reports", f"folder-{ingested.digest[:12]}-{sha256_file(model_path)[:12]}")
+        result = evaluate_model(
+            model_path, batches, split=SPLIT, out_dir=report_dir, operating_point=operating_point
+        )
+        domain = domain_summary(model_path, batches, SPLIT, threshold=float(result.metrics["threshold"]))
+    return {
+        "model": str(model_uri_or_path),
+        "data_dir": str(Path(data_dir).resolve()),
+        "operating_point": result.operating_point,
+        "operating_points": result.operating_points,
+        "metrics": result.metrics,
+        "ci": result.ci,
+        "n": result.n,
+        "duplicates": ingested.duplicates,
+        "quarantined": ingested.quarantined,
+        "quarantined_by_reason": ingested.quarantined_by_reason,
+        "quarantine": ingested.quarantine_path,
+        "report": str(result.report_path),
+        "plots": {name: str(path) for name, path in result.plots.items()},
+        "data_digest": ingested.digest,
+        "manifest": ingested.manifest_path,
+        # Images the model's domain score flags (`cxr.domain`), and the metrics on the rest.
+        **domain,
+    }
+
+
+@contextmanager
+def labelled_batches(data_dir: Path, image_size: int) -> Iterator[tuple[IngestResult, BatchesResult]]:
+    """(ingest result, batches of every accepted file as split `test`) of a labelled folder; the batches are
+    temporary. The manifest folder is one per data folder, so a re-run re-checks only changed files.
+
+    A folder without images of both classes is a `DataError`: no metric is defined on one class.
+    """
     manifest_dir = state_dir("manifests", f"evaluate-{sha256_text(str(data_dir.resolve()))[:16]}")
     previous = manifest_dir / MANIFEST_NAME
     ingested = ingest_folder(
@@ -65,27 +100,4 @@ def evaluate_folder(
         work_dir = Path(work)
         split_path = work_dir / "split.parquet"
         pd.read_parquet(ingested.manifest_path).assign(split=SPLIT).to_parquet(split_path, index=False)
-        batches = materialise_batches(
-            split_path, work_dir / "batches", image_size=int(metadata["image_size"])
-        )
-        report_dir = state_dir("reports", f"folder-{ingested.digest[:12]}-{sha256_file(model_path)[:12]}")
-        result = evaluate_model(
-            model_path, batches, split=SPLIT, out_dir=report_dir, operating_point=operating_point
-        )
-        domain = domain_summary(model_path, batches, SPLIT, threshold=float(result.metrics["threshold"]))
-    return {
-        "model": str(model_uri_or_path),
-        "data_dir": str(data_dir.resolve()),
-        "operating_point": result.operating_point,
-        "operating_points": result.operating_points,
-        "metrics": result.metrics,
-        "ci": result.ci,
-        "n": result.n,
-        "duplicates": ingested.duplicates,
-        "quarantined": ingested.quarantined,
-        "quarantined_by_reason": ingested.quarantined_by_reason,
-        "quarantine": ingested.quarantine_path,
-        "report": str(result.report_path),
-        # Images the model's domain score flags (`cxr.domain`), and the metrics on the rest.
-        **domain,
-    }
+        yield ingested, materialise_batches(split_path, work_dir / "batches", image_size=image_size)

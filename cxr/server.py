@@ -12,15 +12,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from cxr.errors import CxrError
-from cxr.state import configure_environment, default_tracking_uri, state_dir
+from cxr.locking import file_lock
+from cxr.state import PREFECT_STARTUP_TIMEOUT_S, configure_environment, default_tracking_uri, state_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
-STARTUP_TIMEOUT_S = 120.0
+STARTUP_TIMEOUT_S = float(PREFECT_STARTUP_TIMEOUT_S)
 
 
 def _console_script(name: str) -> str:
@@ -31,6 +32,10 @@ def _console_script(name: str) -> str:
 
 def pid_file() -> Path:
     return state_dir("prefect") / "server.pid"
+
+
+def log_file() -> Path:
+    return state_dir("prefect") / "server.log"
 
 
 def server_url(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> str:
@@ -123,36 +128,100 @@ def stop_process_group(pid: int, timeout_s: float = 15.0) -> None:
             time.sleep(0.2)
 
 
-def ensure_dashboard(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> str:
-    """Return the URL of the Prefect dashboard on HOST:PORT, starting a detached server if none answers.
+def running_server() -> dict | None:
+    """The state folder's server from its pid file (`{"pid", "url"}`), while that process runs."""
+    try:
+        record = json.loads(pid_file().read_text())
+    except (OSError, ValueError):
+        return None
+    return record if _is_prefect_server(record["pid"]) else None
 
-    The server keeps its database in the state folder's `prefect/` (PREFECT_HOME), logs to
-    `prefect/server.log` and records its pid in `prefect/server.pid` for `stop_dashboard()`.
+
+def local_server_status() -> dict | None:
+    """The state folder's server for `cxr status`: pid, url, whether it answers, its log; None when not running."""
+    record = running_server()
+    if record is None:
+        return None
+    return {**record, "up": is_healthy(f"{record['url']}/api"), "log": str(log_file())}
+
+
+def ensure_local_server(port: int | None = None, host: str = DEFAULT_HOST) -> str:
+    """The URL of the state folder's Prefect server, started detached when it is not up.
+
+    Its database lives in the state folder's `prefect/` (PREFECT_HOME), its log in `prefect/server.log`,
+    its pid in `prefect/server.pid`. Commands starting at once take turns on a lock, so one starts it
+    and the others use it. `port` None: 4200, or a free port when 4200 is taken.
     """
     configure_environment()
+    with _server_lock():
+        record = running_server()
+        if record and is_healthy(f"{record['url']}/api"):
+            return record["url"]
+        if record:  # alive but not answering: its starter gave up on it
+            stop_process_group(record["pid"])
+        if port is None:
+            port = DEFAULT_PORT if _port_free(DEFAULT_PORT, host) else free_port(host)
+        elif is_healthy(f"{server_url(port, host)}/api"):
+            return server_url(port, host)  # a server this state folder did not start, on the port asked for
+        return _start_local_server(port, host)
+
+
+def _server_lock() -> AbstractContextManager[Path]:
+    """Held while the state folder's server is started or stopped; a waiter needs room for a cold start."""
+    return file_lock(state_dir("prefect") / "server.lock", timeout_s=STARTUP_TIMEOUT_S + 60)
+
+
+def _start_local_server(port: int, host: str) -> str:
     url = server_url(port, host)
-    if is_healthy(f"{url}/api"):
-        print(f"Prefect dashboard already running: {url}")
-        return url
-    home = state_dir("prefect")
-    log_path = home / "server.log"
-    process = start_prefect_server(port, host, home=home, log_path=log_path)
+    log_path = log_file()
+    _say(f"starting the local Prefect server on {url} (log: {log_path}); a first start sets up its database")
+    started = time.monotonic()
+    process = start_prefect_server(port, host, home=state_dir("prefect"), log_path=log_path)
     pid_file().write_text(json.dumps({"pid": process.pid, "url": url}))
-    wait_until_healthy(f"{url}/api", process, log_path)
-    print(f"Prefect dashboard: {url} (log: {log_path})")
+    try:
+        wait_until_healthy(f"{url}/api", process, log_path)
+    except CxrError:
+        pid_file().unlink(missing_ok=True)
+        raise
+    _say(
+        f"local Prefect server up after {time.monotonic() - started:.0f} s; it stays up (`cxr dashboard --stop`)"
+    )
+    return url
+
+
+def _say(message: str) -> None:
+    """Progress on stderr, so `--json` output on stdout stays one object."""
+    print(f"cxr: {message}", file=sys.stderr, flush=True)
+
+
+def _port_free(port: int, host: str) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_dashboard(port: int | None = None, host: str = DEFAULT_HOST) -> str:
+    """Return the URL of the state folder's Prefect dashboard, starting its server if it is not up."""
+    url = ensure_local_server(port, host)
+    print(f"Prefect dashboard: {url} (log: {log_file()}; `cxr dashboard --stop` stops it)")
     return url
 
 
 def stop_dashboard() -> bool:
-    """Stop the server `ensure_dashboard` started (from its pid file); False when none was recorded."""
-    recorded = pid_file()
-    if not recorded.exists():
-        return False
-    pid = json.loads(recorded.read_text())["pid"]
-    if _is_prefect_server(pid):
-        stop_process_group(pid)
-    recorded.unlink()
-    return True
+    """Stop the state folder's server (from its pid file); False when none was recorded."""
+    with _server_lock():
+        recorded = pid_file()
+        if not recorded.exists():
+            return False
+        record = running_server()
+        if record is not None:
+            stop_process_group(record["pid"])
+        recorded.unlink()
+        return True
 
 
 def _is_prefect_server(pid: int) -> bool:

@@ -9,6 +9,11 @@ from pathlib import Path
 from cxr.errors import CxrError
 from cxr.quiet import quiet_native_logs
 
+# How long anything waits for a Prefect server to answer: the state folder's server (`cxr.server`), the
+# test and bench servers, and Prefect's own temporary server where one is still used. A first start sets up
+# its database: on a busy 2-core machine that races Prefect's own default of 20 s.
+PREFECT_STARTUP_TIMEOUT_S = 300
+
 
 def cxr_home() -> Path:
     """Root of all state this project writes (cache, manifests, models, registry, Prefect home)."""
@@ -43,6 +48,7 @@ def configure_environment() -> None:
         # JSON, not pickle: a cached result must never be able to run code when it is read back.
         "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(PREFECT_STARTUP_TIMEOUT_S),
         "KERAS_HOME": str(home / "keras"),
         "MPLCONFIGDIR": str(home / "matplotlib"),
         "MPLBACKEND": "Agg",

@@ -1,21 +1,21 @@
 """Where things stand, for `cxr status`: champion, recent runs, next nightly run, what is up, inbox backlog.
 
 The champion comes from the MLflow registry; runs, schedules and served deployments from the Prefect
-server in use ($PREFECT_API_URL or the local dashboard). Without a server answering, the Prefect parts
-are null and `notes` says why: starting a temporary server just to read them takes tens of seconds.
+server in use ($PREFECT_API_URL or the state folder's local server). Without a server answering, the
+Prefect parts are null and `notes` says why: `cxr status` reads, it never starts a server.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cxr import REGISTERED_MODEL_NAME
 from cxr.notify import RETRAIN_FLOW
-from cxr.server import api_url_if_running, is_healthy
+from cxr.prefect_api import choose_prefect_api
+from cxr.server import is_healthy, local_server_status
 from cxr.state import cxr_home
 
 RECENT_RUNS = 5
@@ -26,10 +26,8 @@ SERVING_POLL_WINDOW = timedelta(seconds=90)
 
 def prefect_api_url() -> str | None:
     """The API of the Prefect server runs are recorded in, when it answers."""
-    configured = os.environ.get("PREFECT_API_URL")
-    if configured:
-        return configured if is_healthy(configured) else None
-    return api_url_if_running()
+    api_url = choose_prefect_api(start=False)
+    return api_url if api_url and is_healthy(api_url) else None
 
 
 def champion(model_name: str, tracking_uri: str) -> dict[str, Any] | None:
@@ -191,6 +189,7 @@ def gather_status(model_name: str = REGISTERED_MODEL_NAME, tracking_uri: str | N
         "recent_runs": None,
         "next_scheduled": None,
         "dashboard_url": None,
+        "local_server": local_server_status(),
         "serving": None,
         "inboxes": watched_inboxes(),
         "notes": notes,
@@ -198,7 +197,8 @@ def gather_status(model_name: str = REGISTERED_MODEL_NAME, tracking_uri: str | N
     api_url = prefect_api_url()
     if api_url is None:
         notes.append(
-            "no Prefect server is answering: `cxr dashboard` starts one (runs are kept in the state folder)"
+            "no Prefect server is answering: the next `cxr train` (or `cxr dashboard`) starts the state "
+            "folder's local server, which keeps the runs"
         )
         return status
     ui_url = api_url.rstrip("/").removesuffix("/api")

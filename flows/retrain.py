@@ -1,4 +1,4 @@
-"""The `retrain` flow: ingest → split → batches → train → domain → evaluate → register."""
+"""The `retrain` flow: ingest → split → batches → train → domain → external sets → evaluate → register."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from cxr.caching import code_version, sha256_text, stable_json
 from cxr.config import IngestParams, RetrainConfig
 from cxr.errors import CxrError
+from cxr.external import ExternalResult
 from cxr.progress import stage_progress
+from cxr.training import TrainResult
 from flows.stages import StageRunner
-from tasks import batches, domain, evaluate, ingest, register, report, split, train
+from tasks import batches, domain, evaluate, external, ingest, register, report, split, train
 
 # Modules whose source decides a trained model (as its stages declare them): the lineage's code version.
 MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY, *domain.DECIDED_BY})
@@ -61,6 +63,32 @@ def batches_stage(
     return run(batches.assemble_batches, plan, shards)
 
 
+def external_stage(
+    run: StageRunner, config: RetrainConfig, trained: TrainResult, split_path: str
+) -> dict[str, ExternalResult]:
+    """Each external set scored with the trained model and the champion, one task per set."""
+    return {
+        name: run(
+            external.evaluate_external,
+            name,
+            folder,
+            trained.model_path,
+            trained.model_sha256,
+            split_path,
+            config.registered_model_name,
+        )
+        for name, folder in config.external.sets.items()
+    }
+
+
+def site_default(run: StageRunner, config: RetrainConfig, trained: TrainResult) -> TrainResult:
+    """The trained model, or (`external.calibrate_on`) a copy whose default point is that set's."""
+    name = config.external.calibrate_on
+    if name is None:
+        return trained
+    return run(external.calibrate_on_external, trained, name, config.external.sets[name])
+
+
 def retrain_run_name() -> str:
     """`retrain-2026-11-28-nightly`: the date and what started the run, readable in the dashboard."""
     config = flow_run.parameters.get("config", {})
@@ -92,6 +120,8 @@ def retrain(config: RetrainConfig) -> dict:
     drift = run(
         domain.data_drift, ingested, config.data_dir, trained, config.registered_model_name, config.domain
     )
+    outside = external_stage(run, config, trained, str(splits.split_path))
+    trained = site_default(run, config, trained)
     evaluation = run(evaluate.evaluate, trained.model_path, trained.model_sha256, data)
     lineage = {
         "data_digest": ingested.digest,
@@ -111,6 +141,7 @@ def retrain(config: RetrainConfig) -> dict:
         lineage,
         config.registered_model_name,
         config.gate,
+        outside,
     )
     # Read live: the alias may have moved (promote, rollback) since a cached registration was made.
     registered = run(register.champion_now, registered)
@@ -126,6 +157,7 @@ def retrain(config: RetrainConfig) -> dict:
         "decision": registered.decision,
         "metrics": evaluation.metrics,
         "ci": evaluation.ci,
+        "external": {name: result.summary() for name, result in outside.items()},
         "threshold": trained.threshold,
         "operating_point": trained.default_operating_point,  # the one `metrics` use
         "operating_points": trained.operating_points,

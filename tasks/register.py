@@ -16,6 +16,8 @@ from cxr.artifacts import Artifact, WithArtifacts
 from cxr.caching import ContentKey
 from cxr.config import GateParams
 from cxr.evaluation import EvaluationResult, champion_scorer_for
+from cxr.external import ExternalResult, champion_metrics_now, log_to_mlflow
+from cxr.gate import decide_with_outside
 from cxr.locking import registry_lock
 from cxr.operating_points import mlflow_tags
 from cxr.registry import (
@@ -74,8 +76,10 @@ def _log_and_register(
     lineage: dict[str, Any],
     name: str,
     tracking_uri: str,
+    external: dict[str, ExternalResult],
 ) -> Any:  # noqa: ANN401 - mlflow ModelVersion
-    """One MLflow run with everything about the model (`log_training_run`); the version is registered last."""
+    """One MLflow run with everything about the model (`log_training_run`) and its external scores; the
+    version is registered last."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -85,6 +89,7 @@ def _log_and_register(
         experiment_id=experiment_id, run_name=f"{train.model_name}-{train.model_sha256[:8]}"
     ) as run:
         info = log_training_run(train, evaluation, lineage)
+        log_to_mlflow(external)
         tags = {
             **{key: str(lineage.get(key, "")) for key in LINEAGE_TAGS},
             "model_sha256": train.model_sha256,
@@ -108,6 +113,7 @@ def _card_of(
     evaluation: EvaluationResult,
     lineage: dict[str, Any],
     tracking_uri: str,
+    external: dict[str, ExternalResult],
 ) -> tuple[str, str | None]:
     """(the version's model card, its run's URL); the card is added to the run when it lacks one.
 
@@ -123,7 +129,7 @@ def _card_of(
             f"`{prefect.get('flow_run_name')}` ({prefect.get('flow_run_url') or prefect['flow_run_id']})"
         )
     card = model_card(
-        model_version.name, int(model_version.version), train, evaluation, lineage, links
+        model_version.name, int(model_version.version), train, evaluation, lineage, links, external
     ).markdown()
     if CARD_FILE not in {entry.path for entry in mlflow_client.list_artifacts(run.info.run_id)}:
         mlflow_client.log_text(run.info.run_id, card, CARD_FILE)
@@ -138,29 +144,6 @@ def _existing_version(name: str, model_sha256: str, tracking_uri: str) -> Any:  
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def decide(
-    challenger: dict[str, Any],
-    champion: dict[str, Any] | None,
-    gate: GateParams,
-) -> tuple[bool, str]:
-    """(promote?, reason) for the challenger's and champion's metrics on the same split."""
-    if champion is None:
-        return True, "first model: no champion yet"
-    metric = gate.metric
-    new, old = challenger.get(metric), champion.get(metric)
-    sensitivity = challenger.get("sensitivity")
-    if new is None:
-        return False, f"challenger {metric} is undefined on this split"
-    if sensitivity is None or sensitivity < gate.sensitivity_floor:
-        return False, f"challenger sensitivity {sensitivity} below the floor {gate.sensitivity_floor}"
-    if old is not None and new < old + gate.margin:
-        return False, f"challenger {metric} {new:.4f} < champion {old:.4f} + margin {gate.margin}"
-    return (
-        True,
-        f"challenger {metric} {new:.4f} >= champion {'n/a' if old is None else f'{old:.4f}'} + margin {gate.margin}",
-    )
-
-
 def _apply_gate(
     name: str,
     version: int,
@@ -168,6 +151,7 @@ def _apply_gate(
     gate: GateParams,
     champion_scorer: Callable[[str], dict] | None,
     tracking_uri: str,
+    external: dict[str, ExternalResult],
 ) -> dict[str, Any]:
     """Score the current champion, decide, record the decision on the version, then move the alias."""
     current = champion_version(name, tracking_uri)
@@ -181,7 +165,9 @@ def _apply_gate(
             tags = client(tracking_uri).get_model_version(name, str(current)).tags
             champion_metrics, scored_on = version_metrics(tags), "champion's recorded metrics"
     faults.pause("pause_in_gate")
-    promoted, reason = decide(challenger, champion_metrics, gate)
+    outside = {key: result.challenger["metrics"] for key, result in external.items()}
+    outside_champion = champion_metrics_now(external, current, name) if external else {}
+    promoted, reason = decide_with_outside(challenger, champion_metrics, gate, (outside, outside_champion))
     decision = {
         "promoted": promoted,
         "reason": reason,
@@ -191,6 +177,10 @@ def _apply_gate(
         "champion_version": current,
         "champion": None if champion_metrics is None else rounded(champion_metrics),
         "champion_scored_on": scored_on,
+        "external": {
+            key: {"challenger": rounded(outside[key]), "champion": rounded(outside_champion[key] or {})}
+            for key in outside
+        },
     }
     client(tracking_uri).set_model_version_tag(name, str(version), DECISION_TAG, json.dumps(decision))
     if promoted:
@@ -207,29 +197,32 @@ def register_model(
     tracking_uri: str,
     gate: GateParams,
     champion_scorer: Callable[[str], dict] | None = None,
+    external: dict[str, ExternalResult] | None = None,
 ) -> RegistrationResult:
     """Register the trained model as a new version and promote it to champion if it passes the gate.
 
     Idempotent per model file: a version already registered with the same sha256 is reused, and its
     recorded decision too, so a retry after a partial failure neither duplicates nor re-decides.
     `champion_scorer(model_uri)` re-scores the champion on the challenger's split; without it the
-    champion's recorded test metrics are compared. Concurrent runs take turns (an inter-process lock
+    champion's recorded test metrics are compared; `external` sets must not get worse (`cxr.gate`). Concurrent runs take turns (an inter-process lock
     per store and model), so each gate sees the champion the previous registration left.
     """
     quiet_mlflow()
     faults.fail_first("registry")
     faults.hang("registry")
-    name = registered_model_name
+    name, external = registered_model_name, external or {}
     with registry_lock(tracking_uri, name):
         existing = _existing_version(name, train.model_sha256, tracking_uri)
-        model_version = existing or _log_and_register(train, evaluation, lineage, name, tracking_uri)
-        card, run_url = _card_of(model_version, train, evaluation, lineage, tracking_uri)
+        model_version = existing or _log_and_register(
+            train, evaluation, lineage, name, tracking_uri, external
+        )
+        card, run_url = _card_of(model_version, train, evaluation, lineage, tracking_uri, external)
         version = int(model_version.version)
         recorded = model_version.tags.get(DECISION_TAG)
         decision = (
             json.loads(recorded)
             if recorded
-            else _apply_gate(name, version, evaluation.metrics, gate, champion_scorer, tracking_uri)
+            else _apply_gate(name, version, evaluation.metrics, gate, champion_scorer, tracking_uri, external)
         )
         current = champion_version(name, tracking_uri)
     return RegistrationResult(
@@ -260,6 +253,9 @@ def decision_markdown(result: RegistrationResult) -> str:
     rows = "\n".join(
         f"| {key} | {_cell(value)} | {_cell(champion.get(key))} |"
         for key, value in decision["challenger"].items()
+    ) + "".join(
+        f"\n| {name}: auc | {_cell(pair['challenger'].get('auc'))} | {_cell(pair['champion'].get('auc'))} |"
+        for name, pair in decision.get("external", {}).items()
     )
     outcome = f"promoted to `{CHAMPION_ALIAS}`" if decision["promoted"] else "not promoted"
     return (
@@ -281,7 +277,15 @@ def _tracking_store(inputs: dict[str, Any]) -> str:
 @task(
     name="register",
     cache_policy=ContentKey(
-        modules=("cxr.registry", "cxr.evaluation", "cxr.metrics", "cxr.run_logging", "cxr.pyfunc_logging"),
+        modules=(
+            "cxr.registry",
+            "cxr.evaluation",
+            "cxr.metrics",
+            "cxr.run_logging",
+            "cxr.pyfunc_logging",
+            "cxr.gate",
+            "cxr.external",
+        ),
         fingerprint=_tracking_store,
     ),
     persist_result=True,
@@ -297,8 +301,10 @@ def register(
     lineage: dict[str, Any],
     registered_model_name: str,
     gate: GateParams,
+    external: dict[str, ExternalResult] | None = None,
 ) -> RegistrationResult:
-    """Register the model in MLflow and apply the champion/challenger gate on the current test split."""
+    """Register the model in MLflow and apply the champion/challenger gate on the current test split and
+    the external sets."""
     tracking_uri = default_tracking_uri()
     result = register_model(
         train,
@@ -308,6 +314,7 @@ def register(
         tracking_uri=tracking_uri,
         gate=gate,
         champion_scorer=champion_scorer_for(batches, tracking_uri, split=evaluation.split),
+        external=external,
     )
     decision = Artifact(key="promotion-decision", markdown=decision_markdown(result))
     result = result.model_copy(update={"artifacts": [decision, *result.artifacts]})

@@ -14,8 +14,13 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="cxr-test-home-"))
 os.environ["CXR_HOME"] = str(_SESSION_HOME)
 for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_ARTIFACTS_DESTINATION"):
     os.environ.pop(_var, None)
+# A `cxr` command without PREFECT_API_URL starts the state folder's long-lived server, which would outlive
+# the test. Tests talk to servers they start and stop themselves (`prefect_harness`, tests/servers.py), so
+# any command that gets none uses Prefect's temporary in-process server instead. Inherited by subprocesses;
+# tests of the long-lived server (test_local_server.py) remove it and stop what they start.
+os.environ["CXR_PREFECT_SERVER"] = "ephemeral"
 
-from cxr.state import configure_environment  # noqa: E402
+from cxr.state import PREFECT_STARTUP_TIMEOUT_S, configure_environment  # noqa: E402
 
 configure_environment()
 
@@ -49,7 +54,7 @@ def prefect_harness():
     """A temporary Prefect API for tests that run flows or tasks."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_TIMEOUT_S):
         yield
 
 

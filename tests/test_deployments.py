@@ -214,10 +214,14 @@ def test_back_to_back_triggers_run_one_after_the_other(served, client, api_url, 
         assert next_start >= previous_end, intervals
 
 
+EXTERNAL_FROM_ENV = {"sets": "{{ $CXR_EXTERNAL_SETS }}"}
+
+
 def _without_roots(trigger):
-    """The trigger with its data_roots set aside: the YAML names them by an environment variable."""
+    """The trigger with its data_roots and external sets set aside: the YAML names them by environment variables."""
     config = trigger.parameters["config"]
     assert config.pop("data_roots"), "event-triggered runs must be confined to data roots"
+    assert config.pop("external", EXTERNAL_FROM_ENV) == EXTERNAL_FROM_ENV
     return trigger
 
 
@@ -254,6 +258,29 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
         assert item.get("parameters", {}).get("config", {}).get("trigger") == deployment.parameters.get(
             "config", {}
         ).get("trigger")
+        assert (
+            item.get("parameters", {}).get("config", {}).get("external", EXTERNAL_FROM_ENV)
+            == EXTERNAL_FROM_ENV
+        )
+
+
+def test_both_deployments_carry_the_external_sets(tmp_path):
+    from cxr.config import RetrainConfig
+    from deployments.serve import ServeOptions, build_deployments
+
+    site, data = tmp_path / "site_b", tmp_path / "data"
+    site.mkdir()
+    data.mkdir()
+    options = ServeOptions(config_overrides={"external": {"sets": [f"site_b={site}"]}})
+    nightly, on_new_data = build_deployments(str(data), options)
+    for parameters in (nightly.parameters, on_new_data.triggers[0].parameters):
+        assert parameters["config"]["external"] == {"sets": {"site_b": str(site)}}
+    # The YAML's environment variable: `NAME=DIR,...` text, empty for none.
+    assert RetrainConfig(data_dir=str(tmp_path / "data"), external={"sets": ""}).external.sets == {}
+    parsed = RetrainConfig(
+        data_dir=str(tmp_path / "data"), external={"sets": f"site_b={site}, c={tmp_path}/c"}
+    )
+    assert parsed.external.sets == {"site_b": str(site), "c": str(tmp_path / "c")}
 
 
 def test_a_missing_nightly_data_folder_is_refused_before_serving(tmp_path):

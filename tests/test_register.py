@@ -72,7 +72,7 @@ def trained(tmp_path: Path, gain: float, threshold: float = 0.5, tag: str = "m")
     ), model
 
 
-def register(tmp_path, tracking_uri, test_split, gain, *, threshold=0.5, gate=None, tag="m"):
+def register(tmp_path, tracking_uri, test_split, gain, *, threshold=0.5, gate=None, tag="m", external=None):
     images, labels = test_split
     train, model = trained(tmp_path, gain, threshold, tag)
     evaluation = evaluate_predictions(
@@ -101,6 +101,7 @@ def register(tmp_path, tracking_uri, test_split, gain, *, threshold=0.5, gate=No
         tracking_uri=tracking_uri,
         gate=gate or GateParams(),
         champion_scorer=lambda uri: score_model(uri, images, labels, tracking_uri),
+        external=external,
     )
 
 

@@ -39,6 +39,7 @@ def test_without_a_prefect_server_the_prefect_parts_are_null_and_explained(tmp_p
         "serving": None,
     }
     assert status["inboxes"] == []
+    assert status["local_server"] is None  # this state folder never started one
     assert any("no Prefect server" in note for note in status["notes"])
     assert any("no champion yet" in note for note in status["notes"])
     assert not (tmp_path / "mlflow.db").exists()  # looking does not create an empty registry
