@@ -188,6 +188,22 @@ MEASURES: tuple[Measure, ...] = (
         server=True,
     ),
     Measure(
+        "domain",
+        "bench.domain:measure_domain",
+        (
+            "domain_predict_overhead",
+            "domain_predict_img_s",
+            "domain_plain_predict_img_s",
+            "domain_predict_files",
+            "domain_flow_overhead",
+            "domain_stage_s",
+            "domain_out_of_domain_files",
+        ),
+        requires=("orchestration",),
+        folders=frozenset({"train"}),
+        server=True,
+    ),
+    Measure(
         "shift",
         "bench.shift:measure_shift",
         (
@@ -227,6 +243,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "orchestration_overhead_s": ("<", 2.0),
     "train_cached_with_server_wall_s": ("<=", 8.0),
     "predict_vs_raw": (">=", 0.9),
+    "domain_predict_overhead": ("<=", 0.10),
+    "domain_flow_overhead": ("<=", 0.10),
     "scale_rss_growth": ("<=", 1.2),
     "scale_time_per_image_spread": ("<=", 0.2),
     "scale_cached_rerun_max_s": ("<", 15.0),

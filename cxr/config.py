@@ -146,6 +146,20 @@ def external_set(item: str) -> tuple[str, str]:
     return name.strip(), str(Path(folder.strip()).resolve())
 
 
+class DomainParams(Params):
+    """The domain score (`cxr.domain`): its threshold, and when new data counts as drift."""
+
+    quantile: float = Field(
+        0.99, gt=0.5, lt=1, description="Threshold: this quantile of the validation images' domain scores"
+    )
+    fit_images: int = Field(
+        2000, ge=10, description="At most this many training images (a seeded sample) fit the score"
+    )
+    drift_share: float = Field(
+        0.1, ge=0, le=1, description="Alert when more than this share of a run's new images is out of domain"
+    )
+
+
 class RetrainConfig(Params):
     """Everything that decides what a retraining run produces (and so its cache keys)."""
 
@@ -156,6 +170,7 @@ class RetrainConfig(Params):
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
     gate: GateParams = GateParams()
+    domain: DomainParams = DomainParams()
     external: ExternalParams = ExternalParams()
     timeouts: TimeoutParams = Field(TimeoutParams(), description="Limits only: they decide no result")
     registered_model_name: str = REGISTERED_MODEL_NAME

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from cxr.artifacts import WithArtifacts
+from cxr.filelists import FileList, write_file_list
 from cxr.imaging import FileCheck
 from cxr.scanning import FoundFile
 
@@ -71,6 +72,9 @@ QUARANTINE_COLUMNS = [
 ]
 
 
+NEW_FILES_NAME = "new-files.parquet"
+
+
 class IngestResult(WithArtifacts):
     """What `ingest_folder` wrote and what it found (the `ingest` stage adds its data report)."""
 
@@ -86,10 +90,20 @@ class IngestResult(WithArtifacts):
     duplicates: int
     elapsed_s: float
     reused: int
+    # Accepted images this ingest checked (new or changed since the folder's previous ingest): data drift's input.
+    new_files: FileList | None = None
 
     def is_intact(self) -> bool:
         """Whether the files a cached result points at are still there."""
         return Path(self.manifest_path).is_file() and Path(self.quarantine_path).is_file()
+
+
+def write_new_files(manifest_path: Path, checked_paths: set[str]) -> FileList:
+    """The manifest's images among the files an ingest checked (not reused from the previous one), listed
+    next to the manifest."""
+    manifest = pd.read_parquet(manifest_path, columns=["path"])
+    new = manifest.loc[manifest["path"].isin(checked_paths)]
+    return write_file_list(new, Path(manifest_path).with_name(NEW_FILES_NAME))
 
 
 def manifest_digest(manifest: pd.DataFrame) -> str:

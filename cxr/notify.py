@@ -7,7 +7,9 @@ reported once the server marks it Crashed):
   e.g. Slack or e-mail);
 - automation `cxr-retrain-failed`: on `prefect.flow-run.Failed`/`Crashed` of the `retrain` flow;
 - automation `cxr-champion-changed`: on the `cxr.champion.changed` event, which the registry emits
-  whenever the `champion` alias moves (gate promotion, `cxr promote`, `cxr rollback`).
+  whenever the `champion` alias moves (gate promotion, `cxr promote`, `cxr rollback`);
+- automation `cxr-data-drift`: on the `cxr.data.drift` event, which a retraining run emits when more of
+  its new images than `domain.drift_share` are out of the model's domain (`cxr.domain`).
 
 The webhook receives JSON `{"text": "<subject>\\n<body>", "subject": ..., "body": ...}` (`text` is
 what Slack-style incoming webhooks show).
@@ -21,11 +23,13 @@ from typing import Any
 from cxr.errors import CxrError
 
 CHAMPION_CHANGED_EVENT = "cxr.champion.changed"
+DATA_DRIFT_EVENT = "cxr.data.drift"
 MODEL_RESOURCE_PREFIX = "cxr.model."
 RETRAIN_FLOW = "retrain"
 WEBHOOK_BLOCK_NAME = "cxr-notify"
 RUN_FAILED_AUTOMATION = "cxr-retrain-failed"
 CHAMPION_AUTOMATION = "cxr-champion-changed"
+DRIFT_AUTOMATION = "cxr-data-drift"
 WEBHOOK_JSON = {"text": "{{subject}}\n{{body}}", "subject": "{{subject}}", "body": "{{body}}"}
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,21 @@ def champion_changed_message(ui_url: str) -> tuple[str, str]:
     return subject, body
 
 
+def data_drift_message(ui_url: str) -> tuple[str, str]:
+    """(subject, body) Jinja templates the server renders for a `cxr.data.drift` event."""
+    payload = "event.payload"
+    subject = f"cxr: {{{{ {payload}.out_of_domain }}}} of {{{{ {payload}.new_images }}}} new images are out of domain"
+    body = (
+        f"{{{{ {payload}.out_of_domain }}}} of the {{{{ {payload}.new_images }}}} images new in "
+        f"{{{{ {payload}.data_dir }}}} ({{{{ {payload}.share_percent }}}} %) are unlike the images "
+        f"{{{{ {payload}.model_uri }}}} was trained on (alert above {{{{ {payload}.alert_percent }}}} %).\n"
+        "The model still scores them; check the data source before trusting those answers.\n"
+        f"{{% if flow_run %}}Run {{{{ flow_run.name }}}}: {run_link(ui_url)}\n{{% endif %}}"
+        f"Dashboard: {ui_url}"
+    )
+    return subject, body
+
+
 def _ui_url(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
@@ -94,7 +113,7 @@ def saved_block_id(block_slug: str) -> Any:  # noqa: ANN401 - UUID
 def configure_notifications(
     *, webhook_url: str | None = None, block_slug: str | None = None, api_url: str | None = None
 ) -> list[str]:
-    """Create (or replace) the two automations on the Prefect server at `api_url` (default: settings).
+    """Create (or replace) the automations on the Prefect server at `api_url` (default: settings).
 
     Exactly one of `webhook_url` (saved as the `cxr-notify` block) and `block_slug` (a notification
     block saved earlier) names where messages go. Returns the automations' names.
@@ -113,6 +132,7 @@ def configure_notifications(
     ui_url = _ui_url(api_url)
     failed_subject, failed_body = run_failed_message(ui_url)
     champion_subject, champion_body = champion_changed_message(ui_url)
+    drift_subject, drift_body = data_drift_message(ui_url)
     automations = [
         Automation(
             name=RUN_FAILED_AUTOMATION,
@@ -139,6 +159,17 @@ def configure_notifications(
                 SendNotification(block_document_id=block_id, subject=champion_subject, body=champion_body)
             ],
         ),
+        Automation(
+            name=DRIFT_AUTOMATION,
+            description="Message when many of a run's new images are out of the model's domain.",
+            trigger=EventTrigger(
+                expect={DATA_DRIFT_EVENT},
+                match={"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}*"},
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=[SendNotification(block_document_id=block_id, subject=drift_subject, body=drift_body)],
+        ),
     ]
     _replace_automations(automations)
     return [automation.name for automation in automations]
@@ -164,6 +195,11 @@ def announce_champion_change(change: dict[str, Any]) -> None:
     nothing is sent: no automation could be listening. A failure to send is logged, never raised:
     the champion has already moved.
     """
+    post_model_event(CHAMPION_CHANGED_EVENT, change["model_name"], change)
+
+
+def post_model_event(event_name: str, model_name: str, payload: dict[str, Any]) -> None:
+    """Post event `event_name` about registered model `model_name` (see `announce_champion_change`)."""
     from prefect.client.orchestration import get_client
     from prefect.events import Event
     from prefect.runtime import flow_run
@@ -171,7 +207,6 @@ def announce_champion_change(change: dict[str, Any]) -> None:
 
     if not PREFECT_API_URL.value():
         return
-    model_name = change["model_name"]
     related = []
     if flow_run.id:
         related.append(
@@ -182,16 +217,16 @@ def announce_champion_change(change: dict[str, Any]) -> None:
             }
         )
     event = Event(
-        event=CHAMPION_CHANGED_EVENT,
+        event=event_name,
         resource={
             "prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}{model_name}",
             "prefect.resource.name": model_name,
         },
         related=related,
-        payload=change,
+        payload=payload,
     )
     try:
         with get_client(sync_client=True) as client:
             client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
-    except Exception as error:  # any transport or HTTP error: the move itself stands
-        log.warning("could not announce the champion change to %s: %s", PREFECT_API_URL.value(), error)
+    except Exception as error:  # any transport or HTTP error: what it reports stands
+        log.warning("could not post %s to %s: %s", event_name, PREFECT_API_URL.value(), error)

@@ -92,7 +92,9 @@ def model_metadata(trained: dict[str, Any], model_sha256: str) -> dict[str, Any]
     return {
         "classes": list(trained.get("classes", CLASSES)),
         "positive_class": PNEUMONIA,
-        "output": "p_pneumonia, label (pneumonia/normal), operating_point, threshold, status, detail",
+        "output": "p_pneumonia, label (pneumonia/normal), operating_point, threshold, status, detail, "
+        "in_domain (false: unlike the training images; null: no domain score), domain_score",
+        "domain_threshold": (trained.get("domain") or {}).get("threshold"),
         "decision": "pneumonia when p_pneumonia >= the operating point's threshold",
         "operating_points": points,
         "default_operating_point": default,
@@ -118,6 +120,8 @@ def signature(default_point: str):  # noqa: ANN201 - mlflow ModelSignature; mlfl
         ColSpec(DataType.double, "threshold"),
         ColSpec(DataType.string, "status"),
         ColSpec(DataType.string, "detail"),
+        ColSpec(DataType.boolean, "in_domain", required=False),
+        ColSpec(DataType.double, "domain_score", required=False),
     ]
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.binary, IMAGE_COLUMN)]),

@@ -7,7 +7,9 @@ this repository. It must therefore import nothing beyond those and the library m
 Input: a DataFrame column `image`; each cell is encoded file bytes (PNG, JPEG, DICOM...), the same
 base64-encoded (as a JSON client sends them), or a uint8/float grey or RGB array on the 0..255 scale.
 Output: one row per image with `p_pneumonia`, `label`, the operating point and threshold used, and a
-`status` that is `ok` or why the image could not be scored (the reasons ingest quarantines for).
+`status` that is `ok` or why the image could not be scored (the reasons ingest quarantines for), and
+`in_domain` / `domain_score` (`cxr.domain`): False for an image unlike the training images, which still gets
+its probability and label; null / NaN when the model was saved without a domain score.
 """
 
 from __future__ import annotations
@@ -23,10 +25,20 @@ import pandas as pd
 from PIL import Image
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr.domain import DomainGuard, DomainScorer
 from cxr.imaging import BadImage, decode_greyscale
 
 IMAGE_COLUMN = "image"
-OUTPUT_COLUMNS = ("p_pneumonia", "label", "operating_point", "threshold", "status", "detail")
+OUTPUT_COLUMNS = (
+    "p_pneumonia",
+    "label",
+    "operating_point",
+    "threshold",
+    "status",
+    "detail",
+    "in_domain",
+    "domain_score",
+)
 OK = "ok"
 # `context.artifacts` keys of a logged model.
 KERAS_ARTIFACT = "keras_model"
@@ -34,7 +46,6 @@ METADATA_ARTIFACT = "metadata"
 # The operating point a model without named points gets from its single `threshold`.
 SINGLE_POINT = "default"
 OPERATING_POINT_PARAM = "operating_point"
-BATCH_SIZE = 64
 
 
 def operating_points(metadata: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
@@ -130,6 +141,7 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.network = keras.saving.load_model(
             context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True
         )
+        self.scorer = DomainScorer(self.network, DomainGuard.from_metadata(self.metadata))
 
     def predict(
         self,
@@ -150,20 +162,23 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
                 rows.append({"status": OK, "detail": ""})
             except BadImage as error:
                 rows.append({"status": error.reason, "detail": error.detail})
-        probabilities = self._p_pneumonia(list(images.values()))
-        for index, probability in zip(images, probabilities, strict=True):
+        probabilities, scores = self._p_pneumonia(list(images.values()))
+        for position, (index, probability) in enumerate(zip(images, probabilities, strict=True)):
             label = PNEUMONIA if probability >= threshold else NORMAL
             rows[index].update(p_pneumonia=float(probability), label=label)
+            if scores is not None:
+                score = float(scores[position])
+                rows[index].update(in_domain=score <= self.scorer.guard.threshold, domain_score=score)
         frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
         frame["operating_point"], frame["threshold"] = point, threshold
-        return frame.astype({"p_pneumonia": "float64"})
+        return frame.astype({"p_pneumonia": "float64", "domain_score": "float64", "in_domain": "object"})
 
-    def _p_pneumonia(self, images: list[np.ndarray]) -> np.ndarray:
+    def _p_pneumonia(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(P(pneumonia), domain score or None without one) per image."""
         if not images:
-            return np.empty(0)
-        batch = np.stack(images)[..., None]
-        output = self.network.predict(batch, batch_size=BATCH_SIZE, verbose=0)
-        return np.asarray(output[:, self.pneumonia_index], dtype=float)
+            return np.empty(0), None
+        softmax, scores = self.scorer.predict(np.stack(images)[..., None])
+        return np.asarray(softmax[:, self.pneumonia_index], dtype=float), scores
 
 
 def _image_cells(model_input: Any) -> list[Any]:  # noqa: ANN401 - DataFrame, dict or list from mlflow

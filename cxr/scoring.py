@@ -16,6 +16,7 @@ import pandas as pd
 
 from cxr.caching import sha256_text
 from cxr.config import IngestParams
+from cxr.domain_fit import domain_summary
 from cxr.errors import DataError
 from cxr.evaluation import evaluate_model
 from cxr.files import sha256_file
@@ -51,6 +52,7 @@ def evaluate_folder(
         result = evaluate_model(
             model_path, batches, split=SPLIT, out_dir=report_dir, operating_point=operating_point
         )
+        domain = domain_summary(model_path, batches, SPLIT, threshold=float(result.metrics["threshold"]))
     return {
         "model": str(model_uri_or_path),
         "data_dir": str(Path(data_dir).resolve()),
@@ -67,6 +69,8 @@ def evaluate_folder(
         "plots": {name: str(path) for name, path in result.plots.items()},
         "data_digest": ingested.digest,
         "manifest": ingested.manifest_path,
+        # Images the model's domain score flags (`cxr.domain`), and the metrics on the rest.
+        **domain,
     }
 
 

@@ -34,6 +34,7 @@ class TimeoutParams(BaseModel):
     batches_s: float = Field(1800, gt=0, description="Each batches task: plan, a shard's decoding, assembly")
     train_s: float = Field(4 * 3600, gt=0)
     evaluate_s: float = Field(1800, gt=0)
+    domain_s: float = Field(1800, gt=0, description="Fitting the domain score; scoring a run's new images")
     register_s: float = Field(
         1800, gt=0, description="Includes waiting up to 10 min for another run's registry lock"
     )

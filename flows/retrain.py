@@ -1,4 +1,4 @@
-"""The `retrain` flow: ingest → split → batches → train → external sets → evaluate → register."""
+"""The `retrain` flow: ingest → split → batches → train → domain → external sets → evaluate → register."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from cxr.external import ExternalResult
 from cxr.progress import stage_progress
 from cxr.training import TrainResult
 from flows.stages import StageRunner
-from tasks import batches, evaluate, external, ingest, register, report, split, train
+from tasks import batches, domain, evaluate, external, ingest, register, report, split, train
 
 # Modules whose source decides a trained model (as its stages declare them): the lineage's code version.
-MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY})
+MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY, *domain.DECIDED_BY})
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
 DASK_SCHEDULER_ENV = "CXR_DASK_SCHEDULER"  # the same, under the name the README documents
@@ -122,6 +122,12 @@ def retrain(config: RetrainConfig) -> dict:
     splits = run(split.split, ingested.manifest_path, ingested.digest, config.split)
     data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)
     trained = run(train.train, data, config.train)
+    # The same network, saved with its domain score: the model every later stage evaluates and registers.
+    trained = run(domain.fit_domain, trained, data, config.domain, config.train.seed)
+    # Judged by the champion as it stands before this run's gate.
+    drift = run(
+        domain.data_drift, ingested, config.data_dir, trained, config.registered_model_name, config.domain
+    )
     outside = external_stage(run, config, trained, str(splits.split_path))
     trained = site_default(run, config, trained)
     evaluation = run(evaluate.evaluate, trained.model_path, trained.model_sha256, data)
@@ -147,6 +153,7 @@ def retrain(config: RetrainConfig) -> dict:
     )
     # Read live: the alias may have moved (promote, rollback) since a cached registration was made.
     registered = run(register.champion_now, registered)
+    drifted = run(domain.report_drift, drift, registered.run_id, registered.model_name)
     summary = {
         "model_name": registered.model_name,
         "model_version": registered.version,
@@ -174,6 +181,7 @@ def retrain(config: RetrainConfig) -> dict:
         "flow_run_id": str(flow_run.id),
         "cached_tasks": run.cached,
         "reused": run.reused,  # cached task -> when its result was made
+        "data_drift": drifted,  # new images out of the serving model's domain
     }
     run.limited(report.report)[0](evaluation, summary)
     return {**summary, "flow_seconds": round(time.perf_counter() - started, 2)}

@@ -23,7 +23,7 @@ from cxr.filelists import FileList
 from cxr.files import write_atomically
 from cxr.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
 from cxr.ingesting import assemble_manifest, check_paths, plan_folder
-from cxr.manifests import IngestResult
+from cxr.manifests import IngestResult, write_new_files
 from cxr.scanning import data_dir_fingerprint
 from cxr.state import state_dir
 from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
@@ -130,7 +130,10 @@ def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
 
     Its `elapsed_s` counts scanning and assembling: the checks ran as their own task runs.
     """
-    result = assemble_manifest(plan.load(), read_checks(checks))
+    checked = read_checks(checks)
+    result = assemble_manifest(plan.load(), checked)
+    # A folder's first ingest (nothing reused) has no earlier data to drift from: no new files.
+    new_files = write_new_files(Path(result.manifest_path), set(checked["path"])) if plan.reused else None
     write_atomically(_latest_index(Path(plan.data_dir)), lambda tmp: tmp.write_text(result.manifest_path))
     get_run_logger().info(
         "ingest %s: %d found, %d accepted, %d quarantined %s, %d checks reused",
@@ -141,7 +144,7 @@ def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
         result.quarantined_by_reason,
         result.reused,
     )
-    return result.model_copy(update={"artifacts": _artifacts(result)})
+    return result.model_copy(update={"artifacts": _artifacts(result), "new_files": new_files})
 
 
 def _artifacts(result: IngestResult) -> list[Artifact]:

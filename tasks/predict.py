@@ -22,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr.domain import DomainGuard, DomainScorer
 from cxr.errors import ModelError
-from cxr.evaluation import predict_pneumonia_proba
 from cxr.files import write_atomically
 from cxr.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.operating_points import select
@@ -32,12 +32,16 @@ from cxr.scanning import path_text, real_path, scan_folder
 from cxr.task_policy import PREDICT_TIMEOUT_S, retry_transient
 
 OK = "ok"
-COLUMNS = ["path", "probability", "label", "status", "detail", "heatmap"]
+# `in_domain` / `domain_score` (cxr.domain): empty for a model saved without a domain score.
+COLUMNS = ["path", "probability", "label", "status", "detail", "heatmap", "in_domain", "domain_score"]
 # Larger files are refused before decoding; real chest X-rays (even 16-bit DICOM) are far smaller.
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 # Images decoded and held in memory at once: bounds memory for folders of any size.
 CHUNK_FILES = 64
 PREVIEW_ROWS = 50
+# Printed on the Grad-CAM overlay of an image the model's domain score flags, and ending its file name.
+OUT_OF_DOMAIN_NOTE = "OUT OF DOMAIN"
+OUT_OF_DOMAIN_SUFFIX = "-out-of-domain"
 
 
 @dataclass(frozen=True)
@@ -81,14 +85,18 @@ def label_for_probability(probability: float, threshold: float) -> str:
     return PNEUMONIA if probability >= threshold else NORMAL
 
 
-def heatmap_path(heatmaps_dir: Path, image_path: str) -> Path:
-    """`<stem>-<hash of the full path>.png`: readable, and unique for same-named files in other folders."""
+def heatmap_path(heatmaps_dir: Path, image_path: str, *, out_of_domain: bool = False) -> Path:
+    """`<stem>-<hash of the full path>[-out-of-domain].png`: readable, unique for same-named files in other
+    folders, and naming an image the domain score flags."""
     digest = hashlib.sha256(image_path.encode()).hexdigest()[:8]
-    return heatmaps_dir / f"{Path(image_path).stem}-{digest}.png"
+    return (
+        heatmaps_dir / f"{Path(image_path).stem}-{digest}{OUT_OF_DOMAIN_SUFFIX if out_of_domain else ''}.png"
+    )
 
 
 def _score_chunk(
     model,  # noqa: ANN001 - a keras.Model
+    scorer: DomainScorer,
     chunk: list[_Input],
     *,
     image_size: int,
@@ -109,8 +117,9 @@ def _score_chunk(
         except BadImage as error:
             rows[item.path] = _failed_row(item.path, error.reason, error.detail)
     if images:
-        probabilities = predict_pneumonia_proba(model, np.stack(list(images.values()))[..., None])
-        for (path, image), probability in zip(images.items(), probabilities, strict=True):
+        softmax, scores = scorer.predict(np.stack(list(images.values()))[..., None])
+        verdicts = domain_verdicts(scorer.guard, scores, len(images))
+        for (path, image), probability, verdict in zip(images.items(), softmax[:, 0], verdicts, strict=True):
             label = label_for_probability(float(probability), threshold)
             rows[path] = {
                 "path": path,
@@ -118,7 +127,10 @@ def _score_chunk(
                 "label": label,
                 "status": OK,
                 "detail": "",
-                "heatmap": _write_heatmap(model, image, path, label, float(probability), heatmaps_dir),
+                "heatmap": _write_heatmap(
+                    model, image, path, label, float(probability), heatmaps_dir, verdict
+                ),
+                **verdict,
             }
     return [rows[item.path] for item in chunk]
 
@@ -131,7 +143,19 @@ def _failed_row(path: str, reason: str, detail: str) -> dict[str, Any]:
         "status": reason,
         "detail": detail,
         "heatmap": None,
+        "in_domain": None,
+        "domain_score": np.nan,
     }
+
+
+def domain_verdicts(guard: DomainGuard | None, scores: np.ndarray | None, n: int) -> list[dict[str, Any]]:
+    """`in_domain` and `domain_score` per scored image; None and NaN where the model has no domain score."""
+    if guard is None or scores is None:
+        return [{"in_domain": None, "domain_score": np.nan}] * n
+    return [
+        {"in_domain": bool(inside), "domain_score": float(score)}
+        for inside, score in zip(guard.in_domain(scores), scores, strict=True)
+    ]
 
 
 def _write_heatmap(
@@ -141,15 +165,16 @@ def _write_heatmap(
     label: str,
     probability: float,
     heatmaps_dir: Path | None,
+    verdict: dict[str, Any],
 ) -> str | None:
     if heatmaps_dir is None:
         return None
     from cxr.gradcam import grad_cam, overlay_png  # imported here: only heat-map runs pay for it
 
     heat = grad_cam(model, image[..., None])
-    out = overlay_png(
-        image, heat, heatmap_path(heatmaps_dir, path), label=f"{label} P(pneumonia)={probability:.3f}"
-    )
+    flagged = verdict["in_domain"] is False
+    text = f"{label} P(pneumonia)={probability:.3f}" + (f" {OUT_OF_DOMAIN_NOTE}" if flagged else "")
+    out = overlay_png(image, heat, heatmap_path(heatmaps_dir, path, out_of_domain=flagged), label=text)
     return str(out)
 
 
@@ -174,10 +199,12 @@ def score_files(
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"model metadata lacks a usable threshold and image_size: {error}") from error
     inputs = expand_paths(paths)
+    scorer = DomainScorer(model, DomainGuard.from_metadata(metadata))
     rows: list[dict[str, Any]] = []
     for start in range(0, len(inputs), CHUNK_FILES):
         rows += _score_chunk(
             model,
+            scorer,
             inputs[start : start + CHUNK_FILES],
             image_size=image_size,
             threshold=threshold,
@@ -185,15 +212,18 @@ def score_files(
             max_file_bytes=max_file_bytes,
             heatmaps_dir=Path(heatmaps_dir) if heatmaps_dir is not None else None,
         )
-    return pd.DataFrame(rows, columns=COLUMNS).astype({"probability": "float64"})
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"probability": "float64", "domain_score": "float64"})
 
 
-def outcome_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Scored files per predicted label (both classes always present) and failed files per status."""
+def outcome_counts(frame: pd.DataFrame) -> dict[str, Any]:
+    """Scored files per predicted label (both classes always present), failed files per status, and
+    scored files flagged out of domain (None when the model has no domain score)."""
     scored = frame[frame["status"] == OK]
+    judged = scored["in_domain"].dropna()
     return {
         "by_label": {label: int((scored["label"] == label).sum()) for label in CLASSES},
         "by_status": dict(sorted(Counter(frame.loc[frame["status"] != OK, "status"]).items())),
+        "out_of_domain": int((~judged.astype(bool)).sum()) if len(judged) or scored.empty else None,
     }
 
 
@@ -210,6 +240,8 @@ def _publish(frame: pd.DataFrame, counts: dict[str, dict[str, int]], out_csv: Pa
     )
     outcomes = [{"outcome": f"predicted {label}", "files": n} for label, n in counts["by_label"].items()]
     outcomes += [{"outcome": f"failed: {status}", "files": n} for status, n in counts["by_status"].items()]
+    if counts["out_of_domain"] is not None:
+        outcomes.append({"outcome": "scored but out of domain", "files": counts["out_of_domain"]})
     create_table_artifact(
         key="prediction-counts", table=outcomes, description="Files per predicted label or failure"
     )

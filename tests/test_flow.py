@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from cxr.config import RetrainConfig
 
 INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
 BATCHES_STEPS = ["batches-plan", "batches-shard", "batches-assemble"]
-STAGES = [*INGEST_STEPS, "split", *BATCHES_STEPS, "train", "evaluate", "register"]
+STAGES = [*INGEST_STEPS, "split", *BATCHES_STEPS, "train", "domain", "domain-drift", "evaluate", "register"]
 
 STAGE_ARTIFACTS = {
     "data-report",
@@ -14,6 +16,8 @@ STAGE_ARTIFACTS = {
     "split-summary",
     "training-history",
     "training-summary",
+    "domain-score",
+    "data-drift",
     "metrics",
     "evaluation-report",
     "roc-curve",
@@ -25,7 +29,7 @@ STAGE_ARTIFACTS = {
 def test_retrain_registers_a_champion_then_reuses_every_task(
     prefect_harness, tiny_dataset, isolated_registry
 ):
-    from cxr.registry import list_versions
+    from cxr.registry import list_versions, resolve_model
     from flows.retrain import retrain
 
     # A seed of its own: other tests train on the same sample, and only ingest may be shared with them.
@@ -48,9 +52,19 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     versions = list_versions("cxr-pneumonia", isolated_registry)
     assert [v["aliases"] for v in versions] == [["champion"]]
     assert versions[0]["data_digest"] == first["data_digest"]
+    # The registered model carries the domain score fitted in the run (numbers, nothing pickled).
+    registered = resolve_model(first["model_uri"], isolated_registry).with_name("model.json")
+    domain = json.loads(registered.read_text())["domain"]
+    assert domain["threshold"] > 0 and domain["layer"] == "pool2"
+    assert 0 <= domain["summary"]["test_flagged_share"] <= 1
+    # A folder's first ingest has nothing earlier to drift from: no new images, no alert.
+    drift = first["data_drift"]
+    assert drift["new_images"] == 0 and drift["share"] is None and not drift["alert"]
 
     second = retrain(config)
+    # The champion is now the run's own model: it judged the new images, so the drift is reused too.
     assert second["cached_tasks"] == STAGES
+    assert second["data_drift"] == first["data_drift"]
     assert second["model_version"] == first["model_version"]
     assert second["metrics"] == first["metrics"]
     assert len(list_versions("cxr-pneumonia", isolated_registry)) == 1

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from cxr.errors import CxrError
-from cxr.notify import champion_changed_message, configure_notifications, run_failed_message
+from cxr.notify import (
+    champion_changed_message,
+    configure_notifications,
+    data_drift_message,
+    run_failed_message,
+)
 
 UNREACHABLE_API = "http://127.0.0.1:9/api"  # nothing listens on the discard port: any request would fail
 
@@ -26,6 +31,7 @@ def test_messages_link_to_the_dashboard_given():
     for subject, body in (
         run_failed_message("http://127.0.0.1:4200"),
         champion_changed_message("http://127.0.0.1:4200"),
+        data_drift_message("http://127.0.0.1:4200"),
     ):
         assert subject.startswith("cxr: ")
         assert "http://127.0.0.1:4200" in body

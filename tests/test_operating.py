@@ -90,7 +90,7 @@ def served(api_url, receiver, tiny_dataset, tmp_path_factory) -> Iterator[None]:
     """`cxr serve --notify-webhook` in a subprocess, until its deployments and automations are registered."""
     from prefect.client.orchestration import get_client
 
-    from cxr.notify import CHAMPION_AUTOMATION, RUN_FAILED_AUTOMATION
+    from cxr.notify import CHAMPION_AUTOMATION, DRIFT_AUTOMATION, RUN_FAILED_AUTOMATION
 
     home = tmp_path_factory.mktemp("serve-home")
     command = ["serve", "--data", str(tiny_dataset), "--cron", CRON, "--notify-webhook", receiver.url]
@@ -105,7 +105,8 @@ def served(api_url, receiver, tiny_dataset, tmp_path_factory) -> Iterator[None]:
         def ready() -> bool:
             assert process.poll() is None, log_path.read_text()
             automations = [
-                client.read_automations_by_name(name) for name in (RUN_FAILED_AUTOMATION, CHAMPION_AUTOMATION)
+                client.read_automations_by_name(name)
+                for name in (RUN_FAILED_AUTOMATION, CHAMPION_AUTOMATION, DRIFT_AUTOMATION)
             ]
             return all(automations) and len(client.read_deployments()) == 2
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.blobmodel import SIZE, THRESHOLD, blob_image, blob_model, write_blob_model, write_png
+from tests.domaincases import add_domain_score, blob_scenes
 from tests.imagefiles import png_declaring
 
 
@@ -143,8 +145,69 @@ def test_predict_flow_writes_the_csv(prefect_harness, model_dir, mixed_folder, t
     assert summary["by_label"] == {"pneumonia": 2, "normal": 3}
     assert summary["by_status"] == {"decompression_bomb": 1, "empty_file": 1, "not_an_image": 1}
     written = pd.read_csv(out_csv)
-    assert list(written.columns) == ["path", "probability", "label", "status", "detail", "heatmap"]
+    assert list(written.columns) == [
+        "path",
+        "probability",
+        "label",
+        "status",
+        "detail",
+        "heatmap",
+        "in_domain",
+        "domain_score",
+    ]
     assert len(written) == 8 and (written["status"] == "ok").sum() == 5
+    # A model saved without a domain score judges no image: the columns are empty, the count null.
+    assert written["in_domain"].isna().all() and written["domain_score"].isna().all()
+    assert summary["out_of_domain"] is None
+
+
+@pytest.fixture(scope="module")
+def guarded_dir(tmp_path_factory) -> Path:
+
+    folder = write_blob_model(tmp_path_factory.mktemp("guarded"))
+    add_domain_score(folder, blob_scenes(120, SIZE, seed=0), blob_scenes(60, SIZE, seed=1))
+    return folder
+
+
+@pytest.fixture
+def odd_folder(tmp_path) -> Path:
+    """One image like the model's own and three it was never meant to see."""
+    folder = tmp_path / "odd"
+    scene = blob_scenes(2, SIZE, seed=5)[1]  # with a blob
+    write_png(folder / "usual.png", scene)
+    write_png(folder / "inverted.png", 255 - scene)
+    write_png(folder / "blank.png", np.full((SIZE, SIZE), 200, np.uint8))
+    write_png(folder / "noise.png", np.random.default_rng(3).integers(0, 256, (SIZE, SIZE), dtype=np.uint8))
+    return folder
+
+
+def test_predict_flags_images_out_of_domain_and_still_answers(
+    prefect_harness, guarded_dir, odd_folder, tmp_path
+):
+    from flows.predict import predict
+
+    out_csv = tmp_path / "predictions.csv"
+    summary = predict(
+        paths=[str(odd_folder)],
+        model_uri=str(guarded_dir),
+        out_csv=str(out_csv),
+        heatmaps_dir=str(tmp_path / "h"),
+    )
+    written = pd.read_csv(out_csv).set_index(pd.read_csv(out_csv)["path"].map(lambda path: Path(path).stem))
+    assert written["in_domain"].to_dict() == {
+        "blank": False,
+        "inverted": False,
+        "noise": False,
+        "usual": True,
+    }
+    assert summary["out_of_domain"] == 3 and summary["scored"] == 4
+    # Flagged images keep their probability and label: nothing is dropped, only marked.
+    assert written["probability"].notna().all() and written["label"].notna().all()
+    # Its Grad-CAM overlay says so in its name (and on the image).
+    flagged_overlays = written["heatmap"].str.endswith("-out-of-domain.png")
+    assert flagged_overlays.to_dict() == {"blank": True, "inverted": True, "noise": True, "usual": False}
+    threshold = json.loads((guarded_dir / "model.json").read_text())["domain"]["threshold"]
+    assert ((written["domain_score"] > threshold) == ~written["in_domain"].astype(bool)).all()
 
 
 def test_predict_flow_reports_a_missing_model_clearly(prefect_harness, mixed_folder, tmp_path):

@@ -29,6 +29,7 @@ from cxr.pyfunc_model import (
     operating_points,
 )
 from cxr.server import free_port, stop_process_group
+from tests.domaincases import add_domain_score, chest_images
 from tests.isolated import isolated_env, isolated_python, run_isolated
 from tests.servers import wait_for
 from tests.test_imaging import write_dicom
@@ -138,6 +139,8 @@ def test_operating_point_chosen_per_request(tmp_path):
     strict = model.predict(None, frame)
     assert list(strict["label"][:1]) == ["normal"] and set(strict["operating_point"]) == {"strict"}
     assert list(strict["status"]) == ["ok", "empty_file", "missing"]
+    # Saved without a domain score: no verdict rather than a guess.
+    assert strict["in_domain"].isna().all() and strict["domain_score"].isna().all()
     screening = model.predict(None, frame, params={"operating_point": "screening"})
     assert screening["label"][0] == "pneumonia" and screening["threshold"][0] == 0.0
     assert screening["p_pneumonia"][0] == pytest.approx(strict["p_pneumonia"][0])
@@ -165,7 +168,10 @@ def champion(tmp_path_factory, images) -> dict:
     middle = len(probabilities) // 2
     metadata["threshold"] = float(probabilities[middle - 1] + probabilities[middle]) / 2
     metadata_path.write_text(json.dumps(metadata))
+    chests = chest_images(folder / "chests", n=60, size=SIZE)
+    metadata = add_domain_score(folder / "trained", chests[:40], chests[40:])
     expected = score_files(network, metadata, images)
+    assert set(expected["in_domain"].dropna()) == {False}  # noise and gradients are no chest X-rays
     assert set(expected["label"].dropna()) == {"pneumonia", "normal"}
 
     import mlflow
@@ -235,6 +241,14 @@ def test_champion_loads_and_agrees_with_cxr_predict_without_the_repo(champion, i
     scored = expected["status"] == "ok"
     assert list(served.loc[scored, "label"]) == list(expected.loc[scored, "label"])
     assert np.allclose(served.loc[scored, "p_pneumonia"], expected.loc[scored, "probability"], atol=1e-6)
+    assert_same_domain_verdicts(served, expected)
+
+
+def assert_same_domain_verdicts(served: pd.DataFrame, expected: pd.DataFrame) -> None:
+    scored = expected["status"] == "ok"
+    assert list(served.loc[scored, "in_domain"]) == list(expected.loc[scored, "in_domain"])
+    assert np.allclose(served.loc[scored, "domain_score"], expected.loc[scored, "domain_score"], rtol=1e-5)
+    assert served.loc[~scored, "in_domain"].isna().all()
 
 
 def test_isolated_python_cannot_import_the_repo(tmp_path):
@@ -299,4 +313,5 @@ def test_mlflow_models_serve_answers_like_cxr_predict_without_the_repo(champion,
     assert list(served.loc[scored, "label"]) == list(expected.loc[scored, "label"])
     assert np.allclose(served.loc[scored, "p_pneumonia"], expected.loc[scored, "probability"], atol=1e-6)
     assert named[["label", "status"]].equals(served[["label", "status"]])
+    assert_same_domain_verdicts(served, expected)
     assert set(served["operating_point"]) == {"default"}
