@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from cxr import REGISTERED_MODEL_NAME
 from cxr.architectures import MODEL_NAMES, MODEL_SPECS, PRETRAINABLE_MODELS
@@ -106,11 +106,19 @@ class GateParams(Params):
     )
 
 
+SETS_JSON_SCHEMA = {
+    "anyOf": [{"type": "object", "additionalProperties": {"type": "string"}}, {"type": "string"}]
+}
+
+
 class ExternalParams(Params):
     """Labelled folders from other sites, scored (challenger and champion) in every run and never trained on."""
 
-    sets: dict[str, str] = Field(
-        default_factory=dict, description="NAME -> folder; NAME: letters, digits, _ and -"
+    # A deployment passes the sets as one `NAME=DIR,...` text (an environment variable), and Prefect's server
+    # checks deployment parameters against this schema, so it must admit that text too.
+    sets: Annotated[dict[str, str], WithJsonSchema(SETS_JSON_SCHEMA)] = Field(
+        default_factory=dict,
+        description="NAME -> folder (or `NAME=DIR,...` text); NAME: letters, digits, _ and -",
     )
     calibrate_on: str | None = Field(
         None, description="Make this set's `NAME:sensitivity-0.95` point the registered model's default"

@@ -289,3 +289,20 @@ def test_a_missing_nightly_data_folder_is_refused_before_serving(tmp_path):
 
     with pytest.raises(DataError, match="not found"):
         build_deployments(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("external_sets", ["", "site_b=/data/site_b,site_c=/data/site_c"])
+def test_prefect_yaml_parameters_pass_the_servers_schema_check(external_sets):
+    """`prefect deploy` sends the parameters with the flow's schema and the server refuses any that fail it
+    (HTTP 422); the external sets arrive there as the text of $CXR_EXTERNAL_SETS."""
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    from flows.retrain import retrain
+
+    schema = parameter_schema(retrain).model_dump_for_openapi()
+    for item in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]:
+        config = item.get("parameters", {}).get("config") or item["triggers"][0]["parameters"]["config"]
+        config = {**config, "data_dir": "/data/chest_xray", "external": {"sets": external_sets}}
+        validate({"config": config}, schema, raise_on_error=True, ignore_required=True)
