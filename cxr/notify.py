@@ -130,45 +130,39 @@ def configure_notifications(
         raise CxrError("notifications need a Prefect server: start one with `cxr dashboard`")
     block_id = save_webhook_block(webhook_url) if webhook_url else saved_block_id(block_slug)
     ui_url = _ui_url(api_url)
-    failed_subject, failed_body = run_failed_message(ui_url)
-    champion_subject, champion_body = champion_changed_message(ui_url)
-    drift_subject, drift_body = data_drift_message(ui_url)
+
+    def automation(name: str, description: str, message: tuple[str, str], **trigger: Any) -> Automation:
+        subject, body = message
+        return Automation(
+            name=name,
+            description=description,
+            trigger=EventTrigger(posture=Posture.Reactive, threshold=1, **trigger),
+            actions=[SendNotification(block_document_id=block_id, subject=subject, body=body)],
+        )
+
+    model_events = {"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}*"}
     automations = [
-        Automation(
-            name=RUN_FAILED_AUTOMATION,
-            description="Message when a retraining run fails or crashes.",
-            trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={"prefect.resource.role": "flow", "prefect.resource.name": RETRAIN_FLOW},
-                posture=Posture.Reactive,
-                threshold=1,
-            ),
-            actions=[SendNotification(block_document_id=block_id, subject=failed_subject, body=failed_body)],
+        automation(
+            RUN_FAILED_AUTOMATION,
+            "Message when a retraining run fails or crashes.",
+            run_failed_message(ui_url),
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": RETRAIN_FLOW},
         ),
-        Automation(
-            name=CHAMPION_AUTOMATION,
-            description="Message when the champion model changes.",
-            trigger=EventTrigger(
-                expect={CHAMPION_CHANGED_EVENT},
-                match={"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}*"},
-                posture=Posture.Reactive,
-                threshold=1,
-            ),
-            actions=[
-                SendNotification(block_document_id=block_id, subject=champion_subject, body=champion_body)
-            ],
+        automation(
+            CHAMPION_AUTOMATION,
+            "Message when the champion model changes.",
+            champion_changed_message(ui_url),
+            expect={CHAMPION_CHANGED_EVENT},
+            match=model_events,
         ),
-        Automation(
-            name=DRIFT_AUTOMATION,
-            description="Message when many of a run's new images are out of the model's domain.",
-            trigger=EventTrigger(
-                expect={DATA_DRIFT_EVENT},
-                match={"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}*"},
-                posture=Posture.Reactive,
-                threshold=1,
-            ),
-            actions=[SendNotification(block_document_id=block_id, subject=drift_subject, body=drift_body)],
+        automation(
+            DRIFT_AUTOMATION,
+            "Message when many of a run's new images are out of the model's domain.",
+            data_drift_message(ui_url),
+            expect={DATA_DRIFT_EVENT},
+            match=model_events,
         ),
     ]
     _replace_automations(automations)
