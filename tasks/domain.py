@@ -17,6 +17,7 @@ from cxr.config import DomainParams
 from cxr.domain import DomainGuard
 from cxr.domain_fit import guard_model
 from cxr.drift import DriftResult, measure_drift
+from cxr.errors import ModelError
 from cxr.manifests import IngestResult
 from cxr.notify import DATA_DRIFT_EVENT, post_model_event
 from cxr.registry import METADATA_FILE, champion_version, client, resolve_model, store_exists
@@ -92,7 +93,11 @@ def _judge(registered_model_name: str, trained: TrainResult) -> tuple[str, Path]
     version, sha256 = _champion(registered_model_name)
     if version is not None and sha256 != trained.model_sha256:
         uri = f"models:/{registered_model_name}/{version}"
-        path = resolve_model(uri, default_tracking_uri())
+        try:
+            path = resolve_model(uri, default_tracking_uri())
+        except ModelError as error:  # a damaged champion is the gate's business; drift still gets measured
+            get_run_logger().warning(f"drift judged by this run's model: the champion is unusable ({error})")
+            return trained.model_path, Path(trained.model_path)
         if DomainGuard.from_metadata(json.loads(path.with_name(METADATA_FILE).read_text())):
             return uri, path
     return trained.model_path, Path(trained.model_path)
