@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 ENV_VAR = "CXR_FAULTS"
 
@@ -77,14 +78,16 @@ def kill_at(point: str, step: int = 1) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_once(point: str) -> None:
-    """SIGKILL this process if it is the first of all processes to reach `point` with `kill_once_<point>` planned."""
+def kill_once(point: str, markers: Path) -> None:
+    """SIGKILL this process if it is the first of all processes to reach `point` with `kill_once_<point>` planned.
+
+    `markers` is a folder every process sees (the state folder's `faults/`): the marker file left there tells
+    the others that the kill happened."""
     if planned(f"kill_once_{point}") is None:
         return
-    from cxr.state import state_dir
-
+    markers.mkdir(parents=True, exist_ok=True)
     try:  # creating the marker is atomic: exactly one process wins
-        (state_dir("faults") / f"kill_once_{point}").touch(exist_ok=False)
+        (markers / f"kill_once_{point}").touch(exist_ok=False)
     except FileExistsError:
         return
     os.kill(os.getpid(), signal.SIGKILL)

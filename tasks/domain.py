@@ -137,7 +137,7 @@ def data_drift(
     retries=2,
     retry_delay_seconds=[2, 5],
     retry_condition_fn=retry_transient,  # the registry may be busy
-    timeout_seconds=120,
+    timeout_seconds=DEFAULT_TIMEOUTS.domain_s,
 )
 def report_drift(drift: DriftResult, mlflow_run_id: str, model_name: str) -> dict[str, Any]:
     """Log the drift as an MLflow metric of the run's model; above the alert share, warn and post

@@ -25,7 +25,7 @@ from cxr.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
 from cxr.ingesting import assemble_manifest, check_paths, plan_folder
 from cxr.manifests import IngestResult, write_new_files
 from cxr.scanning import data_dir_fingerprint
-from cxr.state import state_dir
+from cxr.state import cxr_home, state_dir
 from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
 
 # The modules whose source decides this stage's results (its cache keys and its manifest folder).
@@ -119,7 +119,9 @@ def plan_ingest(data_dir: str, params: IngestParams) -> StoredPlan:
 @task(name="ingest-check", cache_policy=ContentKey(modules=DECIDED_BY), **_TRANSIENT_IO_RETRIES)
 def check_chunk(files: FileList) -> FileList:
     """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
-    faults.kill_once("ingest_check")  # a Dask worker lost mid-ingest (tests/test_cluster.py)
+    faults.kill_once(
+        "ingest_check", cxr_home() / "faults"
+    )  # a Dask worker lost mid-ingest (tests/test_cluster.py)
     checks = check_paths(files.read(columns=["path"])["path"].tolist(), workers=1)
     return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
 

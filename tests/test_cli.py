@@ -95,7 +95,8 @@ def test_a_stack_that_is_up_points_commands_at_it_unless_the_user_chose(tmp_path
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path))
     for name in cluster.STACK_ENV:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so teardown also removes what use_stack_if_up sets
+        monkeypatch.delenv(name)
     cluster.use_stack_if_up()  # no stack: nothing set
     assert not [name for name in cluster.STACK_ENV if name in os.environ]
     endpoints = {

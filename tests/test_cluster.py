@@ -99,7 +99,7 @@ def _versions(tracking_uri: str) -> list[str]:
     from mlflow import MlflowClient
 
     found = MlflowClient(tracking_uri).search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")
-    return sorted(version.version for version in found)
+    return sorted(str(version.version) for version in found)
 
 
 def test_up_brings_every_service_and_status_shows_it(stack):

@@ -112,6 +112,7 @@ def test_first_commands_on_a_busy_machine_start_one_server_and_stop_leaves_nothi
             "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
         }
         with mock.patch.dict(os.environ, state):
+            os.environ.pop("PREFECT_API_URL", None)  # a test server of this session must not stand in for it
             status = gather_status()
         assert status["local_server"] == {**record, "up": True, "log": str(home / "prefect" / "server.log")}
         assert status["dashboard_url"] == record["url"]
