@@ -240,7 +240,9 @@ def _registry_source(uri: str, tracking_uri: str) -> tuple[str, str, str | None]
         return uri, uri, None
     version = registered_version(uri, tracking_uri)
     immutable = f"models:/{version.name}/{version.version}"
-    return immutable, immutable, version.tags.get("model_sha256")
+    # Named by what the version points at too: a store deleted and made anew reuses version numbers.
+    cache_name = f"{immutable}|{version.run_id}|{version.source}"
+    return immutable, cache_name, version.tags.get("model_sha256")
 
 
 def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> Path:

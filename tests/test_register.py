@@ -254,6 +254,20 @@ def test_resolve_model_for_a_path_and_registry_uris(tmp_path, tracking_uri, test
     assert registry.sha256_file(by_version) == train.model_sha256  # byte-identical to the trained file
     model, metadata = registry.load_model_with_metadata(f"models:/{NAME}@champion", tracking_uri)
     assert metadata["threshold"] == 0.5 and model.output_shape == (None, 2)
+
+
+def test_a_store_made_anew_is_not_answered_from_the_old_download(
+    tmp_path, tracking_uri, test_split, empty_store
+):
+    """Version numbers restart in a recreated store: version 1 is downloaded again, not read from the cache."""
+    first = registry.resolve_model(
+        register(tmp_path, tracking_uri, test_split, gain=3.0).model_uri, tracking_uri
+    )
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    again = register(tmp_path, tracking_uri, test_split, gain=5.0, tag="other")
+    second = registry.resolve_model(again.model_uri, tracking_uri)
+    assert again.version == 1 and second != first
+    assert registry.sha256_file(second) == trained(tmp_path, 5.0, tag="other")[0].model_sha256
     with pytest.raises(ModelError):
         registry.resolve_model(f"models:/{NAME}@nobody", tracking_uri)
     with pytest.raises(ModelError):
