@@ -258,8 +258,6 @@ def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> P
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         return path
-    from mlflow.artifacts import download_artifacts
-
     from cxr.state import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
@@ -267,21 +265,37 @@ def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> P
     cache = (
         state_dir("registry-cache") / hashlib.sha256(f"{tracking_uri}|{cache_name}".encode()).hexdigest()[:16]
     )
-    if not cache.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
-        try:
-            download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri)
-        except Exception as exc:  # mlflow raises several types for a missing or unreachable artifact
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ModelError(f"cannot download {text}: {exc}") from exc
-        staging.rename(cache)
+    if cache.is_dir():
+        found = _model_file(cache, text)
+        if not expected_sha or sha256_file(found) == expected_sha:
+            return found
+        shutil.rmtree(cache)  # a damaged or stale download is fetched again, never used
+    _download(source, cache, tracking_uri, text)
+    found = _model_file(cache, text)
+    if expected_sha and sha256_file(found) != expected_sha:
+        raise ModelError(f"{text}: model.keras does not match its registered sha256 {expected_sha[:12]}")
+    return found
+
+
+def _download(source: str, cache: Path, tracking_uri: str, text: str) -> None:
+    """Download `source`'s artifacts into `cache` through a temporary folder, so a partial one is never used."""
+    from mlflow.artifacts import download_artifacts
+
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
+    try:
+        download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri)
+    except Exception as exc:  # mlflow raises several types for a missing or unreachable artifact
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelError(f"cannot download {text}: {exc}") from exc
+    staging.rename(cache)
+
+
+def _model_file(cache: Path, text: str) -> Path:
     found = [path for folder in MODEL_FILE_DIRS for path in sorted(cache.rglob(f"{folder}/{KERAS_FILE}"))]
     if not found:
         raise ModelError(
             f"{text} holds no {KERAS_FILE} in {' or '.join(MODEL_FILE_DIRS)} (not logged by this project?)"
         )
-    if expected_sha and sha256_file(found[0]) != expected_sha:
-        raise ModelError(f"{text}: model.keras does not match its registered sha256 {expected_sha[:12]}")
     return found[0]
 
 

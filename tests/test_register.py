@@ -268,6 +268,14 @@ def test_a_store_made_anew_is_not_answered_from_the_old_download(
     second = registry.resolve_model(again.model_uri, tracking_uri)
     assert again.version == 1 and second != first
     assert registry.sha256_file(second) == trained(tmp_path, 5.0, tag="other")[0].model_sha256
+
+
+def test_a_damaged_download_is_fetched_again(tmp_path, tracking_uri, test_split):
+    result = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    cached = registry.resolve_model(result.model_uri, tracking_uri)
+    cached.write_bytes(b"not the registered model")
+    again = registry.resolve_model(result.model_uri, tracking_uri)
+    assert registry.sha256_file(again) == trained(tmp_path, 3.0)[0].model_sha256
     with pytest.raises(ModelError):
         registry.resolve_model(f"models:/{NAME}@nobody", tracking_uri)
     with pytest.raises(ModelError):
