@@ -110,8 +110,7 @@ def train_model(
     `checkpoint_dir` from an interrupted run with the same inputs is resumed; it is deleted on success.
     `progress(epoch, logs)` is called after each epoch (1-based epoch numbers).
     """
-    model_name, epochs, batch_size, seed = params.model, params.epochs, params.batch_size, params.seed
-    patience, backbone_weights = params.early_stopping_patience, params.backbone_weights
+    epochs, batch_size, patience = params.epochs, params.batch_size, params.early_stopping_patience
     if epochs < 1 or batch_size < 1 or patience < 0:
         raise DataError(
             f"epochs and batch_size must be positive, patience not negative: {epochs}, {batch_size}, {patience}"
@@ -122,23 +121,76 @@ def train_model(
     if len(valid_labels) == 0:
         raise DataError("the validation split is empty")
 
+    steps_per_epoch = math.ceil(len(train_labels) / batch_size)
+    device, model, train_data, valid_data = _model_and_data(batches, params, steps_per_epoch)
+
+    checkpoint_dir = Path(checkpoint_dir)
+    resumed_from_epoch = finished_epochs(checkpoint_dir)
+    recorder = EpochRecorder(checkpoint_dir / HISTORY_FILE, resumed_from_epoch, progress)
+    callbacks = _callbacks(recorder, checkpoint_dir, patience, tensorboard_dir)
+    started = time.perf_counter()
+    _fit(
+        model,
+        (train_data, valid_data),
+        weights,
+        callbacks,
+        params,
+        steps_per_epoch,
+        recorder,
+        resumed_from_epoch,
+    )
+    train_seconds = time.perf_counter() - started
+
+    stored, choice, valid_metrics = _validation_points(
+        model, valid_data, valid_labels, params.target_sensitivity
+    )
+
+    history = recorder.history
+    metadata = _metadata(batches, params, history, device.model_dump(), stored, valid_metrics)
+    model_path, metadata_path = _save(model, metadata, Path(out_dir))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    return TrainResult(
+        model_path=str(model_path),
+        model_sha256=sha256_file(model_path),
+        metadata_path=str(metadata_path),
+        model_name=params.model,
+        image_size=batches.image_size,
+        threshold=choice.threshold,
+        threshold_rule=choice.rule,
+        epochs_run=metadata["epochs_run"],
+        best_epoch=metadata["best_epoch"],
+        resumed_from_epoch=resumed_from_epoch,
+        device=device.model_dump(),
+        history=history,
+        train_seconds=round(train_seconds, 3),
+        images_per_second=images_per_second(len(train_labels), history["epoch_seconds"][resumed_from_epoch:]),
+        valid_metrics=valid_metrics,
+        tensorboard_dir=None if tensorboard_dir is None else str(tensorboard_dir),
+        operating_points=stored["operating_points"],
+        default_operating_point=stored["default_operating_point"],
+    )
+
+
+def _model_and_data(batches: BatchesResult, params: TrainParams, steps_per_epoch: int):
+    """(device, compiled model, train and validation datasets), seeded, inside the device's strategy."""
     # Imported here, not at module level, so that a fully cached run never loads TensorFlow.
     import keras
 
     from cxr.device import configure_devices, distribution_strategy, seed_everything
-    from cxr.models import PNEUMONIA_INDEX, build_augmentation, build_model
+    from cxr.models import build_augmentation, build_model
 
+    model_name, batch_size, seed = params.model, params.batch_size, params.seed
     keras.backend.clear_session()  # also resets the precision policy, which configure_devices sets
     device = seed_everything(seed, configure_devices())
-    steps_per_epoch = math.ceil(len(train_labels) / batch_size)
     with distribution_strategy(device).scope():
         model = build_model(
             model_name,
             batches.image_size,
             learning_rate=params.learning_rate,
             steps_per_epoch=steps_per_epoch,
-            epochs=epochs,
-            backbone_weights=backbone_weights,
+            epochs=params.epochs,
+            backbone_weights=params.backbone_weights,
         )
     train_data = split_dataset(
         batches,
@@ -149,10 +201,59 @@ def train_model(
         augment=build_augmentation(model_name, seed=seed),
     )
     valid_data = split_dataset(batches, "valid", batch_size=batch_size, shuffle=False, seed=seed)
+    return device, model, train_data, valid_data
 
-    checkpoint_dir = Path(checkpoint_dir)
-    resumed_from_epoch = finished_epochs(checkpoint_dir)
-    recorder = EpochRecorder(checkpoint_dir / HISTORY_FILE, resumed_from_epoch, progress)
+
+def _metadata(
+    batches: BatchesResult,
+    params: TrainParams,
+    history: dict,
+    device: dict,
+    stored: dict,
+    valid_metrics: dict,
+) -> dict:
+    """`model.json`: what the model is, how it decides, and how it was trained."""
+    epochs_run = len(history.get("loss", []))
+    # Without early stopping the last epoch's weights are kept, whatever epoch scored best.
+    best_epoch = (
+        int(np.argmax(history["val_auc"])) + 1
+        if params.early_stopping_patience > 0 and history.get("val_auc")
+        else epochs_run
+    )
+    return {
+        "model_name": params.model,
+        "image_size": batches.image_size,
+        "classes": list(CLASSES),
+        **stored,
+        "decision": DECISION_RULE,
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "seed": params.seed,
+        "batches_digest": batches.digest,
+        "backbone_weights": params.backbone_weights,
+        "backbone_weights_sha256": backbone_weights_digest(params.backbone_weights),
+        "device": device,
+        "valid_metrics": valid_metrics,
+    }
+
+
+def _save(model, metadata: dict, out_dir: Path) -> tuple[Path, Path]:
+    """Write `model.keras` and then `model.json` into `out_dir`, each atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / "model.keras"
+    write_atomically(model_path, lambda tmp: model.save(str(tmp)))
+    metadata_path = out_dir / "model.json"
+    write_atomically(metadata_path, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2)))
+    return model_path, metadata_path
+
+
+def _callbacks(
+    recorder: EpochRecorder, checkpoint_dir: Path, patience: int, tensorboard_dir: Path | None
+) -> list:
+    """Backup (resume), history, early stopping when `patience` > 0, and TensorBoard logs when asked for."""
+    import keras
+
     callbacks: list[keras.callbacks.Callback] = [
         # First, so an epoch is backed up before anything later in the list can fail.
         keras.callbacks.BackupAndRestore(str(checkpoint_dir)),
@@ -172,15 +273,28 @@ def train_model(
             _logger().warning("tensorboard is not installed: no TensorBoard logs for this run")
         else:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), write_graph=False))
+    return callbacks
 
-    started = time.perf_counter()
+
+def _fit(
+    model,
+    data,
+    weights,
+    callbacks,
+    params: TrainParams,
+    steps_per_epoch: int,
+    recorder,
+    resumed_from_epoch: int,
+):
+    """`model.fit` with a progress bar (and dashboard artifact) counting steps, resumed epochs included."""
+    epochs = params.epochs
     with stage_progress(
-        f"train {model_name}", epochs * steps_per_epoch, "steps", artifact_key=PROGRESS_ARTIFACT
+        f"train {params.model}", epochs * steps_per_epoch, "steps", artifact_key=PROGRESS_ARTIFACT
     ) as progress:
         progress.update(completed=resumed_from_epoch * steps_per_epoch)
         model.fit(
-            train_data,
-            validation_data=valid_data,
+            data[0],
+            validation_data=data[1],
             epochs=epochs,
             class_weight=weights,
             callbacks=[
@@ -193,71 +307,24 @@ def train_model(
         epochs_done = len(recorder.history.get("loss", []))
         progress.update(
             completed=progress.total,
-            description=f"train {model_name}: {epochs_done}/{epochs} epochs"
+            description=f"train {params.model}: {epochs_done}/{epochs} epochs"
             + (" (early stop)" if epochs_done < epochs else ""),
         )
-    train_seconds = time.perf_counter() - started
+
+
+def _validation_points(model, valid_data, valid_labels: np.ndarray, target_sensitivity: float):
+    """(stored operating points and calibration, the default point's choice, its validation metrics)."""
+    from cxr.models import PNEUMONIA_INDEX
 
     p_pneumonia = model.predict(valid_data, verbose=0)[:, PNEUMONIA_INDEX]
     is_pneumonia = valid_labels == PNEUMONIA_INDEX
-    points = choose_operating_points(p_pneumonia, is_pneumonia, params.target_sensitivity)
+    points = choose_operating_points(p_pneumonia, is_pneumonia, target_sensitivity)
     stored = metadata_entries(points, fit_temperature(p_pneumonia, is_pneumonia))
     default = points[DEFAULT_OPERATING_POINT]
     choice = ThresholdChoice(
         **default.model_dump(include={"threshold", "rule", "sensitivity", "specificity"})
     )
-    valid_metrics = binary_metrics(p_pneumonia, is_pneumonia, choice)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / "model.keras"
-    write_atomically(model_path, lambda tmp: model.save(str(tmp)))
-    history = recorder.history
-    epochs_run = len(history.get("loss", []))
-    # Without early stopping the last epoch's weights are kept, whatever epoch scored best.
-    best_epoch = (
-        int(np.argmax(history["val_auc"])) + 1 if patience > 0 and history.get("val_auc") else epochs_run
-    )
-    metadata = {
-        "model_name": model_name,
-        "image_size": batches.image_size,
-        "classes": list(CLASSES),
-        **stored,
-        "decision": DECISION_RULE,
-        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch,
-        "seed": seed,
-        "batches_digest": batches.digest,
-        "backbone_weights": backbone_weights,
-        "backbone_weights_sha256": backbone_weights_digest(backbone_weights),
-        "device": device.model_dump(),
-        "valid_metrics": valid_metrics,
-    }
-    metadata_path = out_dir / "model.json"
-    write_atomically(metadata_path, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2)))
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    return TrainResult(
-        model_path=str(model_path),
-        model_sha256=sha256_file(model_path),
-        metadata_path=str(metadata_path),
-        model_name=model_name,
-        image_size=batches.image_size,
-        threshold=choice.threshold,
-        threshold_rule=choice.rule,
-        epochs_run=epochs_run,
-        best_epoch=best_epoch,
-        resumed_from_epoch=resumed_from_epoch,
-        device=device.model_dump(),
-        history=history,
-        train_seconds=round(train_seconds, 3),
-        images_per_second=images_per_second(len(train_labels), history["epoch_seconds"][resumed_from_epoch:]),
-        valid_metrics=valid_metrics,
-        tensorboard_dir=None if tensorboard_dir is None else str(tensorboard_dir),
-        operating_points=stored["operating_points"],
-        default_operating_point=stored["default_operating_point"],
-    )
+    return stored, choice, binary_metrics(p_pneumonia, is_pneumonia, choice)
 
 
 def backbone_weights_digest(path: str | None) -> str | None:
