@@ -44,12 +44,13 @@ def fit_domain(trained: TrainResult, batches: BatchesResult, params: DomainParam
     out_dir = state_dir("models", f"guarded-{current_task_key()[:16]}")
     guard = guard_model(Path(trained.model_path), batches, params, seed=seed, out_dir=out_dir)
     get_run_logger().info(
-        "domain score on %s features and image descriptors: threshold %.3f (%.0f %% of validation); "
-        "flagged %.1f %% of train, %.1f %% of valid, %.1f %% of test",
+        "domain score on %s features and image descriptors: threshold %.3f (%.1f %% of %d calibration images); "
+        "flagged %.1f %% of valid, %.1f %% of test",
         guard.layer,
         guard.threshold,
         100 * params.quantile,
-        *(100 * guard.summary[f"{split}_flagged_share"] for split in ("train", "valid", "test")),
+        guard.summary["calibration_images"],
+        *(100 * guard.summary[f"{split}_flagged_share"] for split in ("valid", "test")),
     )
     return trained.model_copy(
         update={
@@ -62,17 +63,21 @@ def fit_domain(trained: TrainResult, batches: BatchesResult, params: DomainParam
 
 def _summary(guard: DomainGuard) -> Artifact:
     rows = "\n".join(
-        f"| {part.name} | {len(part.mean)} | {part.reference:.3f} |" for part in guard.components
+        f"| {part.name} | {len(part.mean)} | {part.transform} | {part.weight:g} | {part.reference:.3f} |"
+        for part in guard.components
     )
     return Artifact(
         key="domain-score",
         description="How far an image may be from the training images before it is flagged out of domain",
         markdown=(
-            f"# Domain score\n\nThreshold {guard.threshold:.3f} (quantile {guard.quantile} of validation scores); "
-            f"flagged: {100 * guard.summary['train_flagged_share']:.1f} % of training, "
+            f"# Domain score\n\nThreshold {guard.threshold:.3f}: quantile {guard.quantile} of the scores of "
+            f"{guard.summary['calibration_images']} calibration images (the validation split and training "
+            f"images not used to fit). Flagged: {100 * guard.summary['fit_flagged_share']:.1f} % of the "
+            f"{guard.summary['fit_images']} fitting images, "
             f"{100 * guard.summary['valid_flagged_share']:.1f} % of validation, "
-            f"{100 * guard.summary['test_flagged_share']:.1f} % of test images (not used to fit).\n\n"
-            f"| component | dimensions | validation distance at the quantile |\n|---|---|---|\n{rows}\n"
+            f"{100 * guard.summary['test_flagged_share']:.1f} % of test images (neither fits nor calibrates).\n\n"
+            "| component | dimensions | transform | weight | calibration distance at the quantile |\n"
+            f"|---|---|---|---|---|\n{rows}\n"
         ),
     )
 

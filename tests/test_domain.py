@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from cxr.domain import (
     COMPONENTS,
+    Component,
     DomainGuard,
     DomainScorer,
     Gaussian,
@@ -73,10 +75,10 @@ def test_statistics_tell_blank_inverted_and_rotated_images_apart(chests):
 def test_threshold_flags_the_chosen_share_of_validation_images(fitted):
     _, guard = fitted
     assert guard.layer == "block4_dropout"  # the last feature map before the head
-    assert tuple(part.name for part in guard.components) == COMPONENTS
+    assert tuple(part.name for part in guard.components) == tuple(component.name for component in COMPONENTS)
     assert [len(part.mean) for part in guard.components] == [256, 64]
-    assert guard.summary["valid_flagged_share"] <= 1 - QUANTILE + 1e-9
-    assert guard.summary["train_images"] == 140 and guard.summary["valid_images"] == 50
+    assert guard.summary["calibration_flagged_share"] <= 1 - QUANTILE + 1e-9
+    assert guard.summary["fit_images"] == 140 and guard.summary["calibration_images"] == 50
 
 
 def test_held_out_chests_pass_and_generated_cases_are_flagged(chests, fitted):
@@ -97,6 +99,29 @@ def test_guard_survives_json_and_scores_the_same(chests, fitted):
     assert DomainGuard.from_metadata({"threshold": 0.5}) is None  # a model saved before the domain score
 
 
+def test_guard_stored_without_transforms_scores_as_before(chests, fitted):
+    """Models registered before components had a transform and a weight: plain features, equal weights."""
+    scorer, guard = fitted
+    stored = guard.to_json()
+    for part in stored["components"]:
+        del part["transform"], part["weight"]
+    restored = DomainGuard.from_metadata({"domain": stored})
+    features = scorer.features(chests["test"][..., None])[1]
+    plain = [replace(part, transform="identity", weight=1.0) for part in guard.components]
+    expected = sum(
+        part.distance(values) / part.reference for part, values in zip(plain, features, strict=True)
+    )
+    assert np.allclose(restored.scores(features), expected)
+    assert not np.allclose(restored.scores(features), guard.scores(features))
+
+
+def test_signed_log_features_take_any_sign():
+    features = np.random.default_rng(0).normal(size=(50, 3)) * [1, 10, 100]
+    part = Gaussian.fit(Component("signed", "signed_log", 1.0), features)
+    assert np.isfinite(part.distance(features)).all()
+    assert part.distance(np.array([[0.0, 0.0, -1e6]]))[0] > part.distance(features).max()
+
+
 def test_scorer_without_a_guard_gives_probabilities_only(chests, fitted):
     scorer, _ = fitted
     plain = DomainScorer(scorer.network)
@@ -107,7 +132,7 @@ def test_scorer_without_a_guard_gives_probabilities_only(chests, fitted):
 
 def test_constant_feature_does_not_divide_by_zero():
     features = np.column_stack([np.linspace(0, 1, 20), np.zeros(20)])
-    part = Gaussian.fit("constant", features)
+    part = Gaussian.fit(Component("constant", "identity", 1.0), features)
     assert np.isfinite(part.distance(features)).all()
     assert part.distance(np.array([[0.5, 1.0]]))[0] > part.distance(features).max()
 

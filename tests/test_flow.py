@@ -34,7 +34,10 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
 
     # A seed of its own: other tests train on the same sample, and only ingest may be shared with them.
     train = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16, "seed": 11}
-    config = RetrainConfig(data_dir=str(tiny_dataset), split={"seed": 11}, train=train)
+    # Fewer fitting images than training images: the rest of them calibrate the domain threshold too.
+    config = RetrainConfig(
+        data_dir=str(tiny_dataset), split={"seed": 11}, train=train, domain={"fit_images": 20}
+    )
     first = retrain(config)
 
     assert set(first["cached_tasks"]) <= set(INGEST_STEPS)
@@ -57,6 +60,9 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     domain = json.loads(registered.read_text())["domain"]
     assert domain["threshold"] > 0 and domain["layer"] == "pool2"
     assert 0 <= domain["summary"]["test_flagged_share"] <= 1
+    split = {name: sum(counts.values()) for name, counts in first["split_counts"].items()}
+    assert domain["summary"]["fit_images"] == 20
+    assert domain["summary"]["calibration_images"] == split["valid"] + min(split["train"] - 20, 20)
     # A folder's first ingest has nothing earlier to drift from: no new images, no alert.
     drift = first["data_drift"]
     assert drift["new_images"] == 0 and drift["share"] is None and not drift["alert"]
