@@ -158,7 +158,11 @@ class DomainParams(Params):
     """The domain score (`cxr.domain`): its threshold, and when new data counts as drift."""
 
     quantile: float = Field(
-        0.99, gt=0.5, lt=1, description="Threshold: this quantile of the validation images' domain scores"
+        0.985,
+        gt=0.5,
+        lt=1,
+        description="Threshold: this quantile of the calibration images' domain scores (about 1 - quantile of "
+        "images like the training ones are flagged)",
     )
     fit_images: int = Field(
         2000, ge=10, description="At most this many training images (a seeded sample) fit the score"
