@@ -18,8 +18,8 @@ def measure_domain(context: Context) -> dict[str, Any]:
     best of `repeats` alternating runs after a warm-up; and the `domain` stage's share of the first
     orchestration run (the tasks' own time over the rest of the flow's)."""
     from cxr.domain import METADATA_KEY
+    from cxr.predicting import score_files
     from cxr.registry import load_model_with_metadata
-    from tasks.predict import score_files
 
     folder = context.data.train_dir
     model, guarded = load_model_with_metadata(CHAMPION)

@@ -15,7 +15,7 @@ from cli.main import main
 from cxr import registry
 from cxr.calibration import site_points, with_site_points
 from cxr.pyfunc_logging import log_pyfunc_model
-from tests.blobmodel import labelled_folder, write_blob_model
+from tests.helpers.toy_models import labelled_folder, write_blob_model
 
 NAME = "cxr-pneumonia"
 POINT = "site_b:sensitivity-0.95"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from cxr.config import RetrainConfig
-from tests.holders import holding
+from tests.helpers.holders import holding
 
 
 def test_two_identical_runs_started_together_train_once(

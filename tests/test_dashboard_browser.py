@@ -12,7 +12,7 @@ import pytest
 
 from cxr.config import RetrainConfig
 from cxr.server import api_url_if_running, ensure_dashboard, free_port, pid_file, stop_dashboard
-from tests.servers import REPO
+from tests.helpers.servers import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "test-output"

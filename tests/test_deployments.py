@@ -15,7 +15,7 @@ import pytest
 
 from cxr.watch import DATA_ARRIVED_EVENT, inbox_resource_id
 from deployments.serve import EVENT_DATA_DIR, NIGHTLY, ON_NEW_DATA
-from tests.servers import REPO, prefect_server, serving, wait_for
+from tests.helpers.servers import REPO, prefect_server, serving, wait_for
 
 pytestmark = pytest.mark.slow
 

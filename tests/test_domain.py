@@ -18,7 +18,7 @@ from cxr.domain import (
     image_statistics,
     ledoit_wolf,
 )
-from tests.domaincases import chest_images, out_of_domain_cases
+from tests.helpers.domain_cases import chest_images, out_of_domain_cases
 
 SIZE = 32
 QUANTILE = 0.95

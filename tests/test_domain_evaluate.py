@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from tests.blobmodel import SIZE, write_blob_model, write_png
-from tests.domaincases import add_domain_score, blob_scenes
+from tests.helpers.domain_cases import add_domain_score, blob_scenes
+from tests.helpers.toy_models import SIZE, write_blob_model, write_png
 
 SIDE = 64  # ingest quarantines images below 64 px; the model works at 32
 

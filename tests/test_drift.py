@@ -9,8 +9,8 @@ import pytest
 
 from cxr.drift import NO_NEW_IMAGES, DriftResult, measure_drift
 from cxr.manifests import write_new_files
-from tests.blobmodel import SIZE, write_blob_model, write_png
-from tests.domaincases import add_domain_score, blob_scenes
+from tests.helpers.domain_cases import add_domain_score, blob_scenes
+from tests.helpers.toy_models import SIZE, write_blob_model, write_png
 
 
 @pytest.fixture(scope="module")

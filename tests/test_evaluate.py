@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,42 +24,7 @@ from cxr.evaluation import evaluate_model, predict_pneumonia_proba, predict_spli
 from cxr.metrics import bootstrap_ci, classification_metrics
 from cxr.plots import write_plots
 from cxr.sharding import write_batches
-
-SIZE = 32
-
-
-def brightness_model(gain: float):
-    """P(pneumonia) rises with mean brightness (gain > 0); the project's I/O contract on (32, 32, 1)."""
-    import keras
-
-    inputs = keras.Input((SIZE, SIZE, 1))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(2, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    model.layers[-1].set_weights(
-        [np.array([[gain, -gain]], "float32"), np.array([-gain / 2, gain / 2], "float32")]
-    )
-    return model
-
-
-def save_model(model, folder: Path, threshold: float = 0.5) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    (folder / "model.json").write_text(
-        json.dumps({"model_name": "tiny", "image_size": SIZE, "threshold": threshold})
-    )
-    return folder / "model.keras"
-
-
-def bright_dark_images(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Pneumonia (label 0) images bright, normal (label 1) dark, with overlapping noise."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 2).astype(np.int8)
-    means = np.where(labels == 0, 150, 105) + rng.normal(0, 20, n)
-    images = np.clip(means[:, None, None, None] + rng.normal(0, 10, (n, SIZE, SIZE, 1)), 0, 255)
-    return images.astype(np.uint8), labels
-
+from tests.helpers.toy_models import bright_dark_images, brightness_model, save_model
 
 KNOWN_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0], dtype=bool)
 KNOWN_P = np.array([0.9, 0.8, 0.4, 0.65, 0.3, 0.7, 0.1, 0.2, 0.55, 0.5, 0.95, 0.05])

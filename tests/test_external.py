@@ -14,7 +14,7 @@ from cxr.config import GateParams
 from cxr.errors import DataError
 from cxr.external import mlflow_metrics, validate_external
 from cxr.gate import decide_outside, decide_with_outside
-from tests.blobmodel import labelled_folder, write_blob_model
+from tests.helpers.toy_models import labelled_folder, write_blob_model
 
 GATE = GateParams(external_auc_margin=0.01)
 

@@ -9,7 +9,7 @@ import pytest
 
 from cli.main import main
 from cxr import registry
-from tests.test_flow import _artifact_keys
+from tests.helpers.prefect_artifacts import artifact_keys
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_train_scores_external_sets_with_challenger_and_champion(
     client = registry.client(isolated_registry)
     metrics = client.get_run(first["mlflow_run_id"]).data.metrics
     assert metrics["external.site.auc"] == scored["challenger"]["metrics"]["auc"]
-    assert "external-site" in _artifact_keys(first["flow_run_id"])
+    assert "external-site" in artifact_keys(first["flow_run_id"])
 
     second = _train(capsys, *common, "--seed", "22", "--calibrate-on", "site")
 

@@ -1,4 +1,4 @@
-"""The gate looks outside: registration with external-set scores (`tasks.register` + `cxr.gate`)."""
+"""The gate looks outside: registration with external-set scores (`cxr.registration` + `cxr.gate`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image
 
 from cxr import registry
 from cxr.external import ExternalResult
-from tests.test_register import empty_store, register, test_split, tracking_uri  # noqa: F401 - fixtures
+from tests.helpers.registering import register
 
 
 def outside(tmp_path: Path, challenger_auc: float, champion_auc: float) -> dict[str, ExternalResult]:

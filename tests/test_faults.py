@@ -24,7 +24,7 @@ import pytest
 from cli.main import main
 from cxr import REGISTERED_MODEL_NAME, faults
 from cxr.config import RetrainConfig
-from tests.holders import holding
+from tests.helpers.holders import holding
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"train": {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}}

@@ -65,9 +65,9 @@ def test_a_valid_image_with_a_latin1_name_is_ingested_and_named_losslessly(latin
 
 
 def test_predictions_keep_the_name(latin1_folder, tmp_path):
+    from cxr.predicting import score_files
     from cxr.registry import load_model_with_metadata
-    from tasks.predict import score_files
-    from tests.blobmodel import write_blob_model
+    from tests.helpers.toy_models import write_blob_model
 
     model, metadata = load_model_with_metadata(write_blob_model(tmp_path / "model"))
     frame = score_files(model, metadata, [latin1_folder / "NORMAL"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from cxr.config import RetrainConfig
+from tests.helpers.prefect_artifacts import artifact_keys
 
 INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
 BATCHES_STEPS = ["batches-plan", "batches-shard", "batches-assemble"]
@@ -69,19 +70,8 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     assert second["metrics"] == first["metrics"]
     assert len(list_versions("cxr-pneumonia", isolated_registry)) == 1
     # Even a fully cached run shows every stage's results on its own dashboard page.
-    assert _artifact_keys(second["flow_run_id"]) >= STAGE_ARTIFACTS
-    assert _artifact_keys(first["flow_run_id"]) >= STAGE_ARTIFACTS
-
-
-def _artifact_keys(flow_run_id: str) -> set[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {artifact.key for artifact in artifacts}
+    assert artifact_keys(second["flow_run_id"]) >= STAGE_ARTIFACTS
+    assert artifact_keys(first["flow_run_id"]) >= STAGE_ARTIFACTS
 
 
 def test_changed_training_config_reuses_data_stages_only(prefect_harness, tiny_dataset, isolated_registry):

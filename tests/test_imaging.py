@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from cxr.imaging import BadImage, check_file, inspect_image, load_greyscale, sha256_file
-from tests.imagefiles import png_declaring
+from tests.helpers.image_files import png_declaring, write_dicom
 
 # A 40x48 grey ramp using the whole 0..255 range, so range-scaling leaves it unchanged.
 GREY = np.linspace(0, 255, 40 * 48).round().astype(np.uint8).reshape(40, 48)
@@ -21,34 +21,6 @@ def write_noise_jpeg(path: Path, *, width: int = 48, height: int = 40, seed: int
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-    return path
-
-
-def write_dicom(path: Path, frames: np.ndarray, **attributes) -> Path:
-    """A minimal uncompressed DICOM file holding uint16 `frames` (rows, cols) or (n, rows, cols)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = frames.shape[-2:]
-    if frames.ndim == 3:
-        dataset.NumberOfFrames = frames.shape[0]
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
-    dataset.PixelRepresentation = 0
-    for name, value in attributes.items():
-        setattr(dataset, name, value)
-    dataset.PixelData = frames.astype(np.uint16).tobytes()
-    dataset.save_as(path, enforce_file_format=True)
     return path
 
 

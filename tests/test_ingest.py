@@ -20,7 +20,7 @@ from cxr.layouts import parse_patient_id
 from cxr.manifests import MANIFEST_COLUMNS
 from cxr.scanning import data_dir_fingerprint, scan_folder
 from tasks.ingest import data_report_markdown
-from tests.imagefiles import png_declaring
+from tests.helpers.image_files import png_declaring
 
 
 def write_image(path: Path, seed: int, size: int = 40, fmt: str = "JPEG") -> Path:

@@ -23,7 +23,7 @@ from cxr.prefect_api import SERVER_ENV, choose_prefect_api
 from cxr.server import stop_dashboard
 from cxr.state import PREFECT_STARTUP_TIMEOUT_S
 from cxr.status import gather_status
-from tests.servers import REPO, STATE_VARIABLES, wait_for
+from tests.helpers.servers import REPO, STATE_VARIABLES, wait_for
 
 TINY_TRAIN = ["--model", "seed", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--json"]
 CPU_BURNER = "while True: pass"

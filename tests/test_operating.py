@@ -24,7 +24,7 @@ import pytest
 from cli.main import main
 from cxr import REGISTERED_MODEL_NAME
 from cxr.quiet import LOG_LEVEL_ENV, NATIVE_LOG_LINE
-from tests.servers import REPO, prefect_server, repo_process, wait_for
+from tests.helpers.servers import REPO, prefect_server, repo_process, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from cxr.operating_points import (
     sensitivity_threshold,
     wilson_interval,
 )
-from tests.blobmodel import labelled_folder, write_blob_model
+from tests.helpers.toy_models import labelled_folder, write_blob_model
 
 
 def _scores(n: int = 2000, separation: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,5 @@
 """Batch prediction, Grad-CAM and the `predict` flow, with the hand-weighted 'bright blob' model
-(tests.blobmodel), whose labels and Grad-CAM map have a known right answer without training."""
+(tests.helpers.toy_models), whose labels and Grad-CAM map have a known right answer without training."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.blobmodel import SIZE, THRESHOLD, blob_image, blob_model, write_blob_model, write_png
-from tests.domaincases import add_domain_score, blob_scenes
-from tests.imagefiles import png_declaring
+from tests.helpers.domain_cases import add_domain_score, blob_scenes
+from tests.helpers.image_files import png_declaring
+from tests.helpers.toy_models import SIZE, THRESHOLD, blob_image, blob_model, write_blob_model, write_png
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def mixed_folder(tmp_path) -> Path:
 
 
 def score(model_dir: Path, paths: list[Path], **options) -> pd.DataFrame:
+    from cxr.predicting import score_files
     from cxr.registry import load_model_with_metadata
-    from tasks.predict import score_files
 
     model, metadata = load_model_with_metadata(model_dir)
     return score_files(model, metadata, paths, **options).set_index("path")

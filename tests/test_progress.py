@@ -9,7 +9,7 @@ import sys
 import time
 
 from cxr.progress import enable_terminal_progress, stage_progress, terminal_progress_enabled
-from tests.servers import REPO
+from tests.helpers.servers import REPO
 
 # Counts 30 files while a Prefect logger writes; runs in a pseudo-terminal.
 BAR_SCRIPT = """

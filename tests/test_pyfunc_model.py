@@ -29,10 +29,10 @@ from cxr.pyfunc_model import (
     operating_points,
 )
 from cxr.server import free_port, stop_process_group
-from tests.domaincases import add_domain_score, chest_images
-from tests.isolated import isolated_env, isolated_python, run_isolated
-from tests.servers import wait_for
-from tests.test_imaging import write_dicom
+from tests.helpers.domain_cases import add_domain_score, chest_images
+from tests.helpers.image_files import write_dicom
+from tests.helpers.isolated import isolated_env, isolated_python, run_isolated
+from tests.helpers.servers import wait_for
 
 SIZE = 32
 NAME = "cxr-pneumonia"
@@ -157,7 +157,7 @@ def test_shipped_code_is_what_the_pyfunc_imports():
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory, images) -> dict:
     """A network registered as `@champion` in a fresh sqlite store, with a threshold that splits `images`."""
-    from tasks.predict import score_files
+    from cxr.predicting import score_files
 
     folder = tmp_path_factory.mktemp("champion")
     model_path, metadata_path = save_network(

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from cxr.quiet import LOG_LEVEL_ENV, NATIVE_LOG_LINE, drop_native_log_lines
-from tests.servers import REPO
+from tests.helpers.servers import REPO
 
 # Lines TensorFlow 2.21 printed on this CPU machine, and lines that must survive.
 NATIVE = [

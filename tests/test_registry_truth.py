@@ -13,8 +13,8 @@ from cli.main import main
 from cxr import REGISTERED_MODEL_NAME as NAME
 from cxr import registry
 from cxr.config import RetrainConfig
-from tests.isolated import isolated_python, run_isolated
-from tests.test_flow import _artifact_keys
+from tests.helpers.isolated import isolated_python, run_isolated
+from tests.helpers.prefect_artifacts import artifact_keys
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_registry_truth_across_cached_reruns(prefect_harness, tiny_dataset, stor
     registry.promote(NAME, 2, "by hand", store)
     moved = retrain(config)
     assert "register" in moved["cached_tasks"]
-    assert "model-card" in _artifact_keys(first["flow_run_id"]) & _artifact_keys(moved["flow_run_id"])
+    assert "model-card" in artifact_keys(first["flow_run_id"]) & artifact_keys(moved["flow_run_id"])
     assert (moved["model_version"], moved["champion"], moved["champion_version"]) == (1, False, 2)
     registry.rollback(NAME, "back", store)
     back = retrain(config)

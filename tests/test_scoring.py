@@ -9,8 +9,8 @@ import pytest
 
 from cxr.errors import DataError
 from cxr.scoring import evaluate_folder
-from tests.blobmodel import labelled_folder, write_blob_model
-from tests.imagefiles import png_declaring
+from tests.helpers.image_files import png_declaring
+from tests.helpers.toy_models import labelled_folder, write_blob_model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.servers import REPO
+from tests.helpers.servers import REPO
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""A tiny hand-weighted 'bright blob' model and the images it scores, built inside tests.
+"""Tiny hand-weighted models ('bright blob', brightness) and the images they score, built inside tests.
 
 The model's P(pneumonia) rises only where a bright blob is, so both its labels and its Grad-CAM map
 have a known right answer without training. Keras loads only when a model is built.
@@ -81,3 +81,36 @@ def labelled_folder(root: Path, *, pneumonia: int, normal: int) -> Path:
         image[index, :] = 60  # distinct content: identical files would be quarantined as duplicates
         write_png(root / "NORMAL" / f"IM-{index:04d}-0001.png", image)
     return root
+
+
+def brightness_model(gain: float):
+    """P(pneumonia) rises with mean brightness (gain > 0); the project's I/O contract on (32, 32, 1)."""
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.layers[-1].set_weights(
+        [np.array([[gain, -gain]], "float32"), np.array([-gain / 2, gain / 2], "float32")]
+    )
+    return model
+
+
+def save_model(model, folder: Path, threshold: float = 0.5) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "model.json").write_text(
+        json.dumps({"model_name": "tiny", "image_size": SIZE, "threshold": threshold})
+    )
+    return folder / "model.keras"
+
+
+def bright_dark_images(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pneumonia (label 0) images bright, normal (label 1) dark, with overlapping noise."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(np.int8)
+    means = np.where(labels == 0, 150, 105) + rng.normal(0, 20, n)
+    images = np.clip(means[:, None, None, None] + rng.normal(0, 10, (n, SIZE, SIZE, 1)), 0, 255)
+    return images.astype(np.uint8), labels

@@ -15,7 +15,7 @@ from unittest import mock
 
 from cxr.server import stop_process_group, temporary_prefect_server
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 STATE_VARIABLES = {
     "PREFECT_HOME",

@@ -58,8 +58,8 @@ def out_of_domain_cases(chests: np.ndarray, seed: int = 0) -> dict[str, np.ndarr
 
 def blob_scenes(count: int, size: int, seed: int) -> np.ndarray:
     """Dark (size, size) images with a blob at a random place (odd indices) or none, and mild noise: the
-    domain of the hand-weighted blob model (tests.blobmodel)."""
-    from tests.blobmodel import blob_image
+    domain of the hand-weighted blob model (tests.helpers.toy_models)."""
+    from tests.helpers.toy_models import blob_image
 
     rng = np.random.default_rng(seed)
     images = []
