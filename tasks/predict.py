@@ -1,4 +1,4 @@
-"""Stage `predict-files`: score image files or folders with a trained model into a CSV (`cxr.predicting`)."""
+"""Stage `predict-files`: score image files or folders with a trained model into a CSV (`cxr.evaluation.predicting`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from cxr.predicting import json_rows, predict_to_csv
-from cxr.task_policy import PREDICT_TIMEOUT_S, retry_transient
+from cxr.core.task_policy import PREDICT_TIMEOUT_S, retry_transient
+from cxr.evaluation.predicting import json_rows, predict_to_csv
 
 PREVIEW_ROWS = 50
 

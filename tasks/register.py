@@ -1,4 +1,4 @@
-"""Stage `register`: log the trained model to MLflow, register it and apply the gate (`cxr.registration`)."""
+"""Stage `register`: log the trained model to MLflow, register it and apply the gate (`cxr.registry.registration`)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from cxr.artifacts import Artifact
-from cxr.caching import ContentKey
-from cxr.config import GateParams
-from cxr.evaluation import EvaluationResult, champion_scorer_for
-from cxr.external import ExternalResult
-from cxr.registration import RegistrationResult, decision_markdown, register_model
-from cxr.registry import champion_version
-from cxr.sharding import BatchesResult
-from cxr.state import default_tracking_uri
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
-from cxr.training import TrainResult
+from cxr.config.params import GateParams
+from cxr.core.artifacts import Artifact
+from cxr.core.caching import ContentKey
+from cxr.core.state import default_tracking_uri
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.batches import BatchesResult
+from cxr.evaluation.evaluate import EvaluationResult, champion_scorer_for
+from cxr.evaluation.external_sets import ExternalResult
+from cxr.model.training import TrainResult
+from cxr.registry.registration import RegistrationResult, decision_markdown, register_model
+from cxr.registry.versions import champion_version
 
 
 def _tracking_store(inputs: dict[str, Any]) -> str:
@@ -30,14 +30,15 @@ def _tracking_store(inputs: dict[str, Any]) -> str:
     name="register",
     cache_policy=ContentKey(
         modules=(
-            "cxr.registration",
-            "cxr.registry",
-            "cxr.evaluation",
-            "cxr.metrics",
-            "cxr.run_logging",
-            "cxr.pyfunc_logging",
-            "cxr.gate",
-            "cxr.external",
+            "cxr.registry.registration",
+            "cxr.registry.versions",
+            "cxr.model.loading",
+            "cxr.evaluation.evaluate",
+            "cxr.evaluation.metrics",
+            "cxr.registry.mlflow_run",
+            "cxr.registry.pyfunc_logging",
+            "cxr.registry.gate",
+            "cxr.evaluation.external_sets",
         ),
         fingerprint=_tracking_store,
     ),

@@ -20,7 +20,7 @@ for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_A
 # tests of the long-lived server (test_local_server.py) remove it and stop what they start.
 os.environ["CXR_PREFECT_SERVER"] = "ephemeral"
 
-from cxr.state import PREFECT_STARTUP_TIMEOUT_S, configure_environment  # noqa: E402
+from cxr.core.state import PREFECT_STARTUP_TIMEOUT_S, configure_environment  # noqa: E402
 
 configure_environment()
 
@@ -45,7 +45,7 @@ def cxr_home() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A small synthetic dataset in the Kaggle layout (64 px images)."""
-    from cxr.demo_data import write_demo_dataset
+    from cxr.data.demo_data import write_demo_dataset
 
     out = tmp_path_factory.mktemp("tiny") / "chest_xray"
     write_demo_dataset(out, n=80, size=64, seed=0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr.datasets import make_dataset, split_dataset
-from cxr.sharding import write_batches
+from cxr.data.batches import write_batches
+from cxr.data.datasets import make_dataset, split_dataset
 
 
 def test_split_dataset_streams_every_image_once_one_hot_and_resizes(tmp_path):

@@ -56,13 +56,13 @@ def test_import_profile_ranks_top_level_imports_and_finds_heavy_libraries():
             "import time: self [us] | cumulative | imported package",
             "import time:       500 |       2000 |     tensorflow.python",
             "import time:      1000 |    3000000 |   keras",
-            "import time:       100 |    3100000 | cxr.models",
+            "import time:       100 |    3100000 | cxr.model.networks",
             "import time:       200 |     700000 | prefect",
             "some other stderr line",
         ]
     )
     profile = import_profile(report, top=2)
-    assert profile["top_level_s"] == {"cxr.models": 3.1, "prefect": 0.7}
+    assert profile["top_level_s"] == {"cxr.model.networks": 3.1, "prefect": 0.7}
     assert profile["heavy_libraries_imported"] == ["keras", "tensorflow"]
 
 

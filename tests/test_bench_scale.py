@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from bench.scale import cpu_per_image_spread, main, time_per_image_spread, write_scaled_dataset
-from cxr.layouts import label_for, parse_patient_id
+from cxr.data.layouts import label_for, parse_patient_id
 
 
 def test_scaled_folder_holds_distinct_labelled_images_one_patient_each(tmp_path):

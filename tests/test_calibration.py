@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from cli.main import main
-from cxr import registry
-from cxr.calibration import site_points, with_site_points
-from cxr.pyfunc_logging import log_pyfunc_model
+from cxr.core import mlflow_store
+from cxr.core.files import sha256_file
+from cxr.registry import versions
+from cxr.registry.pyfunc_logging import log_pyfunc_model
+from cxr.registry.site_calibration import site_points, with_site_points
 from tests.helpers.toy_models import labelled_folder, write_blob_model
 
 NAME = "cxr-pneumonia"
@@ -25,19 +27,19 @@ POINT = "site_b:sensitivity-0.95"
 def champion(tmp_path, isolated_registry) -> Path:
     """The blob model registered as v1 and `champion` in this test's registry; returns its folder."""
     folder = write_blob_model(tmp_path / "blob")
-    sha256 = registry.sha256_file(folder / "model.keras")
+    sha256 = sha256_file(folder / "model.keras")
     mlflow.set_tracking_uri(isolated_registry)
     mlflow.set_registry_uri(isolated_registry)
-    with mlflow.start_run(experiment_id=registry.ensure_experiment(isolated_registry)):
+    with mlflow.start_run(experiment_id=versions.ensure_experiment(isolated_registry)):
         info = log_pyfunc_model(
             folder / "model.keras", folder / "model.json", model_sha256=sha256, name="model"
         )
-    client = registry.client(isolated_registry)
+    client = mlflow_store.client(isolated_registry)
     client.create_registered_model(NAME)
     version = client.create_model_version(
         NAME, source=info.model_uri, run_id=info.run_id, model_id=info.model_id, tags={"model_sha256": sha256}
     )
-    registry.promote(NAME, int(version.version), "test", isolated_registry)
+    versions.promote(NAME, int(version.version), "test", isolated_registry)
     return folder
 
 
@@ -70,9 +72,9 @@ def test_calibrate_adds_site_points_that_stock_mlflow_honours(champion, isolated
     assert list(result["operating_points"]) == [POINT, "site_b:balanced"]
     assert result["default_operating_point"] == "default" and result["n"] == 12
     threshold = result["operating_points"][POINT]["threshold"]
-    tags = registry.client(isolated_registry).get_model_version(NAME, "2").tags
+    tags = mlflow_store.client(isolated_registry).get_model_version(NAME, "2").tags
     assert tags["calibrated_from"] == "1" and tags["calibration_site"] == "site_b"
-    assert tags["model_sha256"] == registry.sha256_file(champion / "model.keras")  # the same network
+    assert tags["model_sha256"] == sha256_file(champion / "model.keras")  # the same network
 
     images = pd.DataFrame({"image": [path.read_bytes() for path in sorted(site.rglob("*.png"))]})
     truth = ["normal"] * 6 + ["pneumonia"] * 6  # NORMAL/ sorts first

@@ -91,7 +91,7 @@ def test_train_json_contract(prefect_harness, tiny_dataset, tmp_path, monkeypatc
 
 
 def test_a_stack_that_is_up_points_commands_at_it_unless_the_user_chose(tmp_path, monkeypatch):
-    from cxr import cluster
+    from cxr.ops import cluster
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path))
     for name in cluster.STACK_ENV:

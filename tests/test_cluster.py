@@ -18,7 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cxr import REGISTERED_MODEL_NAME, postgres
+from cxr import REGISTERED_MODEL_NAME
+from cxr.ops import postgres
 
 pytestmark = [
     pytest.mark.slow,
@@ -129,7 +130,7 @@ def test_a_run_lands_on_the_stack_and_survives_a_lost_dask_worker(stack):
 
 
 def test_the_next_run_goes_on_after_the_prefect_server_restarts(stack, monkeypatch):
-    from cxr import cluster
+    from cxr.ops import cluster
 
     assert hasattr(stack, "first_run"), "needs the run of the test before"
     api_url = stack.endpoints["prefect_api_url"]
@@ -150,7 +151,7 @@ def test_the_next_run_goes_on_after_the_prefect_server_restarts(stack, monkeypat
 def test_a_tracking_server_down_at_register_fails_clearly_after_retries_with_nothing_registered(
     stack, monkeypatch
 ):
-    from cxr import cluster
+    from cxr.ops import cluster
 
     monkeypatch.setenv("CXR_HOME", str(stack.home))
     before = _versions(stack.endpoints["mlflow_tracking_uri"])

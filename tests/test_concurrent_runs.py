@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from cxr.config import RetrainConfig
+from cxr.config.params import RetrainConfig
 from tests.helpers.holders import holding
 
 
@@ -15,8 +15,8 @@ def test_two_identical_runs_started_together_train_once(
     Checked: with ContentKey's isolation level left at Prefect's default (READ_COMMITTED) both runs start
     training (the second then fails on the checkpoint file the first holds open, and its retry finds the
     first one's result)."""
-    from cxr import faults
-    from cxr.registry import list_versions
+    from cxr.core import faults
+    from cxr.registry.versions import list_versions
     from flows.retrain import retrain
 
     monkeypatch.setenv(faults.ENV_VAR, "pause_in_train:4")
@@ -53,12 +53,12 @@ def test_two_identical_runs_started_together_train_once(
 
 def test_a_cache_lock_dies_with_its_holder(tmp_path, monkeypatch):
     """A run killed while it computes leaves no stale lock (Prefect's FileSystemLockManager would)."""
-    from cxr.locking import cache_lock_manager
+    from cxr.core.locking import cache_lock_manager
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     locks = cache_lock_manager()
     script = (
-        "import sys; from cxr.locking import cache_lock_manager\n"
+        "import sys; from cxr.core.locking import cache_lock_manager\n"
         "cache_lock_manager().acquire_lock('k1', 'other')\n"
         "print('held', flush=True); sys.stdin.read()\n"
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cxr.architectures import MODEL_SPECS
-from cxr.config import RetrainConfig
+from cxr.config.architectures import MODEL_SPECS
+from cxr.config.params import RetrainConfig
 
 
 def test_defaults_are_the_strong_model_at_its_own_size():

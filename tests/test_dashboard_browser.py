@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cxr.config import RetrainConfig
-from cxr.server import api_url_if_running, ensure_dashboard, free_port, pid_file, stop_dashboard
+from cxr.config.params import RetrainConfig
+from cxr.ops.server import api_url_if_running, ensure_dashboard, free_port, pid_file, stop_dashboard
 from tests.helpers.servers import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")

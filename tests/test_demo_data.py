@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr.demo_data import write_demo_dataset
+from cxr.data.demo_data import write_demo_dataset
 
 PNEUMONIA_NAME = re.compile(r"^person(\d+)_(bacteria|virus)_\d+\.jpeg$")
 NORMAL_NAME = re.compile(r"^IM-(\d{4})-\d{4}\.jpeg$")

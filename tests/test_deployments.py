@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.watch import DATA_ARRIVED_EVENT, inbox_resource_id
+from cxr.ops.watch import DATA_ARRIVED_EVENT, inbox_resource_id
 from deployments.serve import EVENT_DATA_DIR, NIGHTLY, ON_NEW_DATA
 from tests.helpers.servers import REPO, prefect_server, serving, wait_for
 
@@ -166,7 +166,7 @@ def _in_another_process(api_url: str, command: list[str]) -> subprocess.Complete
 
 
 def _emit_from_another_process(api_url: str, inbox: Path, new_files: int) -> None:
-    code = f"from pathlib import Path; from cxr.watch import emit_data_arrived; emit_data_arrived(Path({str(inbox)!r}), {new_files})"
+    code = f"from pathlib import Path; from cxr.ops.watch import emit_data_arrived; emit_data_arrived(Path({str(inbox)!r}), {new_files})"
     _in_another_process(api_url, [sys.executable, "-c", code])
 
 
@@ -265,7 +265,7 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
 
 
 def test_both_deployments_carry_the_external_sets(tmp_path):
-    from cxr.config import RetrainConfig
+    from cxr.config.params import RetrainConfig
     from deployments.serve import ServeOptions, build_deployments
 
     site, data = tmp_path / "site_b", tmp_path / "data"
@@ -284,7 +284,7 @@ def test_both_deployments_carry_the_external_sets(tmp_path):
 
 
 def test_a_missing_nightly_data_folder_is_refused_before_serving(tmp_path):
-    from cxr.errors import DataError
+    from cxr.core.errors import DataError
     from deployments.serve import build_deployments
 
     with pytest.raises(DataError, match="not found"):

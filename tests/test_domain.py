@@ -1,4 +1,4 @@
-"""The domain score (`cxr.domain`): fitted on synthetic chest X-rays, it flags what the model never saw."""
+"""The domain score (`cxr.evaluation.domain`): fitted on synthetic chest X-rays, it flags what the model never saw."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cxr.domain import (
+from cxr.evaluation.domain import (
     COMPONENTS,
     DomainGuard,
     DomainScorer,
@@ -35,7 +35,7 @@ def chests(tmp_path_factory) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted(chests) -> tuple[DomainScorer, DomainGuard]:
     """An untrained `default` network's features plus image statistics, fitted on the train images."""
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     network = build_model("default", SIZE)
     scorer = DomainScorer(network, layer=feature_layer(network))
@@ -114,7 +114,7 @@ def test_constant_feature_does_not_divide_by_zero():
 
 @pytest.mark.parametrize(("name", "layer"), [("seed", "pool2"), ("mobilenet", "backbone")])
 def test_every_architecture_has_a_feature_layer(name, layer):
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     assert feature_layer(build_model(name, SIZE)) == layer
 

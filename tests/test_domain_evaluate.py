@@ -31,7 +31,7 @@ def write_scenes(folder: Path, scenes: np.ndarray, start: int = 0) -> list[Path]
 @pytest.fixture(scope="module")
 def guarded_model(tmp_path_factory) -> Path:
     """The blob model with a domain score fitted on scenes decoded from files as the pipeline decodes them."""
-    from cxr.sharding import decode_paths
+    from cxr.data.batches import decode_paths
 
     work = tmp_path_factory.mktemp("guarded")
     paths = write_scenes(work / "fit", blob_scenes(90, SIDE, seed=0))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr.drift import NO_NEW_IMAGES, DriftResult, measure_drift
-from cxr.manifests import write_new_files
+from cxr.data.manifests import write_new_files
+from cxr.evaluation.drift import NO_NEW_IMAGES, DriftResult, measure_drift
 from tests.helpers.domain_cases import add_domain_score, blob_scenes
 from tests.helpers.toy_models import SIZE, write_blob_model, write_png
 
@@ -67,8 +67,9 @@ def test_report_logs_the_metric_and_posts_the_event_above_the_share(
     import mlflow
     from prefect import flow
 
-    from cxr.notify import DATA_DRIFT_EVENT
-    from cxr.registry import client, ensure_experiment
+    from cxr.core.mlflow_store import client
+    from cxr.registry.model_events import DATA_DRIFT_EVENT
+    from cxr.registry.versions import ensure_experiment
     from tasks import domain
 
     posted = []

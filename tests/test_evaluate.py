@@ -17,13 +17,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from cxr import evaluation as evaluate_module
-from cxr import metrics as metrics_module
-from cxr.errors import DataError
-from cxr.evaluation import evaluate_model, predict_pneumonia_proba, predict_split
-from cxr.metrics import bootstrap_ci, classification_metrics
-from cxr.plots import write_plots
-from cxr.sharding import write_batches
+from cxr.core.errors import DataError
+from cxr.data.batches import write_batches
+from cxr.evaluation import evaluate as evaluate_module
+from cxr.evaluation import metrics as metrics_module
+from cxr.evaluation.evaluate import evaluate_model, predict_pneumonia_proba, predict_split
+from cxr.evaluation.metrics import bootstrap_ci, classification_metrics
+from cxr.evaluation.plots import write_plots
 from tests.helpers.toy_models import bright_dark_images, brightness_model, save_model
 
 KNOWN_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0], dtype=bool)

@@ -1,5 +1,5 @@
 """External validation sets: scored with the challenger and the champion, kept apart from training, and what
-the gate makes of them (`cxr.external`, `cxr.gate`); bad sets are refused before any training."""
+the gate makes of them (`cxr.evaluation.external_sets`, `cxr.registry.gate`); bad sets are refused before any training."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from cli.main import main
-from cxr.config import GateParams
-from cxr.errors import DataError
-from cxr.external import mlflow_metrics, validate_external
-from cxr.gate import decide_outside, decide_with_outside
+from cxr.config.params import GateParams
+from cxr.core.errors import DataError
+from cxr.evaluation.external_sets import mlflow_metrics, validate_external
+from cxr.registry.gate import decide_outside, decide_with_outside
 from tests.helpers.toy_models import labelled_folder, write_blob_model
 
 GATE = GateParams(external_auc_margin=0.01)
@@ -124,8 +124,8 @@ def test_external_set_names_and_calibrate_on_are_checked(tmp_path, capsys):
 
 
 def test_the_gate_rescores_a_champion_that_moved_since_the_set_was_scored(monkeypatch):
-    from cxr import external
-    from cxr.external import ExternalResult, champion_metrics_now
+    from cxr.evaluation import external_sets as external
+    from cxr.evaluation.external_sets import ExternalResult, champion_metrics_now
 
     scored_with = []
     monkeypatch.setattr(

@@ -4,17 +4,19 @@ the JSON, on the run's dashboard page, in the MLflow run and the model card, and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from cli.main import main
-from cxr import registry
+from cxr.core import mlflow_store
+from cxr.model import loading as model_loading
 from tests.helpers.prefect_artifacts import artifact_keys
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    from cxr.demo_data import write_demo_dataset
+    from cxr.data.demo_data import write_demo_dataset
 
     folder = tmp_path_factory.mktemp("site") / "chest_xray"
     write_demo_dataset(folder, n=24, size=64, seed=5)
@@ -38,7 +40,7 @@ def test_train_scores_external_sets_with_challenger_and_champion(
     assert scored["n"] == scored["challenger"]["metrics"]["n"] > 0 and len(scored["data_digest"]) == 64
     assert set(scored["challenger"]["ci"]) >= {"auc", "sensitivity", "specificity"}
     assert first["operating_point"] in scored["challenger"]["operating_points"]
-    client = registry.client(isolated_registry)
+    client = mlflow_store.client(isolated_registry)
     metrics = client.get_run(first["mlflow_run_id"]).data.metrics
     assert metrics["external.site.auc"] == scored["challenger"]["metrics"]["auc"]
     assert "external-site" in artifact_keys(first["flow_run_id"])
@@ -54,10 +56,10 @@ def test_train_scores_external_sets_with_challenger_and_champion(
         assert "site auc" in decision["reason"]
     # --calibrate-on: the site's point is the registered model's default, and the test metrics use it.
     assert second["operating_point"] == second["metrics"]["operating_point"] == "site:sensitivity-0.95"
-    _, metadata = registry.load_model_with_metadata(second["model_uri"], isolated_registry)
+    _, metadata = model_loading.load_model_with_metadata(second["model_uri"], isolated_registry)
     assert metadata["default_operating_point"] == "site:sensitivity-0.95"
     assert metadata["site_calibrations"]["site"]["n"] == scored["n"]
     run = client.get_run(second["mlflow_run_id"])
     assert run.data.metrics["external.site.champion.auc"] == scored["champion"]["metrics"]["auc"]
-    card = (registry.Path(client.download_artifacts(run.info.run_id, "model_card.md"))).read_text()
+    card = (Path(client.download_artifacts(run.info.run_id, "model_card.md"))).read_text()
     assert "## External validation" in card and "champion v1" in card

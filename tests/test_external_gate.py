@@ -1,4 +1,4 @@
-"""The gate looks outside: registration with external-set scores (`cxr.registration` + `cxr.gate`)."""
+"""The gate looks outside: registration with external-set scores (`cxr.registry.registration` + `cxr.registry.gate`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr import registry
-from cxr.external import ExternalResult
+from cxr.core import mlflow_store
+from cxr.evaluation.external_sets import ExternalResult
 from tests.helpers.registering import register
 
 
@@ -59,7 +59,7 @@ def test_a_challenger_worse_outside_is_refused_and_one_within_the_margin_promote
         == "worse outside on external set site_b: challenger auc 0.8500 < champion 0.9500 - margin 0.01"
     )
     assert refused.decision["external"]["site_b"]["champion"]["auc"] == 0.95
-    client = registry.client(tracking_uri)
+    client = mlflow_store.client(tracking_uri)
     metrics = client.get_run(refused.run_id).data.metrics
     assert (metrics["external.site_b.auc"], metrics["external.site_b.champion.auc"]) == (0.85, 0.95)
     assert metrics["external.site_b.point.fixed.sensitivity"] == 0.92

@@ -1,7 +1,7 @@
 """Surviving faults: transient I/O, an unavailable registry, kill -9 in training and registration,
 concurrent runs, a full or read-only disk, corrupt cache entries, and untrusted inputs.
 
-Faults are planned with $CXR_FAULTS (cxr/faults.py). Every test gets its own state folder, data copy
+Faults are planned with $CXR_FAULTS (cxr/core/faults.py). Every test gets its own state folder, data copy
 and MLflow store, so no cached result of another test can hide the fault.
 """
 
@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from cxr import REGISTERED_MODEL_NAME, faults
-from cxr.config import RetrainConfig
+from cxr import REGISTERED_MODEL_NAME
+from cxr.config.params import RetrainConfig
+from cxr.core import faults
 from tests.helpers.holders import holding
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def _run_cli(
 
 
 def _versions(world: SimpleNamespace) -> list[dict]:
-    from cxr.registry import list_versions
+    from cxr.registry.versions import list_versions
 
     return list_versions(REGISTERED_MODEL_NAME, world.uri)
 
@@ -111,8 +112,8 @@ def _versions(world: SimpleNamespace) -> list[dict]:
 
 def _ingest_and_split(world):
     """The world's data ingested and split outside any flow."""
-    from cxr.ingesting import ingest_folder
-    from cxr.splitting import split_manifest
+    from cxr.data.ingesting import ingest_folder
+    from cxr.data.splitting import split_manifest
 
     ingested = ingest_folder(world.data, world.home / "ingest", min_side=world.config.ingest.min_image_side)
     return split_manifest(
@@ -128,9 +129,9 @@ def _ingest_and_split(world):
 
 def test_transient_read_errors_are_retried_and_change_nothing(prefect_harness, world, monkeypatch):
     """The first image read fails with EIO: ingest retries (after its 2 s delay) and the run's data is
-    exactly that of a clean ingest. Checked: without the TRANSIENT_ERRNOS re-raise in cxr/imaging.py the
+    exactly that of a clean ingest. Checked: without the TRANSIENT_ERRNOS re-raise in cxr/data/imaging.py the
     file is quarantined as 'unreadable' and `accepted`/`data_digest` differ from the clean run."""
-    from cxr.ingesting import ingest_folder
+    from cxr.data.ingesting import ingest_folder
     from flows.retrain import retrain
 
     clean = ingest_folder(world.data, world.home / "clean", min_side=world.config.ingest.min_image_side)
@@ -147,7 +148,7 @@ def test_transient_read_errors_are_retried_and_change_nothing(prefect_harness, w
 def test_batches_task_retries_transient_read_errors(prefect_harness, world, monkeypatch):
     """Two failed reads, then the third attempt of `batches-shard` (retries=2) writes the same shard as a
     clean run. Checked: with `retries=0` in tasks/batches.py this raises the injected OSError."""
-    from cxr.sharding import materialise_batches, plan_shards
+    from cxr.data.batches import materialise_batches, plan_shards
     from tasks import batches as batches_stage
 
     split = _ingest_and_split(world)
@@ -221,7 +222,9 @@ def test_registration_killed_before_the_version_leaves_no_half_version(prefect_h
     file. The protection is the order in tasks/register.py (version created only after log_model returns,
     alias moved last); not run as a mutation: creating the version first would leave one here, which
     `_versions(world) == []` rejects."""
-    from cxr.registry import champion_version, resolve_model, sha256_file
+    from cxr.core.files import sha256_file
+    from cxr.model.loading import resolve_model
+    from cxr.registry.versions import champion_version
 
     code, _, err = _run_cli(world, _train_args(world, "--epochs", "1"), "kill_before_version:1")
     assert code == -signal.SIGKILL, err[-2000:]
@@ -252,7 +255,8 @@ def test_concurrent_runs_take_turns_at_the_registry(prefect_harness, world):
     the second gate sees the first champion. A 6 s pause inside the gate makes the two registrations
     overlap. Checked: replacing `registry_lock(...)` with `contextlib.nullcontext()` in
     tasks/register.py makes both decide "first model: no champion yet"."""
-    from cxr.registry import champion_history, client
+    from cxr.core.mlflow_store import client
+    from cxr.registry.versions import champion_history
 
     runs = [_start_cli(world, _train_args(world, "--seed", str(seed)), "pause_in_gate:6") for seed in (1, 2)]
     outputs = []
@@ -286,11 +290,11 @@ def test_concurrent_runs_take_turns_at_the_registry(prefect_harness, world):
 def test_registry_lock_excludes_other_processes(tmp_path):
     """While one process holds the lock another cannot take it, and it is free once the holder is killed
     (flock dies with its process). Checked: with the flock call removed the child takes it at once."""
-    from cxr.locking import LockTimeout, file_lock
+    from cxr.core.locking import LockTimeout, file_lock
 
     lock = tmp_path / "registry.lock"
     probe = (
-        "import sys; from pathlib import Path; from cxr.locking import file_lock\n"
+        "import sys; from pathlib import Path; from cxr.core.locking import file_lock\n"
         "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()\n"
     )
     with holding(probe, str(lock)), pytest.raises(LockTimeout, match="pid"), file_lock(lock, timeout_s=0.5):
@@ -304,7 +308,7 @@ def test_registry_lock_excludes_other_processes(tmp_path):
 
 def test_unwritable_state_folder_is_one_clear_error(tmp_path, monkeypatch, capsys):
     """A state folder that cannot be written (here: below a regular file, which fails for root too) is
-    refused before any work. Checked: without the check in cxr.state the CLI dies with a traceback."""
+    refused before any work. Checked: without the check in cxr.core.state the CLI dies with a traceback."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("CXR_HOME", str(blocker / "state"))
@@ -330,8 +334,8 @@ def test_read_only_state_folder_is_one_clear_error(tmp_path, monkeypatch, capsys
 def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monkeypatch):
     """np.save writes half the array, then ENOSPC: no file of the split is left (not even the temporary
     one), no checksum vouches for anything, and a later call with space writes verified arrays.
-    Checked: without the `finally: unlink` in cxr.files.write_atomically the .tmp file remains."""
-    from cxr import sharding as batches_stage
+    Checked: without the `finally: unlink` in cxr.core.files.write_atomically the .tmp file remains."""
+    from cxr.data import batches as batches_stage
 
     split = _ingest_and_split(world)
     real_save = np.save
@@ -376,7 +380,7 @@ def test_corrupt_cache_entries_are_recomputed_not_loaded(prefect_harness, world)
         for path in storage.iterdir()
         if path.is_file()
         and str(world.home) in (text := path.read_text(errors="replace"))
-        and "cxr.evaluation.EvaluationResult" in text
+        and "cxr.evaluation.evaluate.EvaluationResult" in text
     )
     evaluation_record.write_text(evaluation_record.read_text()[:50])
 
@@ -425,7 +429,7 @@ def test_predict_reports_a_decompression_bomb_and_scores_the_rest(prefect_harnes
     import struct
     import zlib
 
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     folder = world.home.parent / "model"
     folder.mkdir()
@@ -484,7 +488,7 @@ def test_on_new_data_deployment_confines_event_folders(tmp_path):
 
 def test_local_servers_bind_to_loopback_by_default(tmp_path, monkeypatch):
     """`cxr dashboard` and `cxr mlflow-ui` listen on 127.0.0.1 unless told otherwise."""
-    from cxr import server
+    from cxr.ops import server
 
     started = {}
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr.imaging import check_file, load_greyscale
-from cxr.ingesting import ingest_folder
-from cxr.scanning import path_text, real_path, scan_folder
+from cxr.data.imaging import check_file, load_greyscale
+from cxr.data.ingesting import ingest_folder
+from cxr.data.scanning import path_text, real_path, scan_folder
 
 LATIN1_NAME = b"M\xfcller-0001.jpeg"  # "Müller" in Latin-1: not valid UTF-8
 
@@ -65,8 +65,8 @@ def test_a_valid_image_with_a_latin1_name_is_ingested_and_named_losslessly(latin
 
 
 def test_predictions_keep_the_name(latin1_folder, tmp_path):
-    from cxr.predicting import score_files
-    from cxr.registry import load_model_with_metadata
+    from cxr.evaluation.predicting import score_files
+    from cxr.model.loading import load_model_with_metadata
     from tests.helpers.toy_models import write_blob_model
 
     model, metadata = load_model_with_metadata(write_blob_model(tmp_path / "model"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cxr.config import RetrainConfig
+from cxr.config.params import RetrainConfig
 from tests.helpers.prefect_artifacts import artifact_keys
 
 INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
@@ -30,7 +30,8 @@ STAGE_ARTIFACTS = {
 def test_retrain_registers_a_champion_then_reuses_every_task(
     prefect_harness, tiny_dataset, isolated_registry
 ):
-    from cxr.registry import list_versions, resolve_model
+    from cxr.model.loading import resolve_model
+    from cxr.registry.versions import list_versions
     from flows.retrain import retrain
 
     # A seed of its own: other tests train on the same sample, and only ingest may be shared with them.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from cxr.imaging import BadImage, check_file, inspect_image, load_greyscale, sha256_file
+from cxr.data.imaging import BadImage, check_file, inspect_image, load_greyscale, sha256_file
 from tests.helpers.image_files import png_declaring, write_dicom
 
 # A 40x48 grey ramp using the whole 0..255 range, so range-scaling leaves it unchanged.

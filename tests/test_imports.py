@@ -36,7 +36,7 @@ def test_importing_the_pipeline_loads_no_heavy_library(module: str) -> None:
 
 
 def test_cli_help_loads_no_heavy_library() -> None:
-    # Building the parser (choices from cxr.architectures, defaults from cxr.watch) must stay light too.
+    # Building the parser (choices from cxr.config.architectures, defaults from cxr.ops.watch) must stay light too.
     code = "from cli.main import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass"
     loaded, printed = _heavy_loaded_after(code)
     assert "usage: cxr train" in printed

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import cxr.ingesting as ingest_module
-from cxr.errors import DataError
-from cxr.ingesting import ingest_folder
-from cxr.layouts import parse_patient_id
-from cxr.manifests import MANIFEST_COLUMNS
-from cxr.scanning import data_dir_fingerprint, scan_folder
+import cxr.data.ingesting as ingest_module
+from cxr.core.errors import DataError
+from cxr.data.ingesting import ingest_folder
+from cxr.data.layouts import parse_patient_id
+from cxr.data.manifests import MANIFEST_COLUMNS
+from cxr.data.scanning import data_dir_fingerprint, scan_folder
 from tasks.ingest import data_report_markdown
 from tests.helpers.image_files import png_declaring
 
@@ -310,7 +310,7 @@ def test_real_original_resolution(shared_data, tmp_path):
     expected = virus["path"].map(lambda path: Path(path).name.split("_")[0])
     assert (virus["patient_id"] == expected).all()
     assert manifest["width"].max() > 1000
-    from cxr.imaging import load_greyscale
+    from cxr.data.imaging import load_greyscale
 
     largest = manifest.loc[manifest["width"].idxmax(), "path"]
     assert load_greyscale(Path(largest), 224).shape == (224, 224)

@@ -12,11 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import cxr.ingesting as ingest_module
-from cxr.config import IngestParams
-from cxr.demo_data import write_demo_dataset
-from cxr.errors import CxrError
-from cxr.ingesting import assemble_manifest, check_paths, ingest_folder, plan_folder
+import cxr.data.ingesting as ingest_module
+from cxr.config.params import IngestParams
+from cxr.core.errors import CxrError
+from cxr.data import ingest_plans
+from cxr.data.demo_data import write_demo_dataset
+from cxr.data.ingesting import assemble_manifest, check_paths, ingest_folder, plan_folder
 from tasks import ingest as ingest_stage
 
 MIN_SIDE = 32
@@ -39,7 +40,7 @@ def folder(tmp_path) -> Path:
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(ingest_module, "MAP_CHUNK_SIZE", 5)
+    monkeypatch.setattr(ingest_plans, "MAP_CHUNK_SIZE", 5)
 
 
 def _frames(result) -> tuple[pd.DataFrame, pd.DataFrame]:

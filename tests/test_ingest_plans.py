@@ -7,13 +7,13 @@ import math
 import pandas as pd
 import pytest
 
-from cxr import ingesting
-from cxr.demo_data import write_demo_dataset
-from cxr.errors import DataError
-from cxr.imaging import FileCheck, ImageInfo
-from cxr.ingest_plans import PLAN_SCALARS, read_checks, store_plan, write_checks
-from cxr.ingesting import check_paths, plan_folder
-from cxr.manifests import checks_frame
+from cxr.core.errors import DataError
+from cxr.data import ingest_plans, ingesting
+from cxr.data.demo_data import write_demo_dataset
+from cxr.data.imaging import FileCheck, ImageInfo
+from cxr.data.ingest_plans import PLAN_SCALARS, read_checks, store_plan, write_checks
+from cxr.data.ingesting import check_paths, plan_folder
+from cxr.data.manifests import checks_frame
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def folder(tmp_path):
 
 
 def test_stored_plan_loads_back_the_same_plan(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(ingesting, "MAP_CHUNK_SIZE", 5)
+    monkeypatch.setattr(ingest_plans, "MAP_CHUNK_SIZE", 5)
     plan = plan_folder(folder, tmp_path / "out", min_side=32)
     stored = store_plan(plan, tmp_path / "plan")
     loaded = stored.load()
@@ -41,11 +41,11 @@ def test_stored_plan_loads_back_the_same_plan(folder, tmp_path, monkeypatch):
 
 
 def test_a_big_folder_maps_a_bounded_number_of_chunks_covering_every_file(tmp_path):
-    count = ingesting.MAP_CHUNK_SIZE * ingesting.MAX_MAP_CHUNKS + 1000
+    count = ingest_plans.MAP_CHUNK_SIZE * ingest_plans.MAX_MAP_CHUNKS + 1000
     candidates = pd.DataFrame(
         {"path": [f"/data/{n}.png" for n in range(count)], "size_bytes": 1, "mtime_ns": 2}
     )
-    plan = ingesting.IngestPlan(
+    plan = ingest_plans.IngestPlan(
         data_dir="/data",
         out_dir=str(tmp_path),
         min_side=8,
@@ -57,7 +57,7 @@ def test_a_big_folder_maps_a_bounded_number_of_chunks_covering_every_file(tmp_pa
         scan_s=0.0,
     )
     chunks = plan.chunks()
-    assert len(chunks) == ingesting.MAX_MAP_CHUNKS
+    assert len(chunks) == ingest_plans.MAX_MAP_CHUNKS
     assert [path for chunk in chunks for path, _, _ in chunk] == candidates["path"].tolist()
     assert len(plan.chunks(100)) == math.ceil(count / 100)  # an explicit size still wins
 

@@ -18,11 +18,11 @@ from unittest import mock
 
 import pytest
 
-from cxr.errors import CxrError
-from cxr.prefect_api import SERVER_ENV, choose_prefect_api
-from cxr.server import stop_dashboard
-from cxr.state import PREFECT_STARTUP_TIMEOUT_S
-from cxr.status import gather_status
+from cxr.core.errors import CxrError
+from cxr.core.state import PREFECT_STARTUP_TIMEOUT_S
+from cxr.ops.prefect_api import SERVER_ENV, choose_prefect_api
+from cxr.ops.server import stop_dashboard
+from cxr.ops.status import gather_status
 from tests.helpers.servers import REPO, STATE_VARIABLES, wait_for
 
 TINY_TRAIN = ["--model", "seed", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--json"]
@@ -146,7 +146,7 @@ def test_prefect_api_url_wins_and_the_opt_out_uses_the_temporary_server(tmp_path
 def test_prefects_own_temporary_server_gets_the_projects_start_up_limit(tmp_path):
     """Where Prefect's temporary server is still used, it waits as long as the project's servers do."""
     script = (
-        "import os\nfrom cxr.state import configure_environment\nconfigure_environment()\n"
+        "import os\nfrom cxr.core.state import configure_environment\nconfigure_environment()\n"
         "print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"
     )
     done = subprocess.run(

@@ -6,8 +6,8 @@ import uuid
 
 from prefect import flow
 
-from cxr.model_card import KNOWN_LIMITS, ModelCard, PointResult
-from cxr.run_links import flow_run_tags, mlflow_run_url
+from cxr.registry.model_card import KNOWN_LIMITS, ModelCard, PointResult
+from cxr.registry.run_links import flow_run_tags, mlflow_run_url
 
 METRICS = {"sensitivity": 0.95, "specificity": 0.8, "accuracy": 0.9, "auc": 0.97, "pr_auc": 0.98}
 
@@ -79,9 +79,9 @@ def test_mlflow_run_url_only_for_a_server():
 def test_card_of_a_model_with_named_points(tmp_path):
     import json
 
-    from cxr.evaluation import EvaluationResult
-    from cxr.run_logging import model_card
-    from cxr.training import TrainResult
+    from cxr.evaluation.evaluate import EvaluationResult
+    from cxr.model.training import TrainResult
+    from cxr.registry.mlflow_run import model_card
 
     screening = {"threshold": 0.2, "rule": "sensitivity >= 0.95", "sensitivity": 0.96, "specificity": 0.7}
     screening |= {"sensitivity_ci": [0.93, 0.98], "specificity_ci": [0.6, 0.8]}

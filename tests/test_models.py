@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxr.augmentation import AcquisitionShift
-from cxr.device import configure_devices, distribution_strategy, seed_everything
-from cxr.errors import ModelError
-from cxr.models import (
+from cxr.core.errors import ModelError
+from cxr.model.augmentation import AcquisitionShift
+from cxr.model.device import configure_devices, distribution_strategy, seed_everything
+from cxr.model.networks import (
     BACKBONE_LAYER,
     IMAGENET_BGR_MEANS,
     MODEL_NAMES,
@@ -30,7 +30,7 @@ def _images(count: int, size: int, seed: int = 0) -> np.ndarray:
 def test_model_names_match_the_config_choices():
     from typing import get_args
 
-    from cxr.config import ModelName
+    from cxr.config.params import ModelName
 
     assert set(MODEL_NAMES) == set(get_args(ModelName))
 
@@ -176,7 +176,7 @@ def test_missing_or_incompatible_backbone_weights_are_refused(tmp_path):
 def test_config_accepts_backbone_weights_only_for_pretrainable_models():
     from pydantic import ValidationError
 
-    from cxr.config import RetrainConfig
+    from cxr.config.params import RetrainConfig
 
     train = {"model": "mobilenet", "backbone_weights": "/w/b.weights.h5"}
     config = RetrainConfig(data_dir="/data", train=train).train
@@ -188,7 +188,7 @@ def test_config_accepts_backbone_weights_only_for_pretrainable_models():
 
 
 def test_train_cache_key_follows_the_backbone_weights_content(tmp_path):
-    from cxr.training import backbone_weights_digest
+    from cxr.model.training import backbone_weights_digest
 
     path = tmp_path / "b.weights.h5"
     path.write_bytes(b"first")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cxr.errors import CxrError
-from cxr.notify import (
+from cxr.core.errors import CxrError
+from cxr.ops.notify import (
     champion_changed_message,
     configure_notifications,
     data_drift_message,

@@ -23,7 +23,7 @@ import pytest
 
 from cli.main import main
 from cxr import REGISTERED_MODEL_NAME
-from cxr.quiet import LOG_LEVEL_ENV, NATIVE_LOG_LINE
+from cxr.core.quiet import LOG_LEVEL_ENV, NATIVE_LOG_LINE
 from tests.helpers.servers import REPO, prefect_server, repo_process, wait_for
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def served(api_url, receiver, tiny_dataset, tmp_path_factory) -> Iterator[None]:
     """`cxr serve --notify-webhook` in a subprocess, until its deployments and automations are registered."""
     from prefect.client.orchestration import get_client
 
-    from cxr.notify import CHAMPION_AUTOMATION, DRIFT_AUTOMATION, RUN_FAILED_AUTOMATION
+    from cxr.ops.notify import CHAMPION_AUTOMATION, DRIFT_AUTOMATION, RUN_FAILED_AUTOMATION
 
     home = tmp_path_factory.mktemp("serve-home")
     command = ["serve", "--data", str(tiny_dataset), "--cron", CRON, "--notify-webhook", receiver.url]

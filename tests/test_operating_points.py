@@ -11,8 +11,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cli.main import build_parser, main
-from cxr.errors import DataError, ModelError
-from cxr.operating_points import (
+from cxr.core.errors import DataError, ModelError
+from cxr.model.operating_points import (
     BALANCED,
     DEFAULT_OPERATING_POINT,
     HIGH_SENSITIVITY,

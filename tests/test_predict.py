@@ -38,8 +38,8 @@ def mixed_folder(tmp_path) -> Path:
 
 
 def score(model_dir: Path, paths: list[Path], **options) -> pd.DataFrame:
-    from cxr.predicting import score_files
-    from cxr.registry import load_model_with_metadata
+    from cxr.evaluation.predicting import score_files
+    from cxr.model.loading import load_model_with_metadata
 
     model, metadata = load_model_with_metadata(model_dir)
     return score_files(model, metadata, paths, **options).set_index("path")
@@ -83,7 +83,7 @@ def test_score_files_writes_one_overlay_per_scored_image(model_dir, mixed_folder
 
 
 def test_grad_cam_highlights_the_deciding_blob():
-    from cxr.gradcam import grad_cam
+    from cxr.model.gradcam import grad_cam
 
     image = blob_image(SIZE, blob=True, corner=(0, 24))
     heat = grad_cam(blob_model(), image[..., None])
@@ -95,7 +95,7 @@ def test_grad_cam_highlights_the_deciding_blob():
 
 
 def test_grad_cam_reaches_a_conv_layer_inside_a_nested_model():
-    from cxr.gradcam import grad_cam, last_conv_layer
+    from cxr.model.gradcam import grad_cam, last_conv_layer
 
     inner = blob_model()
     inputs = keras.Input((SIZE, SIZE, 1))
@@ -108,8 +108,8 @@ def test_grad_cam_reaches_a_conv_layer_inside_a_nested_model():
 
 
 def test_grad_cam_needs_a_conv_layer():
-    from cxr.errors import ModelError
-    from cxr.gradcam import grad_cam
+    from cxr.core.errors import ModelError
+    from cxr.model.gradcam import grad_cam
 
     inputs = keras.Input((SIZE, SIZE, 1))
     flat = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
@@ -118,7 +118,7 @@ def test_grad_cam_needs_a_conv_layer():
 
 
 def test_overlay_png_is_written_at_a_legible_size(tmp_path):
-    from cxr.gradcam import OVERLAY_MIN_SIDE, overlay_png
+    from cxr.model.gradcam import OVERLAY_MIN_SIDE, overlay_png
 
     heat = np.zeros((SIZE, SIZE), np.float32)
     heat[:8, :8] = 1.0
@@ -211,7 +211,7 @@ def test_predict_flags_images_out_of_domain_and_still_answers(
 
 
 def test_predict_flow_reports_a_missing_model_clearly(prefect_harness, mixed_folder, tmp_path):
-    from cxr.errors import ModelError
+    from cxr.core.errors import ModelError
     from flows.predict import predict
 
     with pytest.raises(ModelError, match="not found"):
@@ -223,7 +223,7 @@ def test_predict_flow_reports_a_missing_model_clearly(prefect_harness, mixed_fol
 def test_predict_task_retries_io_errors_only():
     from prefect.states import Failed
 
-    from cxr.errors import ModelError
+    from cxr.core.errors import ModelError
     from tasks.predict import predict_files
 
     should_retry = predict_files.retry_condition_fn

@@ -8,17 +8,17 @@ import subprocess
 import sys
 import time
 
-from cxr.progress import enable_terminal_progress, stage_progress, terminal_progress_enabled
+from cxr.core.progress import enable_terminal_progress, stage_progress, terminal_progress_enabled
 from tests.helpers.servers import REPO
 
 # Counts 30 files while a Prefect logger writes; runs in a pseudo-terminal.
 BAR_SCRIPT = """
 import logging, time
-from cxr.state import configure_environment
+from cxr.core.state import configure_environment
 configure_environment()
 from prefect.logging.configuration import setup_logging
 setup_logging()
-from cxr.progress import enable_terminal_progress, stage_progress
+from cxr.core.progress import enable_terminal_progress, stage_progress
 enable_terminal_progress(True)
 with stage_progress("ingest: check files", 30, "files") as progress:
     for index in range(30):

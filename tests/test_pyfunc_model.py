@@ -17,18 +17,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr import registry
-from cxr.imaging import BadImage, decode_greyscale, load_greyscale
-from cxr.pyfunc_logging import ENTRY_FILE, PACKAGE_DIR, log_pyfunc_model, shipped_modules
-from cxr.pyfunc_model import (
+from cxr.core import mlflow_store
+from cxr.core.files import sha256_file
+from cxr.data.imaging import BadImage, decode_greyscale, load_greyscale
+from cxr.model import loading as model_loading
+from cxr.model.operating_points import operating_points
+from cxr.ops.server import free_port, stop_process_group
+from cxr.registry import versions
+from cxr.registry.pyfunc_logging import PACKAGE_DIR, log_pyfunc_model, shipped_modules
+from cxr.registry.pyfunc_model import (
     KERAS_ARTIFACT,
     METADATA_ARTIFACT,
     PneumoniaModel,
     grey_from_array,
     image_from_cell,
-    operating_points,
 )
-from cxr.server import free_port, stop_process_group
 from tests.helpers.domain_cases import add_domain_score, chest_images
 from tests.helpers.image_files import write_dicom
 from tests.helpers.isolated import isolated_env, isolated_python, run_isolated
@@ -62,7 +65,7 @@ def write_images(folder: Path) -> list[Path]:
 
 def save_network(folder: Path, metadata: dict) -> tuple[Path, Path]:
     """A `default`-architecture network (the project's custom layers) and its model.json."""
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     build_model("default", SIZE).save(folder / "model.keras")
@@ -150,20 +153,32 @@ def test_operating_point_chosen_per_request(tmp_path):
 
 def test_shipped_code_is_what_the_pyfunc_imports():
     names = {path.relative_to(PACKAGE_DIR).as_posix() for path in shipped_modules()}
-    assert {"__init__.py", "pyfunc_model.py", "imaging.py", "models.py"} <= names
-    assert not names & {"registry.py", "state.py", "cli.py", "pyfunc_logging.py", ENTRY_FILE.name}
+    assert {
+        "__init__.py",
+        "registry/__init__.py",
+        "registry/pyfunc_model.py",
+        "data/imaging.py",
+        "model/networks.py",
+        "model/operating_points.py",
+    } <= names
+    assert not names & {
+        "registry/versions.py",
+        "core/state.py",
+        "registry/pyfunc_logging.py",
+        "registry/pyfunc_entry.py",
+    }
 
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory, images) -> dict:
     """A network registered as `@champion` in a fresh sqlite store, with a threshold that splits `images`."""
-    from cxr.predicting import score_files
+    from cxr.evaluation.predicting import score_files
 
     folder = tmp_path_factory.mktemp("champion")
     model_path, metadata_path = save_network(
         folder / "trained", {"threshold": 0.5, "classes": ["pneumonia", "normal"]}
     )
-    network, metadata = registry.load_model_with_metadata(model_path)
+    network, metadata = model_loading.load_model_with_metadata(model_path)
     probabilities = np.sort(score_files(network, metadata, images)["probability"].dropna().to_numpy())
     middle = len(probabilities) // 2
     metadata["threshold"] = float(probabilities[middle - 1] + probabilities[middle]) / 2
@@ -179,16 +194,14 @@ def champion(tmp_path_factory, images) -> dict:
     tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    with mlflow.start_run(experiment_id=registry.ensure_experiment(tracking_uri)):
-        info = log_pyfunc_model(
-            model_path, metadata_path, model_sha256=registry.sha256_file(model_path), name="model"
-        )
-    mlflow_client = registry.client(tracking_uri)
+    with mlflow.start_run(experiment_id=versions.ensure_experiment(tracking_uri)):
+        info = log_pyfunc_model(model_path, metadata_path, model_sha256=sha256_file(model_path), name="model")
+    mlflow_client = mlflow_store.client(tracking_uri)
     mlflow_client.create_registered_model(NAME)
     version = mlflow_client.create_model_version(
         NAME, source=info.model_uri, run_id=info.run_id, model_id=info.model_id
     )
-    registry.promote(NAME, int(version.version), "test", tracking_uri)
+    versions.promote(NAME, int(version.version), "test", tracking_uri)
     return {"tracking_uri": tracking_uri, "expected": expected, "folder": folder, "metadata": metadata}
 
 
@@ -234,7 +247,7 @@ def test_champion_loads_and_agrees_with_cxr_predict_without_the_repo(champion, i
     )
     result = json.loads(output.strip().splitlines()[-1])
     assert "/code/cxr/" in result["cxr_file"] and str(PACKAGE_DIR) not in result["cxr_file"]
-    assert {"cxr.models", "cxr.pyfunc_model"} <= set(result["modules"])
+    assert {"cxr.model.networks", "cxr.registry.pyfunc_model"} <= set(result["modules"])
     served = pd.DataFrame(result["rows"])
     expected = champion["expected"]
     assert list(served["status"]) == list(expected["status"])

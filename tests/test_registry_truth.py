@@ -11,8 +11,9 @@ import pytest
 
 from cli.main import main
 from cxr import REGISTERED_MODEL_NAME as NAME
-from cxr import registry
-from cxr.config import RetrainConfig
+from cxr.config.params import RetrainConfig
+from cxr.core import mlflow_store
+from cxr.registry import versions
 from tests.helpers.isolated import isolated_python, run_isolated
 from tests.helpers.prefect_artifacts import artifact_keys
 
@@ -25,7 +26,7 @@ def store(tmp_path, monkeypatch) -> str:
 
 
 def test_models_on_a_missing_or_empty_registry_says_where_it_looked(store, capsys):
-    database = registry.sqlite_file(store)
+    database = mlflow_store.sqlite_file(store)
     assert main(["models"]) == 0
     assert (
         capsys.readouterr().out.strip()
@@ -37,7 +38,7 @@ def test_models_on_a_missing_or_empty_registry_says_where_it_looked(store, capsy
     assert not database.exists()  # looking did not create it
 
     database.parent.mkdir(parents=True)
-    registry.client(store).create_registered_model("other-model")
+    mlflow_store.client(store).create_registered_model("other-model")
     assert main(["models"]) == 0
     assert (
         capsys.readouterr().out.strip()
@@ -65,7 +66,7 @@ def test_registry_truth_across_cached_reruns(prefect_harness, tiny_dataset, stor
     assert (first["model_version"], first["champion"], first["champion_version"]) == (1, True, 1)
 
     # Links both ways: the MLflow run names the flow run; the run holds the card, summary and TensorBoard logs.
-    client = registry.client(store)
+    client = mlflow_store.client(store)
     run = client.get_run(first["mlflow_run_id"])
     assert run.data.tags["prefect.flow_run_id"] == first["flow_run_id"]
     assert run.data.tags["prefect.flow_run_name"].startswith("retrain-")
@@ -79,12 +80,12 @@ def test_registry_truth_across_cached_reruns(prefect_harness, tiny_dataset, stor
     client.create_model_version(
         NAME, source=version.source, run_id=version.run_id, tags={"model_sha256": "other"}
     )
-    registry.promote(NAME, 2, "by hand", store)
+    versions.promote(NAME, 2, "by hand", store)
     moved = retrain(config)
     assert "register" in moved["cached_tasks"]
     assert "model-card" in artifact_keys(first["flow_run_id"]) & artifact_keys(moved["flow_run_id"])
     assert (moved["model_version"], moved["champion"], moved["champion_version"]) == (1, False, 2)
-    registry.rollback(NAME, "back", store)
+    versions.rollback(NAME, "back", store)
     back = retrain(config)
     assert (back["champion"], back["champion_version"]) == (True, 1)
 
@@ -92,8 +93,8 @@ def test_registry_truth_across_cached_reruns(prefect_harness, tiny_dataset, stor
     # whose MLflow client keeps the old file open): the cached registration is checked, found gone, and
     # the model registered again.
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    registry.client(empty).search_experiments()
-    shutil.copy(registry.sqlite_file(empty), registry.sqlite_file(store))
+    mlflow_store.client(empty).search_experiments()
+    shutil.copy(mlflow_store.sqlite_file(empty), mlflow_store.sqlite_file(store))
     again = retrain(config)
     assert "register" not in again["cached_tasks"] and "train" in again["cached_tasks"]
     assert (again["model_version"], again["champion"]) == (1, True)

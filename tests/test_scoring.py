@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cxr.errors import DataError
-from cxr.scoring import evaluate_folder
+from cxr.core.errors import DataError
+from cxr.evaluation.evaluate_folder import evaluate_folder
 from tests.helpers.image_files import png_declaring
 from tests.helpers.toy_models import labelled_folder, write_blob_model
 

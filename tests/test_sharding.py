@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
-from cxr import sharding as sharding_module
-from cxr.sharding import build_shard, load_split, materialise_batches, plan_shards
+from cxr.data import batches as sharding_module
+from cxr.data.batches import build_shard, load_split, materialise_batches, plan_shards
 
 SIZE = 16
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr import stamps
-from cxr.errors import DataError
-from cxr.filelists import write_file_list
-from cxr.shards import ShardReader, existing_shard, read_labels, shard_batches, write_shard
+from cxr.core import stamps
+from cxr.core.errors import DataError
+from cxr.data.filelists import write_file_list
+from cxr.data.shards import ShardReader, existing_shard, read_labels, shard_batches, write_shard
 
 SIZE = 8
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
-from cxr.config import SplitParams
-from cxr.errors import DataError
-from cxr.splitting import SPLITS, assign_splits, split_manifest
+from cxr.config.params import SplitParams
+from cxr.core.errors import DataError
+from cxr.data.splitting import SPLITS, assign_splits, split_manifest
 
 PARAMS = {"valid_fraction": 0.15, "test_fraction": 0.15, "seed": 42, "keep_official_test": False}
 KAGGLE_PATIENT = re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)[_-]")

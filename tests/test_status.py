@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from cxr.status import gather_status, watched_inboxes
-from cxr.watch import save_announced, snapshot
+from cxr.ops.status import gather_status, watched_inboxes
+from cxr.ops.watch import save_announced, snapshot
 
 UNREACHABLE_API = "http://127.0.0.1:9/api"  # nothing listens on the discard port
 

@@ -9,8 +9,8 @@ import pkgutil
 import pytest
 
 import tasks
-from cxr.errors import DataError, ModelError
-from cxr.task_policy import DEFAULT_TIMEOUTS, StageTimeout, is_transient, retry_transient
+from cxr.core.errors import DataError, ModelError
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, StageTimeout, is_transient, retry_transient
 
 
 def _stage_tasks() -> dict[str, object]:

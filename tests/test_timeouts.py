@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cxr import faults
+from cxr.core import faults
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def isolated(tmp_path, monkeypatch, no_faults):
 
 def _assert_run_times_out(config, message: str, *, within_s: float) -> None:
     """A retrain run fails with a StageTimeout matching `message` within `within_s`."""
-    from cxr.task_policy import StageTimeout
+    from cxr.core.task_policy import StageTimeout
     from flows.retrain import retrain
 
     started = time.monotonic()
@@ -52,7 +52,7 @@ def test_a_hung_registry_call_times_out_clearly_and_the_next_run_goes_on(
 ):
     """`hang_registry` blocks registration for 300 s; the 5 s stage limit ends the run in seconds with a
     message naming the stage and its setting. Checked: without the timeouts the run waits out the hang."""
-    from cxr.config import RetrainConfig
+    from cxr.config.params import RetrainConfig
     from flows.retrain import retrain
 
     config = RetrainConfig(data_dir=str(tiny_dataset), train=TINY_TRAIN, timeouts={"register_s": 5})
@@ -70,7 +70,7 @@ def test_a_hung_registry_call_times_out_clearly_and_the_next_run_goes_on(
 
 def test_the_run_limit_bounds_every_stage(prefect_harness, tiny_dataset, isolated, monkeypatch, tmp_path):
     """A hung image read in ingest's mapped checks (worker threads) ends at the run's 8 s limit."""
-    from cxr.config import RetrainConfig
+    from cxr.config.params import RetrainConfig
 
     data = tmp_path / "data"  # a folder of its own: no cached check of another test skips the reads
     shutil.copytree(tiny_dataset, data)
@@ -82,7 +82,7 @@ def test_the_run_limit_bounds_every_stage(prefect_harness, tiny_dataset, isolate
 def test_mapped_runs_under_a_limit_log_no_worker_thread_warning(prefect_harness):
     """Prefect warns, for every task run with a timeout in a worker thread (each mapped check of each
     run), that the timeout cannot interrupt a blocking call; the README's failure section says it once.
-    Checked: with cxr.task_policy's log filter removed this test fails on that warning."""
+    Checked: with cxr.core.task_policy's log filter removed this test fails on that warning."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
     from prefect.task_runners import ThreadPoolTaskRunner

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from cxr import CLASSES
-from cxr.config import TrainParams
-from cxr.errors import DataError, ModelError
-from cxr.history import BACKUP_METADATA_FILE
-from cxr.operating_points import DEFAULT_OPERATING_POINT, choose_operating_points
-from cxr.registry import load_model_with_metadata
-from cxr.sharding import BatchesResult, load_split, write_batches
-from cxr.thresholds import choose_threshold, wilson_lower_bound
-from cxr.training import class_weights, train_model
+from cxr.config.params import TrainParams
+from cxr.core.errors import DataError, ModelError
+from cxr.data.batches import BatchesResult, load_split, write_batches
+from cxr.model.history import BACKUP_METADATA_FILE
+from cxr.model.loading import load_model_with_metadata
+from cxr.model.operating_points import DEFAULT_OPERATING_POINT, choose_operating_points
+from cxr.model.thresholds import choose_threshold, wilson_lower_bound
+from cxr.model.training import class_weights, train_model
 from tasks import train as train_stage
 
 SIZE = 32

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from cxr.errors import DataError
-from cxr.watch import inbox_resource_id, snapshot, watch_inbox
+from cxr.core.errors import DataError
+from cxr.ops.watch import inbox_resource_id, snapshot, watch_inbox
 
 FAST = {"settle_s": 0.4, "poll_s": 0.05, "debounce_s": 0.0}
 

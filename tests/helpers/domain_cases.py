@@ -1,5 +1,5 @@
 """In-domain and out-of-domain images for the domain score's tests, made here: synthetic chest X-rays
-(`cxr.demo_data`) and what must be flagged (rotated, inverted, cropped, blank, noise, non-X-ray pictures)."""
+(`cxr.data.demo_data`) and what must be flagged (rotated, inverted, cropped, blank, noise, non-X-ray pictures)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 def chest_images(folder: Path, *, n: int, size: int, seed: int = 0) -> np.ndarray:
     """`n` synthetic chest X-rays as uint8 (n, size, size), decoded as the pipeline decodes files."""
-    from cxr.demo_data import write_demo_dataset
-    from cxr.sharding import decode_paths
+    from cxr.data.batches import decode_paths
+    from cxr.data.demo_data import write_demo_dataset
 
     write_demo_dataset(folder, n=n, size=64, seed=seed)
     return decode_paths(sorted(str(path) for path in Path(folder).rglob("*.jpeg")), size)
@@ -73,8 +73,8 @@ def blob_scenes(count: int, size: int, seed: int) -> np.ndarray:
 def add_domain_score(model_folder: Path, train: np.ndarray, valid: np.ndarray, quantile: float = 0.9) -> dict:
     """Fit a domain score for the model in `model_folder` on uint8 (n, S, S) images, as the `domain` stage
     does, and store it in its model.json; returns the metadata."""
-    from cxr.domain import METADATA_KEY, DomainScorer, feature_layer, fit_guard
-    from cxr.registry import load_model_with_metadata
+    from cxr.evaluation.domain import METADATA_KEY, DomainScorer, feature_layer, fit_guard
+    from cxr.model.loading import load_model_with_metadata
 
     network, metadata = load_model_with_metadata(Path(model_folder))
     scorer = DomainScorer(network, layer=feature_layer(network))

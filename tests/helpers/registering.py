@@ -1,4 +1,4 @@
-"""A registry per test and registrations of brightness models into it (`cxr.registration`)."""
+"""A registry per test and registrations of brightness models into it (`cxr.registry.registration`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cxr import registry
-from cxr.config import GateParams
-from cxr.evaluation import evaluate_predictions, predict_pneumonia_proba, score_model
-from cxr.registration import register_model
-from cxr.training import TrainResult
+from cxr.config.params import GateParams
+from cxr.core import mlflow_store
+from cxr.core.files import sha256_file
+from cxr.evaluation.evaluate import evaluate_predictions, predict_pneumonia_proba, score_model
+from cxr.model.training import TrainResult
+from cxr.registry.registration import register_model
 from tests.helpers.toy_models import SIZE, bright_dark_images, brightness_model, save_model
 
 NAME = "cxr-test"
@@ -21,7 +22,7 @@ NAME = "cxr-test"
 def empty_store(tmp_path_factory) -> Path:
     """A migrated, empty sqlite store: creating one takes seconds, copying it milliseconds."""
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    registry.client(f"sqlite:///{path}").search_experiments()
+    mlflow_store.client(f"sqlite:///{path}").search_experiments()
     return path
 
 
@@ -47,7 +48,7 @@ def trained(tmp_path: Path, gain: float, threshold: float = 0.5, tag: str = "m")
         (path.parent / "tensorboard" / "train" / "events.out.tfevents.1").write_bytes(b"events")
     return TrainResult(
         model_path=str(path),
-        model_sha256=registry.sha256_file(path),
+        model_sha256=sha256_file(path),
         metadata_path=str(path.with_name("model.json")),
         model_name="tiny",
         image_size=SIZE,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from unittest import mock
 
-from cxr.server import stop_process_group, temporary_prefect_server
+from cxr.ops.server import stop_process_group, temporary_prefect_server
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -96,7 +96,7 @@ def serving(
     """
     script = (
         "import json, sys\n"
-        "from cxr.state import configure_environment\n"
+        "from cxr.core.state import configure_environment\n"
         "configure_environment()\n"
         "from deployments.serve import serve_deployments\n"
         "serve_deployments(**json.loads(sys.argv[1]))\n"
