@@ -194,7 +194,7 @@ def _isolate_state(home: Path) -> None:
     os.environ["CXR_HOME"] = str(home)
     for variable in _STATE_VARIABLES:
         os.environ.pop(variable, None)
-    from cxr.core.state import configure_environment
+    from cxr.core.state_folder import configure_environment
 
     configure_environment()
 

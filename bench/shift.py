@@ -100,7 +100,7 @@ def measure_shift(context: Context) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cxr.core.state import configure_environment
+    from cxr.core.state_folder import configure_environment
 
     configure_environment()
     from cxr.evaluation.evaluate_folder import evaluate_folder

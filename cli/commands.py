@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.external_commands import external_options, print_external
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 
 DEMO_SIZE = 256
 
@@ -135,7 +135,7 @@ def _print_training_summary(summary: dict[str, Any]) -> None:
         made = sorted(moment for moment in reused.values() if moment)
         when = f" (made {made[0]} to {made[-1]})" if made else ""
         print(f"reused {len(reused)} cached results{when}: {', '.join(reused)}")
-    from cxr.core.state import cxr_home, default_tracking_uri
+    from cxr.core.state_folder import cxr_home, default_tracking_uri
 
     print(f"registry: {default_tracking_uri()}; state folder: {cxr_home()}")
     print("see it: `cxr models`, `cxr mlflow-ui` (registry) and `cxr dashboard` (Prefect runs)")
@@ -190,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from cxr.core.mlflow_store import store_exists
-    from cxr.core.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
     from cxr.registry.versions import list_versions, registered_model_names
 
     tracking_uri = default_tracking_uri()
@@ -223,7 +223,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from cxr.core.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
     from cxr.registry.versions import promote
 
     promote(args.name, int(args.version), args.reason, default_tracking_uri())
@@ -232,7 +232,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from cxr.core.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
     from cxr.registry.versions import rollback
 
     version = rollback(args.name, args.reason, default_tracking_uri())

@@ -25,9 +25,9 @@ from cli.commands import (
     cmd_watch,
 )
 from cli.external_commands import cmd_calibrate
+from cxr.core.native_logs import set_verbose
 from cxr.core.progress import enable_terminal_progress
-from cxr.core.quiet import set_verbose
-from cxr.core.state import configure_environment
+from cxr.core.state_folder import configure_environment
 from cxr.ops.cluster import use_stack_if_up
 from cxr.ops.watch import DEFAULT_DEBOUNCE_S
 
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "cluster":
             use_stack_if_up()  # the stack `cxr cluster up` started, unless the user's variables say otherwise
-        configure_environment()  # also quiets TensorFlow's native logs (cxr.core.quiet) unless verbose
+        configure_environment()  # also quiets TensorFlow's native logs (cxr.core.native_logs) unless verbose
         if args.command in RECORDED_COMMANDS:
             from cxr.ops.prefect_api import use_prefect_api
 

@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from cxr.core.state import configure_environment
+    from cxr.core.state_folder import configure_environment
 
     configure_environment()
     main()

@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 
 from cxr.core.caching import ContentKey
 from cxr.core.errors import DataError
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.batches import (
     DECODING_CODE,

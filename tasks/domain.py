@@ -16,7 +16,7 @@ from cxr.core.artifacts import Artifact
 from cxr.core.caching import ContentKey, current_task_key
 from cxr.core.errors import ModelError
 from cxr.core.mlflow_store import client, store_exists
-from cxr.core.state import default_tracking_uri, state_dir
+from cxr.core.state_folder import default_tracking_uri, state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.batches import BatchesResult
 from cxr.data.manifests import IngestResult

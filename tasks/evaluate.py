@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 
 from cxr.core.caching import ContentKey, current_task_key
 from cxr.core.errors import ModelError
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.batches import BatchesResult
 from cxr.evaluation.evaluate import EvaluationResult, evaluate_model, format_metric

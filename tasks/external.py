@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 
 from cxr.core.caching import ContentKey, current_task_key, stable_json
 from cxr.core.mlflow_store import store_exists
-from cxr.core.state import default_tracking_uri, state_dir
+from cxr.core.state_folder import default_tracking_uri, state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.scanning import data_dir_fingerprint
 from cxr.evaluation.evaluate import format_metric

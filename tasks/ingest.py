@@ -19,9 +19,9 @@ from cxr import CLASSES
 from cxr.config.params import IngestParams
 from cxr.core import faults
 from cxr.core.artifacts import Artifact
+from cxr.core.atomic_files import write_atomically
 from cxr.core.caching import ContentKey, current_task_key, sha256_text
-from cxr.core.files import write_atomically
-from cxr.core.state import cxr_home, state_dir
+from cxr.core.state_folder import cxr_home, state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.filelists import FileList
 from cxr.data.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
@@ -122,7 +122,7 @@ def check_chunk(files: FileList) -> FileList:
     """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
     faults.kill_once(
         "ingest_check", cxr_home() / "faults"
-    )  # a Dask worker lost mid-ingest (tests/test_cluster.py)
+    )  # a Dask worker lost mid-ingest (tests/pipeline/test_cluster.py)
     checks = check_paths(files.read(columns=["path"])["path"].tolist(), workers=1)
     return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
 

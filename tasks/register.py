@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from cxr.config.params import GateParams
 from cxr.core.artifacts import Artifact
 from cxr.core.caching import ContentKey
-from cxr.core.state import default_tracking_uri
+from cxr.core.state_folder import default_tracking_uri
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.batches import BatchesResult
 from cxr.evaluation.evaluate import EvaluationResult, champion_scorer_for

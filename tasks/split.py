@@ -17,9 +17,9 @@ from pydantic import BaseModel
 from cxr import CLASSES
 from cxr.config.params import SplitParams
 from cxr.core.artifacts import Artifact
+from cxr.core.atomic_files import sha256_file, write_atomically
 from cxr.core.caching import ContentKey, current_task_key, sha256_text, stable_json
-from cxr.core.files import sha256_file, write_atomically
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.splitting import SPLITS, SplitResult, split_manifest
 

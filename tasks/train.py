@@ -11,7 +11,7 @@ from cxr.config.params import TrainParams
 from cxr.core import faults
 from cxr.core.artifacts import Artifact
 from cxr.core.caching import ContentKey, current_task_key
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.batches import BatchesResult
 from cxr.model.thresholds import DECISION_RULE

@@ -20,7 +20,7 @@ for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_A
 # tests of the long-lived server (test_local_server.py) remove it and stop what they start.
 os.environ["CXR_PREFECT_SERVER"] = "ephemeral"
 
-from cxr.core.state import PREFECT_STARTUP_TIMEOUT_S, configure_environment  # noqa: E402
+from cxr.core.state_folder import PREFECT_STARTUP_TIMEOUT_S, configure_environment  # noqa: E402
 
 configure_environment()
 

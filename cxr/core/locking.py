@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO
 
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 
 DEFAULT_TIMEOUT_S = 600.0
 _POLL_S = 0.2

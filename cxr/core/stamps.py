@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-from cxr.core.files import sha256_file
+from cxr.core.atomic_files import sha256_file
 
 
 class FileStamp(BaseModel):

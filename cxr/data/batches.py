@@ -18,9 +18,9 @@ import pandas as pd
 from pydantic import BaseModel
 
 from cxr import CLASSES
+from cxr.core.atomic_files import write_atomically
 from cxr.core.caching import code_version, sha256_text
 from cxr.core.errors import DataError
-from cxr.core.files import write_atomically
 from cxr.core.stamps import FileStamp
 from cxr.data import imaging
 from cxr.data.filelists import FileList, write_file_list

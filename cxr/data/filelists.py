@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import DataError
-from cxr.core.files import write_atomically
 from cxr.core.stamps import FileStamp
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxr.core import faults
-from cxr.core.files import sha256_file
+from cxr.core.atomic_files import sha256_file
 from cxr.data.scanning import real_path
 
 DEFAULT_MAX_PIXELS = 60_000_000

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from cxr import CLASSES
+from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import DataError
-from cxr.core.files import write_atomically
 from cxr.data.imaging import BadImage, FileCheck, ImageInfo, check_min_side
 from cxr.data.ingest_plans import IngestPlan
 from cxr.data.ingest_reuse import last_positions, text_array

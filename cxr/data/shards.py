@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel
 
+from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import DataError
-from cxr.core.files import write_atomically
 from cxr.core.stamps import FileStamp
 
 if TYPE_CHECKING:

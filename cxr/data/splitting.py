@@ -25,9 +25,9 @@ import pandas as pd
 
 from cxr import CLASSES
 from cxr.core.artifacts import WithArtifacts
+from cxr.core.atomic_files import write_atomically
 from cxr.core.caching import sha256_text
 from cxr.core.errors import DataError
-from cxr.core.files import write_atomically
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 

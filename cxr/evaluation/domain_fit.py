@@ -17,7 +17,7 @@ import numpy as np
 
 from cxr import CLASSES
 from cxr.config.params import DomainParams
-from cxr.core.files import write_atomically
+from cxr.core.atomic_files import write_atomically
 from cxr.data.batches import BatchesResult
 from cxr.data.shards import ShardReader, read_labels
 from cxr.evaluation.domain import METADATA_KEY, DomainGuard, DomainScorer, feature_layer, fit_guard

@@ -12,8 +12,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from cxr import CLASSES
+from cxr.core.atomic_files import sha256_file
 from cxr.core.errors import DataError
-from cxr.core.files import sha256_file
 from cxr.data.batches import BatchesResult
 from cxr.data.shards import read_labels
 from cxr.evaluation.metrics import CI_METRICS, bootstrap_ci, classification_metrics

@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
+from cxr.core.atomic_files import sha256_file
 from cxr.core.caching import sha256_text
 from cxr.core.errors import DataError
-from cxr.core.files import sha256_file
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 from cxr.data.batches import BatchesResult, materialise_batches
 from cxr.data.imaging import MIN_IMAGE_SIDE
 from cxr.data.ingesting import ingest_folder

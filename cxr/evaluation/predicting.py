@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import ModelError
-from cxr.core.files import write_atomically
 from cxr.data.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.data.scanning import path_text, real_path, scan_folder
 from cxr.evaluation.domain import DomainGuard, DomainScorer

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.core import faults
-from cxr.core.files import write_atomically
+from cxr.core.atomic_files import write_atomically
 
 ProgressCallback = Callable[[int, dict[str, float]], None]
 HISTORY_FILE = "history.json"

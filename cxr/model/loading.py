@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cxr.core.atomic_files import sha256_file
 from cxr.core.errors import ModelError
-from cxr.core.files import sha256_file
 from cxr.core.mlflow_store import client
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 
 # Where the trained files sit inside a logged model: the pyfunc's `artifacts` folder, or `extra_files`
 # in versions logged with MLflow's tensorflow flavour before the pyfunc (still loadable for rollbacks).
@@ -68,7 +68,7 @@ def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> P
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         return path
-    from cxr.core.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     source, cache_name, expected_sha = _registry_source(text, tracking_uri)

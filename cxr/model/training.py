@@ -24,8 +24,8 @@ from prefect.logging import get_run_logger
 from cxr import CLASSES
 from cxr.config.params import TrainParams
 from cxr.core.artifacts import WithArtifacts
+from cxr.core.atomic_files import sha256_file, write_atomically
 from cxr.core.errors import DataError
-from cxr.core.files import sha256_file, write_atomically
 from cxr.core.progress import keras_progress_callback, stage_progress
 from cxr.data.batches import BatchesResult
 from cxr.data.datasets import split_dataset

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import CxrError
-from cxr.core.files import write_atomically
-from cxr.core.state import cxr_home
+from cxr.core.state_folder import cxr_home
 from cxr.ops import postgres
 from cxr.ops.server import _console_script, free_port, is_healthy, stop_process_group
 

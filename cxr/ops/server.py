@@ -17,7 +17,12 @@ from pathlib import Path
 
 from cxr.core.errors import CxrError
 from cxr.core.locking import file_lock
-from cxr.core.state import PREFECT_STARTUP_TIMEOUT_S, configure_environment, default_tracking_uri, state_dir
+from cxr.core.state_folder import (
+    PREFECT_STARTUP_TIMEOUT_S,
+    configure_environment,
+    default_tracking_uri,
+    state_dir,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr import REGISTERED_MODEL_NAME
-from cxr.core.state import cxr_home
+from cxr.core.state_folder import cxr_home
 from cxr.ops.notify import RETRAIN_FLOW
 from cxr.ops.prefect_api import choose_prefect_api
 from cxr.ops.server import is_healthy, local_server_status
@@ -177,7 +177,7 @@ def watched_inboxes() -> list[dict[str, Any]]:
 
 def gather_status(model_name: str = REGISTERED_MODEL_NAME, tracking_uri: str | None = None) -> dict[str, Any]:
     """Everything `cxr status` shows, as one JSON-ready dict."""
-    from cxr.core.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
 
     notes: list[str] = []
     current = champion(model_name, tracking_uri or default_tracking_uri())

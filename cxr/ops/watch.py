@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cxr.core.errors import DataError
-from cxr.core.state import state_dir
+from cxr.core.state_folder import state_dir
 
 DATA_ARRIVED_EVENT = "cxr.data.arrived"
 INBOX_RESOURCE_PREFIX = "cxr.inbox."

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from cxr.config.params import EXTERNAL_NAME
+from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import DataError, ModelError
-from cxr.core.files import write_atomically
 from cxr.core.locking import registry_lock
 from cxr.core.mlflow_store import client
 from cxr.evaluation.evaluate import predict_split

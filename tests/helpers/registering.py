@@ -9,7 +9,7 @@ import pytest
 
 from cxr.config.params import GateParams
 from cxr.core import mlflow_store
-from cxr.core.files import sha256_file
+from cxr.core.atomic_files import sha256_file
 from cxr.evaluation.evaluate import evaluate_predictions, predict_pneumonia_proba, score_model
 from cxr.model.training import TrainResult
 from cxr.registry.registration import register_model

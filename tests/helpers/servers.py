@@ -96,7 +96,7 @@ def serving(
     """
     script = (
         "import json, sys\n"
-        "from cxr.core.state import configure_environment\n"
+        "from cxr.core.state_folder import configure_environment\n"
         "configure_environment()\n"
         "from deployments.serve import serve_deployments\n"
         "serve_deployments(**json.loads(sys.argv[1]))\n"

@@ -25,22 +25,33 @@ DARK, BRIGHT = 30, 230
 LABELLED_SIDE = 64
 
 
-def blob_model(size: int = SIZE) -> keras.Model:
-    """Input raw 0..255 grey; conv fires on pixels brighter than mid-grey; more bright area, more pneumonia."""
+def toy_model(size: int, *, bright_filter: bool, weight: float, bias: float) -> keras.Model:
+    """Raw 0..255 grey in, the project's 2-way softmax out: rescale, optionally a conv that fires on pixels
+    brighter than mid-grey (layer `bright`), average, then logit gap (pneumonia - normal) = 2 * (weight *
+    mean + bias)."""
     import keras
 
     inputs = keras.Input((size, size, 1))
     x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="bright")(x)
+    if bright_filter:
+        x = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="bright")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
     model = keras.Model(inputs, outputs)
-    model.get_layer("bright").set_weights(
-        [np.full((3, 3, 1, 1), 1 / 9, "float32"), np.array([-0.5], "float32")]
+    if bright_filter:
+        model.get_layer("bright").set_weights(
+            [np.full((3, 3, 1, 1), 1 / 9, "float32"), np.array([-0.5], "float32")]
+        )
+    model.layers[-1].set_weights(
+        [np.array([[weight, -weight]], "float32"), np.array([bias, -bias], "float32")]
     )
-    # Logit gap (pneumonia - normal) = 400 * mean bright response - 2: about -2 without a blob, +6 with one.
-    model.layers[-1].set_weights([np.array([[200.0, -200.0]], "float32"), np.array([-1.0, 1.0], "float32")])
     return model
+
+
+def blob_model(size: int = SIZE) -> keras.Model:
+    """More bright area, more pneumonia: logit gap = 400 * mean bright response - 2, about -2 without a blob,
+    +6 with one."""
+    return toy_model(size, bright_filter=True, weight=200.0, bias=-1.0)
 
 
 def write_blob_model(folder: Path, size: int = SIZE) -> Path:
@@ -83,19 +94,9 @@ def labelled_folder(root: Path, *, pneumonia: int, normal: int) -> Path:
     return root
 
 
-def brightness_model(gain: float):
-    """P(pneumonia) rises with mean brightness (gain > 0); the project's I/O contract on (32, 32, 1)."""
-    import keras
-
-    inputs = keras.Input((SIZE, SIZE, 1))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(2, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    model.layers[-1].set_weights(
-        [np.array([[gain, -gain]], "float32"), np.array([-gain / 2, gain / 2], "float32")]
-    )
-    return model
+def brightness_model(gain: float) -> keras.Model:
+    """P(pneumonia) rises with mean brightness (gain > 0), on (SIZE, SIZE, 1)."""
+    return toy_model(SIZE, bright_filter=False, weight=gain, bias=-gain / 2)
 
 
 def save_model(model, folder: Path, threshold: float = 0.5) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.suite import GOALS, MEASURES, expected_keys
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_preset_runs_every_measure_and_reports_every_key(tmp_path):

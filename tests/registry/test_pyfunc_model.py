@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from cxr.core import mlflow_store
-from cxr.core.files import sha256_file
+from cxr.core.atomic_files import sha256_file
 from cxr.data.imaging import BadImage, decode_greyscale, load_greyscale
-from cxr.model import loading as model_loading
+from cxr.model import loading
 from cxr.model.operating_points import operating_points
 from cxr.ops.server import free_port, stop_process_group
 from cxr.registry import versions
@@ -178,7 +178,7 @@ def champion(tmp_path_factory, images) -> dict:
     model_path, metadata_path = save_network(
         folder / "trained", {"threshold": 0.5, "classes": ["pneumonia", "normal"]}
     )
-    network, metadata = model_loading.load_model_with_metadata(model_path)
+    network, metadata = loading.load_model_with_metadata(model_path)
     probabilities = np.sort(score_files(network, metadata, images)["probability"].dropna().to_numpy())
     middle = len(probabilities) // 2
     metadata["threshold"] = float(probabilities[middle - 1] + probabilities[middle]) / 2

@@ -13,10 +13,10 @@ import pytest
 
 from cxr.config.params import GateParams
 from cxr.core import mlflow_store
+from cxr.core.atomic_files import sha256_file
 from cxr.core.errors import ModelError
-from cxr.core.files import sha256_file
-from cxr.core.state import state_dir
-from cxr.model import loading as model_loading
+from cxr.core.state_folder import state_dir
+from cxr.model import loading
 from cxr.registry import versions
 from tasks.register import champion_now
 from tests.helpers.registering import NAME, register, trained
@@ -79,7 +79,7 @@ def test_run_carries_pyfunc_summary_tensorboard_and_card(tmp_path, tracking_uri,
     )
     assert info.metadata["operating_points"] == {"default": {"threshold": 0.5}}
     # The registry resolves a version to the byte-identical trained file inside the pyfunc's artifacts.
-    resolved = model_loading.resolve_model(f"models:/{NAME}/1", tracking_uri)
+    resolved = loading.resolve_model(f"models:/{NAME}/1", tracking_uri)
     assert resolved.parent.name == "artifacts" and sha256_file(resolved) == result.model_sha256
 
 
@@ -164,13 +164,13 @@ def test_promote_and_rollback_move_the_alias_and_record_why(tmp_path, tracking_u
 def test_resolve_model_for_a_path_and_registry_uris(tmp_path, tracking_uri, test_split):
     result = register(tmp_path, tracking_uri, test_split, gain=3.0)
     train, _ = trained(tmp_path, 3.0)
-    assert model_loading.resolve_model(train.model_path) == Path(train.model_path)
-    assert model_loading.resolve_model(Path(train.model_path).parent) == Path(train.model_path)
-    by_version = model_loading.resolve_model(result.model_uri, tracking_uri)
-    by_alias = model_loading.resolve_model(f"models:/{NAME}@champion", tracking_uri)
+    assert loading.resolve_model(train.model_path) == Path(train.model_path)
+    assert loading.resolve_model(Path(train.model_path).parent) == Path(train.model_path)
+    by_version = loading.resolve_model(result.model_uri, tracking_uri)
+    by_alias = loading.resolve_model(f"models:/{NAME}@champion", tracking_uri)
     assert by_version == by_alias and by_version.is_relative_to(state_dir("registry-cache"))
     assert sha256_file(by_version) == train.model_sha256  # byte-identical to the trained file
-    model, metadata = model_loading.load_model_with_metadata(f"models:/{NAME}@champion", tracking_uri)
+    model, metadata = loading.load_model_with_metadata(f"models:/{NAME}@champion", tracking_uri)
     assert metadata["threshold"] == 0.5 and model.output_shape == (None, 2)
 
 
@@ -178,26 +178,26 @@ def test_a_store_made_anew_is_not_answered_from_the_old_download(
     tmp_path, tracking_uri, test_split, empty_store
 ):
     """Version numbers restart in a recreated store: version 1 is downloaded again, not read from the cache."""
-    first = model_loading.resolve_model(
+    first = loading.resolve_model(
         register(tmp_path, tracking_uri, test_split, gain=3.0).model_uri, tracking_uri
     )
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     again = register(tmp_path, tracking_uri, test_split, gain=5.0, tag="other")
-    second = model_loading.resolve_model(again.model_uri, tracking_uri)
+    second = loading.resolve_model(again.model_uri, tracking_uri)
     assert again.version == 1 and second != first
     assert sha256_file(second) == trained(tmp_path, 5.0, tag="other")[0].model_sha256
 
 
 def test_a_damaged_download_is_fetched_again(tmp_path, tracking_uri, test_split):
     result = register(tmp_path, tracking_uri, test_split, gain=3.0)
-    cached = model_loading.resolve_model(result.model_uri, tracking_uri)
+    cached = loading.resolve_model(result.model_uri, tracking_uri)
     cached.write_bytes(b"not the registered model")
-    again = model_loading.resolve_model(result.model_uri, tracking_uri)
+    again = loading.resolve_model(result.model_uri, tracking_uri)
     assert sha256_file(again) == trained(tmp_path, 3.0)[0].model_sha256
     with pytest.raises(ModelError):
-        model_loading.resolve_model(f"models:/{NAME}@nobody", tracking_uri)
+        loading.resolve_model(f"models:/{NAME}@nobody", tracking_uri)
     with pytest.raises(ModelError):
-        model_loading.resolve_model(tmp_path / "missing.keras")
+        loading.resolve_model(tmp_path / "missing.keras")
 
 
 def test_load_model_with_metadata_refuses_lambda_and_missing_metadata(tmp_path):
@@ -208,14 +208,12 @@ def test_load_model_with_metadata_refuses_lambda_and_missing_metadata(tmp_path):
     x = keras.layers.GlobalAveragePooling2D()(x)
     unsafe = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
     with pytest.raises(ModelError, match="safely"):
-        model_loading.load_model_with_metadata(save_model(unsafe, tmp_path / "unsafe"))
+        loading.load_model_with_metadata(save_model(unsafe, tmp_path / "unsafe"))
     bare = tmp_path / "bare"
     bare.mkdir()
     brightness_model(1.0).save(bare / "model.keras")
     with pytest.raises(ModelError, match="model.json"):
-        model_loading.load_model_with_metadata(bare)
-    model, metadata = model_loading.load_model_with_metadata(
-        save_model(brightness_model(1.0), tmp_path / "ok")
-    )
+        loading.load_model_with_metadata(bare)
+    model, metadata = loading.load_model_with_metadata(save_model(brightness_model(1.0), tmp_path / "ok"))
     assert metadata["image_size"] == SIZE
     assert np.isfinite(model.predict(np.zeros((1, SIZE, SIZE, 1), "float32"), verbose=0)).all()

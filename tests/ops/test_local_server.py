@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 
 from cxr.core.errors import CxrError
-from cxr.core.state import PREFECT_STARTUP_TIMEOUT_S
+from cxr.core.state_folder import PREFECT_STARTUP_TIMEOUT_S
 from cxr.ops.prefect_api import SERVER_ENV, choose_prefect_api
 from cxr.ops.server import stop_dashboard
 from cxr.ops.status import gather_status
@@ -146,7 +146,7 @@ def test_prefect_api_url_wins_and_the_opt_out_uses_the_temporary_server(tmp_path
 def test_prefects_own_temporary_server_gets_the_projects_start_up_limit(tmp_path):
     """Where Prefect's temporary server is still used, it waits as long as the project's servers do."""
     script = (
-        "import os\nfrom cxr.core.state import configure_environment\nconfigure_environment()\n"
+        "import os\nfrom cxr.core.state_folder import configure_environment\nconfigure_environment()\n"
         "print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"
     )
     done = subprocess.run(

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cxr.core.quiet import LOG_LEVEL_ENV, NATIVE_LOG_LINE, drop_native_log_lines
+from cxr.core.native_logs import LOG_LEVEL_ENV, NATIVE_LOG_LINE, drop_native_log_lines
 from tests.helpers.servers import REPO
 
 # Lines TensorFlow 2.21 printed on this CPU machine, and lines that must survive.
@@ -70,7 +70,7 @@ def test_tensorflow_import_is_quiet_by_default_and_verbose_on_request():
 
 def test_verbose_flag_reaches_the_processes_a_command_starts(monkeypatch, capsys):
     from cli.main import main
-    from cxr.core.quiet import is_verbose
+    from cxr.core.native_logs import is_verbose
 
     monkeypatch.setenv(LOG_LEVEL_ENV, "INFO")  # restored after the test
     assert not is_verbose()

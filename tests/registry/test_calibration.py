@@ -13,7 +13,7 @@ import pytest
 
 from cli.main import main
 from cxr.core import mlflow_store
-from cxr.core.files import sha256_file
+from cxr.core.atomic_files import sha256_file
 from cxr.registry import versions
 from cxr.registry.pyfunc_logging import log_pyfunc_model
 from cxr.registry.site_calibration import site_points, with_site_points

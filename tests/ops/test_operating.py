@@ -23,7 +23,7 @@ import pytest
 
 from cli.main import main
 from cxr import REGISTERED_MODEL_NAME
-from cxr.core.quiet import LOG_LEVEL_ENV, NATIVE_LOG_LINE
+from cxr.core.native_logs import LOG_LEVEL_ENV, NATIVE_LOG_LINE
 from tests.helpers.servers import REPO, prefect_server, repo_process, wait_for
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from tests.helpers.servers import REPO
 # Counts 30 files while a Prefect logger writes; runs in a pseudo-terminal.
 BAR_SCRIPT = """
 import logging, time
-from cxr.core.state import configure_environment
+from cxr.core.state_folder import configure_environment
 configure_environment()
 from prefect.logging.configuration import setup_logging
 setup_logging()

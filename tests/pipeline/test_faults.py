@@ -27,7 +27,7 @@ from cxr.config.params import RetrainConfig
 from cxr.core import faults
 from tests.helpers.holders import holding
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {"train": {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}}
 CLI_TINY = ["--model", "seed", "--image-size", "32", "--batch-size", "16", "--json"]
 SUBPROCESS_TIMEOUT_S = 300
@@ -222,7 +222,7 @@ def test_registration_killed_before_the_version_leaves_no_half_version(prefect_h
     file. The protection is the order in tasks/register.py (version created only after log_model returns,
     alias moved last); not run as a mutation: creating the version first would leave one here, which
     `_versions(world) == []` rejects."""
-    from cxr.core.files import sha256_file
+    from cxr.core.atomic_files import sha256_file
     from cxr.model.loading import resolve_model
     from cxr.registry.versions import champion_version
 
@@ -308,7 +308,7 @@ def test_registry_lock_excludes_other_processes(tmp_path):
 
 def test_unwritable_state_folder_is_one_clear_error(tmp_path, monkeypatch, capsys):
     """A state folder that cannot be written (here: below a regular file, which fails for root too) is
-    refused before any work. Checked: without the check in cxr.core.state the CLI dies with a traceback."""
+    refused before any work. Checked: without the check in cxr.core.state_folder the CLI dies with a traceback."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("CXR_HOME", str(blocker / "state"))
@@ -334,7 +334,7 @@ def test_read_only_state_folder_is_one_clear_error(tmp_path, monkeypatch, capsys
 def test_disk_full_while_writing_batches_leaves_nothing_half_written(world, monkeypatch):
     """np.save writes half the array, then ENOSPC: no file of the split is left (not even the temporary
     one), no checksum vouches for anything, and a later call with space writes verified arrays.
-    Checked: without the `finally: unlink` in cxr.core.files.write_atomically the .tmp file remains."""
+    Checked: without the `finally: unlink` in cxr.core.atomic_files.write_atomically the .tmp file remains."""
     from cxr.data import batches as batches_stage
 
     split = _ingest_and_split(world)

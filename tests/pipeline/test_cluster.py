@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.skipif(not postgres.is_available(), reason=f"no PostgreSQL: {postgres.INSTALL_HINT}"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--model", "seed", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--json"]
 TIMEOUT_S = 300
 # The first process to start an ingest check SIGKILLs itself: one Dask worker, lost mid-ingest.

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from cxr.core.errors import CxrError
-from cxr.core.quiet import quiet_native_logs
+from cxr.core.native_logs import quiet_native_logs
 
 # How long anything waits for a Prefect server to answer: the state folder's server (`cxr.ops.server`), the
 # test and bench servers, and Prefect's own temporary server where one is still used. A first start sets up

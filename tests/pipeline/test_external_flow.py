@@ -10,7 +10,7 @@ import pytest
 
 from cli.main import main
 from cxr.core import mlflow_store
-from cxr.model import loading as model_loading
+from cxr.model import loading
 from tests.helpers.prefect_artifacts import artifact_keys
 
 
@@ -56,7 +56,7 @@ def test_train_scores_external_sets_with_challenger_and_champion(
         assert "site auc" in decision["reason"]
     # --calibrate-on: the site's point is the registered model's default, and the test metrics use it.
     assert second["operating_point"] == second["metrics"]["operating_point"] == "site:sensitivity-0.95"
-    _, metadata = model_loading.load_model_with_metadata(second["model_uri"], isolated_registry)
+    _, metadata = loading.load_model_with_metadata(second["model_uri"], isolated_registry)
     assert metadata["default_operating_point"] == "site:sensitivity-0.95"
     assert metadata["site_calibrations"]["site"]["n"] == scored["n"]
     run = client.get_run(second["mlflow_run_id"])

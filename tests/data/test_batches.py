@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
-from cxr.data import batches as sharding_module
+from cxr.data import batches as batches_module
 from cxr.data.batches import build_shard, load_split, materialise_batches, plan_shards
 
 SIZE = 16
@@ -26,7 +26,7 @@ def decode_calls(monkeypatch) -> list[str]:
         calls.append(str(path))
         return np.full((size, size), int(path.stem.split("-")[1]), dtype=np.uint8)
 
-    monkeypatch.setattr(sharding_module.imaging, "load_greyscale", fake_load_greyscale)
+    monkeypatch.setattr(batches_module.imaging, "load_greyscale", fake_load_greyscale)
     return calls
 
 
