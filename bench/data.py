@@ -43,10 +43,10 @@ def prepare_data(
         work / "extra",
         work / "train" / "chest_xray",
         work / "rerun" / "chest_xray",
-        str(source.resolve()) if source else f"synthetic (cxr.demo_data, {DEMO_IMAGE_SIZE} px)",
+        str(source.resolve()) if source else f"synthetic (cxr.data.demo_data, {DEMO_IMAGE_SIZE} px)",
     )
     if source is None:
-        from cxr.demo_data import write_demo_dataset
+        from cxr.data.demo_data import write_demo_dataset
 
         if ingest_images:
             write_demo_dataset(data.ingest_dir, n=ingest_images, size=DEMO_IMAGE_SIZE, seed=0)

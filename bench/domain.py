@@ -1,4 +1,4 @@
-"""Domain measure: what the domain score (`cxr.domain`) costs `cxr predict` and the retrain flow."""
+"""Domain measure: what the domain score (`cxr.evaluation.domain`) costs `cxr predict` and the retrain flow."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def measure_domain(context: Context) -> dict[str, Any]:
     """`score_files` (what `cxr predict` runs) with the champion's domain score vs the same model without it,
     best of `repeats` alternating runs after a warm-up; and the `domain` stage's share of the first
     orchestration run (the tasks' own time over the rest of the flow's)."""
-    from cxr.domain import METADATA_KEY
-    from cxr.registry import load_model_with_metadata
-    from tasks.predict import score_files
+    from cxr.evaluation.domain import METADATA_KEY
+    from cxr.evaluation.predicting import score_files
+    from cxr.model.loading import load_model_with_metadata
 
     folder = context.data.train_dir
     model, guarded = load_model_with_metadata(CHAMPION)

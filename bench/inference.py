@@ -23,8 +23,8 @@ def measure_predict(context: Context) -> dict[str, Any]:
     bare loop (Pillow decode + resize, then `model.predict`), best of `repeats` alternating runs after
     a warm-up; then `cxr predict --json` on the same folder as a fresh process, start-up included.
     """
-    from cxr.registry import load_model_with_metadata
-    from tasks.predict import score_files
+    from cxr.evaluation.predicting import score_files
+    from cxr.model.loading import load_model_with_metadata
 
     folder = context.data.train_dir
     paths = image_files(folder)

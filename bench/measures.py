@@ -11,14 +11,13 @@ from typing import Any
 from bench.data import add_extra_files
 from bench.suite import Context
 
-MIN_IMAGE_SIDE = 64
-
 
 def measure_ingest(context: Context) -> dict[str, Any]:
     """Full ingest vs plain single-process Pillow decoding of the same files; then a 1 % incremental ingest."""
     import pandas as pd
 
-    from cxr.ingesting import POOL_MIN_FILES, ingest_folder
+    from cxr.data.imaging import MIN_IMAGE_SIDE
+    from cxr.data.ingesting import POOL_MIN_FILES, ingest_folder
 
     data, work, workers = context.data, context.work, context.workers
     full, full_s, full_cpu_s = with_cpu_time(

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.suite import Context
 from cxr import REGISTERED_MODEL_NAME
-from cxr.prefect_api import SERVER_ENV
+from cxr.ops.prefect_api import SERVER_ENV
 
 # What the first `cxr train` of the orchestration measure registers (and promotes: the registry is new).
 CHAMPION = f"models:/{REGISTERED_MODEL_NAME}@champion"

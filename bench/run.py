@@ -119,7 +119,7 @@ def run_benchmarks(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         api_url = None
         if any(measure.server for measure in args.measures):
-            from cxr.server import temporary_prefect_server
+            from cxr.ops.server import temporary_prefect_server
 
             # Set before Prefect is imported here, and inherited by `cxr` and Dask worker processes.
             api_url = stack.enter_context(temporary_prefect_server(work / "prefect-server"))
@@ -182,7 +182,7 @@ def _configure_device(gpu: bool) -> dict[str, Any]:
     """CPU: float32. `--gpu`: insist on a GPU and use mixed precision, as training does there."""
     import tensorflow as tf
 
-    from cxr.device import configure_devices
+    from cxr.model.device import configure_devices
 
     if gpu and not tf.config.list_physical_devices("GPU"):
         raise SystemExit("--gpu given but TensorFlow sees no GPU")
@@ -194,7 +194,7 @@ def _isolate_state(home: Path) -> None:
     os.environ["CXR_HOME"] = str(home)
     for variable in _STATE_VARIABLES:
         os.environ.pop(variable, None)
-    from cxr.state import configure_environment
+    from cxr.core.state_folder import configure_environment
 
     configure_environment()
 

@@ -3,7 +3,7 @@
 Per size N: a folder of N distinct synthetic X-rays, one `cxr train` (one epoch) and the same run
 again, fully cached. Reported per N: ingest, shard-building and training images/s, the run's peak
 resident memory, the cached rerun's wall time; then how the largest N compares with the smallest.
-Ingest is also timed alone (`cxr.ingesting.ingest_folder`, CPU seconds included), which tells its
+Ingest is also timed alone (`cxr.data.ingesting.ingest_folder`, CPU seconds included), which tells its
 own cost per image from the load of a shared machine:
 
     python -m bench.scale --ingest-only 2000 10000 40000 [--repeats 3] [--work DIR] [--json]
@@ -95,8 +95,9 @@ def cpu_per_image_spread(runs: list[dict[str, Any]]) -> float:
 
 def ingest_cost(data_dir: Path, out_dir: Path, *, workers: int | None = None) -> dict[str, Any]:
     """One full ingest of `data_dir` in this process: images/s and CPU ms per image (its workers included)."""
-    from bench.measures import MIN_IMAGE_SIDE, with_cpu_time
-    from cxr.ingesting import ingest_folder
+    from bench.measures import with_cpu_time
+    from cxr.data.imaging import MIN_IMAGE_SIDE
+    from cxr.data.ingesting import ingest_folder
 
     result, wall_s, cpu_s = with_cpu_time(
         lambda: ingest_folder(data_dir, out_dir, min_side=MIN_IMAGE_SIDE, workers=workers)
@@ -111,11 +112,11 @@ def write_scaled_dataset(out: Path, count: int, *, seed: int, base_images: int =
     """`count` distinct JPEGs under `out/train/{NORMAL,PNEUMONIA}`: demo images, each copy shifted sideways.
 
     A shift of k pixels (k = copy number) changes every file's bytes, so ingest keeps them all, and
-    the file names give each image its own patient, as `cxr.demo_data` names them.
+    the file names give each image its own patient, as `cxr.data.demo_data` names them.
     """
     from PIL import Image
 
-    from cxr.demo_data import write_demo_dataset
+    from cxr.data.demo_data import write_demo_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as base:

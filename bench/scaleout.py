@@ -8,10 +8,10 @@ from typing import Any
 
 from prefect import flow
 
-from bench.measures import MIN_IMAGE_SIDE
 from bench.suite import Context
-from cxr.ingest_plans import read_checks, store_plan
-from cxr.ingesting import assemble_manifest, plan_folder
+from cxr.data.imaging import MIN_IMAGE_SIDE
+from cxr.data.ingest_plans import read_checks, store_plan
+from cxr.data.ingesting import assemble_manifest, plan_folder
 from tasks.ingest import check_chunk
 
 DASK_WORKERS = 2

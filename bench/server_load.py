@@ -81,8 +81,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=400)
     parser.add_argument("--threads", type=int, default=64)
     args = parser.parse_args()
-    from cxr import cluster
-    from cxr.server import temporary_prefect_server
+    from cxr.ops import cluster
+    from cxr.ops.server import temporary_prefect_server
 
     work = Path(tempfile.mkdtemp(prefix="cxr-server-load-", dir="/tmp"))
     work.chmod(0o755)  # PostgreSQL's user must reach its data folder when this runs as root

@@ -75,7 +75,7 @@ def measure_shift(context: Context) -> dict[str, Any]:
     """The champion `cxr train` registered, scored on `train_dir` (images it never trained on) under
     each shift: the worst AUC, sensitivity and specificity, and the AUC lost to the worst shift.
     """
-    from cxr.scoring import evaluate_folder
+    from cxr.evaluation.evaluate_folder import evaluate_folder
 
     paths = image_files(context.data.train_dir)
     rows = pd.DataFrame(
@@ -100,10 +100,10 @@ def measure_shift(context: Context) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cxr.state import configure_environment
+    from cxr.core.state_folder import configure_environment
 
     configure_environment()
-    from cxr.scoring import evaluate_folder
+    from cxr.evaluation.evaluate_folder import evaluate_folder
 
     parser = argparse.ArgumentParser(prog="python -m bench.shift", description=__doc__.splitlines()[0])
     parser.add_argument("--split", required=True, type=Path, help="split.parquet of a retrain run")

@@ -15,7 +15,7 @@ def measure_startup(context: Context) -> dict[str, Any]:
     as a user's do: first with none in the state folder (the command starts it, on a cold database), then
     with it up. Each from CLI start to flow start (the run's start on the server), and the cached run's wall.
     """
-    from cxr.server import stop_dashboard
+    from cxr.ops.server import stop_dashboard
 
     sizes = context.sizes
     kwargs = {"image_size": sizes.rerun_image_size, "epochs": sizes.rerun_epochs, "model": RERUN_MODEL}
@@ -34,7 +34,7 @@ def measure_startup(context: Context) -> dict[str, Any]:
 
 def _timed_train(data_dir: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
     """One `cxr train` choosing its own Prefect API: wall seconds, seconds to its flow's start, reused tasks."""
-    from cxr.server import running_server
+    from cxr.ops.server import running_server
 
     launched = dt.datetime.now(dt.UTC)
     summary, wall_s, _ = cxr_train(data_dir, api_url=None, **kwargs)

@@ -25,17 +25,8 @@ class Context:
     workers: int
     api_url: str | None
     results: dict[str, Any] = field(default_factory=dict)
-    _training: dict[int, Any] = field(default_factory=dict)
-
-    def training_data(self, image_size: int):  # noqa: ANN201 - bench.training.TrainingData
-        """`train_dir` ingested, split and materialised at `image_size` (once per size per run)."""
-        if image_size not in self._training:
-            from bench.training import prepare_training_data
-
-            self._training[image_size] = prepare_training_data(
-                self.data.train_dir, self.work / "training" / str(image_size), image_size
-            )
-        return self._training[image_size]
+    # Train splits prepared so far, by image size (`bench.training.training_data`).
+    training_sets: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.measures import MIN_IMAGE_SIDE
 from bench.suite import Context
+from cxr.data.imaging import MIN_IMAGE_SIDE
 
 if TYPE_CHECKING:
-    from cxr.sharding import BatchesResult
+    from cxr.data.batches import BatchesResult
 
 PREDICT_MIN_IMAGES = 512
 
@@ -29,11 +29,20 @@ class TrainingData:
     batches: BatchesResult
 
 
+def training_data(context: Context, image_size: int) -> TrainingData:
+    """`train_dir` ingested, split and materialised at `image_size` (once per size per run)."""
+    if image_size not in context.training_sets:
+        context.training_sets[image_size] = prepare_training_data(
+            context.data.train_dir, context.work / "training" / str(image_size), image_size
+        )
+    return context.training_sets[image_size]
+
+
 def prepare_training_data(train_dir: Path, work: Path, image_size: int) -> TrainingData:
     """Ingest, split and materialise `train_dir` at `image_size`, as the flow does."""
-    from cxr.ingesting import ingest_folder
-    from cxr.sharding import load_split, materialise_batches
-    from cxr.splitting import split_manifest
+    from cxr.data.batches import load_split, materialise_batches
+    from cxr.data.ingesting import ingest_folder
+    from cxr.data.splitting import split_manifest
 
     ingested = ingest_folder(train_dir, work / "manifest", min_side=MIN_IMAGE_SIDE)
     split = split_manifest(
@@ -56,12 +65,12 @@ def measure_pipelines(context: Context) -> dict[str, Any]:
 
     from bench.timing import compare_training, throughput
     from bench.tutorial import link_class_folders, tutorial_generator, tutorial_model
-    from cxr.datasets import split_dataset
-    from cxr.models import build_model
+    from cxr.data.datasets import split_dataset
+    from cxr.model.networks import build_model
 
     sizes = context.sizes
     size, batch_size = sizes.image_size, sizes.batch_size
-    data = context.training_data(size)
+    data = training_data(context, size)
     count = len(data.labels)
     ours_model, memory_model = build_model("seed", size), build_model("seed", size)
     tutorial = tutorial_model(ours_model)
@@ -123,12 +132,12 @@ def measure_pipelines(context: Context) -> dict[str, Any]:
 def measure_default_model(context: Context) -> dict[str, Any]:
     """The default model's training img/s from our shards: plain (for FLOP efficiency) and augmented."""
     from bench.timing import compare_training, throughput
-    from cxr.datasets import split_dataset
-    from cxr.models import build_augmentation, build_model
+    from cxr.data.datasets import split_dataset
+    from cxr.model.networks import build_augmentation, build_model
 
     sizes = context.sizes
     size, batch_size = sizes.default_image_size, sizes.default_batch_size
-    data = context.training_data(size)
+    data = training_data(context, size)
     count = len(data.labels)
     model = build_model("default", size)
     plain = split_dataset(data.batches, "train", batch_size=batch_size, shuffle=True, seed=0)
@@ -160,7 +169,7 @@ def measure_flops(context: Context) -> dict[str, Any]:
     """Achieved training FLOP/s of the default and seed models (from their measured img/s) vs a matmul."""
     from bench.flops import forward_flops, matmul_flops_per_second
     from bench.flops import training_flops as per_image
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     sizes, results = context.sizes, context.results
     default = build_model("default", sizes.default_image_size)

@@ -19,8 +19,8 @@ def add_cluster(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from cxr import cluster
-    from cxr.errors import CxrError
+    from cxr.core.errors import CxrError
+    from cxr.ops import cluster
 
     if args.workers < 1:
         raise CxrError("--workers must be at least 1")

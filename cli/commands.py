@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.external_commands import external_options, print_external
-from cxr.state import state_dir
+from cxr.core.state_folder import state_dir
 
 DEMO_SIZE = 256
 
@@ -44,7 +44,7 @@ def _peak_rss_mib() -> float | None:
 
 def _demo_data_dir() -> Path:
     """The demo dataset in the state folder, generated on first use."""
-    from cxr.demo_data import write_demo_dataset
+    from cxr.data.demo_data import write_demo_dataset
 
     out = state_dir("demo-data") / "chest_xray"
     if not (out / "train").is_dir():
@@ -53,7 +53,7 @@ def _demo_data_dir() -> Path:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from cxr.demo_data import write_demo_dataset
+    from cxr.data.demo_data import write_demo_dataset
 
     counts = write_demo_dataset(Path(args.out), n=args.n, size=args.size, seed=args.seed)
     if args.json:
@@ -66,8 +66,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from prefect import tags
 
-    from cxr.config import RetrainConfig
-    from cxr.errors import DataError, ModelError
+    from cxr.config.params import RetrainConfig
+    from cxr.core.errors import DataError, ModelError
     from flows.retrain import retrain
 
     data_dir = Path(args.data) if args.data else _demo_data_dir()
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **external_options(args),
     )
     if config.external.sets:
-        from cxr.external import check_external_sets
+        from cxr.evaluation.external_sets import check_external_sets
 
         check_external_sets(config.external.sets, config.data_dir)  # before training: found in seconds
     started = time.perf_counter()
@@ -135,14 +135,14 @@ def _print_training_summary(summary: dict[str, Any]) -> None:
         made = sorted(moment for moment in reused.values() if moment)
         when = f" (made {made[0]} to {made[-1]})" if made else ""
         print(f"reused {len(reused)} cached results{when}: {', '.join(reused)}")
-    from cxr.state import cxr_home, default_tracking_uri
+    from cxr.core.state_folder import cxr_home, default_tracking_uri
 
     print(f"registry: {default_tracking_uri()}; state folder: {cxr_home()}")
     print("see it: `cxr models`, `cxr mlflow-ui` (registry) and `cxr dashboard` (Prefect runs)")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from cxr.ingesting import ingest_folder
+    from cxr.data.ingesting import ingest_folder
 
     data_dir = Path(args.data)
     out_dir = Path(args.out) if args.out else state_dir("manifests", "cli")
@@ -159,7 +159,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxr.scoring import evaluate_folder
+    from cxr.evaluation.evaluate_folder import evaluate_folder
 
     result = evaluate_folder(args.model, Path(args.data), operating_point=args.operating_point)
     if args.json:
@@ -189,8 +189,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cxr.registry import list_versions, registered_model_names, store_exists
-    from cxr.state import default_tracking_uri
+    from cxr.core.mlflow_store import store_exists
+    from cxr.core.state_folder import default_tracking_uri
+    from cxr.registry.versions import list_versions, registered_model_names
 
     tracking_uri = default_tracking_uri()
     exists = store_exists(tracking_uri)  # listing a missing sqlite store would create an empty one
@@ -222,8 +223,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from cxr.registry import promote
-    from cxr.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
+    from cxr.registry.versions import promote
 
     promote(args.name, int(args.version), args.reason, default_tracking_uri())
     print(f"{args.name} v{args.version} is now champion ({args.reason})")
@@ -231,8 +232,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from cxr.registry import rollback
-    from cxr.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
+    from cxr.registry.versions import rollback
 
     version = rollback(args.name, args.reason, default_tracking_uri())
     print(f"{args.name} champion rolled back to v{version} ({args.reason})")
@@ -240,7 +241,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from cxr.server import ensure_dashboard, stop_dashboard
+    from cxr.ops.server import ensure_dashboard, stop_dashboard
 
     if args.stop:
         print("dashboard stopped" if stop_dashboard() else "no dashboard was running")
@@ -250,27 +251,27 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
-    from cxr.server import mlflow_ui
+    from cxr.ops.server import mlflow_ui
 
     mlflow_ui(port=args.port)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cxr.config import ExternalParams
+    from cxr.config.params import ExternalParams
     from deployments.serve import ServeOptions, serve_deployments
     from flows.retrain import task_runner_from_env
 
     task_runner_from_env()  # served runs use it too: without prefect-dask, fail now rather than per run
     data_dir = str(Path(args.data).resolve()) if args.data else str(_demo_data_dir())
     if args.notify_webhook or args.notify_block:
-        from cxr.notify import configure_notifications
+        from cxr.ops.notify import configure_notifications
 
         names = configure_notifications(webhook_url=args.notify_webhook, block_slug=args.notify_block)
         print(f"notifications ({', '.join(names)}) -> {args.notify_block or args.notify_webhook}", flush=True)
     overrides = {"external": {"sets": args.external}} if args.external else {}
     if args.external:
-        from cxr.external import check_external_sets
+        from cxr.evaluation.external_sets import check_external_sets
 
         check_external_sets(ExternalParams(sets=args.external).sets, data_dir)  # else every run fails on it
     options = ServeOptions(
@@ -285,7 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cxr.status import gather_status
+    from cxr.ops.status import gather_status
 
     return _show(gather_status(args.name), args.json, _print_status)
 
@@ -337,7 +338,7 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from cxr.watch import watch_inbox
+    from cxr.ops.watch import watch_inbox
 
     emitted = watch_inbox(
         Path(args.inbox), settle_s=args.settle, poll_s=args.poll, debounce_s=args.debounce, once=args.once

@@ -30,8 +30,8 @@ def print_external(external: dict[str, Any]) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from cxr.calibration import calibrate_registered
-    from cxr.state import default_tracking_uri
+    from cxr.core.state_folder import default_tracking_uri
+    from cxr.registry.site_calibration import calibrate_registered
 
     result = calibrate_registered(
         args.model,

@@ -25,11 +25,11 @@ from cli.commands import (
     cmd_watch,
 )
 from cli.external_commands import cmd_calibrate
-from cxr.cluster import use_stack_if_up
-from cxr.progress import enable_terminal_progress
-from cxr.quiet import set_verbose
-from cxr.state import configure_environment
-from cxr.watch import DEFAULT_DEBOUNCE_S
+from cxr.core.native_logs import set_verbose
+from cxr.core.progress import enable_terminal_progress
+from cxr.core.state_folder import configure_environment
+from cxr.ops.cluster import use_stack_if_up
+from cxr.ops.watch import DEFAULT_DEBOUNCE_S
 
 NOTIFY_WEBHOOK_ENV = "CXR_NOTIFY_WEBHOOK"
 
@@ -37,7 +37,7 @@ OPERATING_POINT_HELP = (
     "a named operating point of the model (its model.json `operating_points`); default: its default"
 )
 # Commands that record Prefect runs or events: they use the state folder's server, starting it if needed
-# (cxr.prefect_api). promote/rollback announce the champion change there (notifications).
+# (cxr.ops.prefect_api). promote/rollback announce the champion change there (notifications).
 RECORDED_COMMANDS = {"train", "predict", "serve", "watch", "promote", "rollback", "calibrate"}
 
 
@@ -54,7 +54,7 @@ def add_external_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from cxr import REGISTERED_MODEL_NAME
-    from cxr.architectures import MODEL_NAMES
+    from cxr.config.architectures import MODEL_NAMES
 
     parser = argparse.ArgumentParser(
         prog="cxr", description="Chest X-ray pneumonia classifier retraining pipeline"
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
 
-    from cxr.errors import CxrError
+    from cxr.core.errors import CxrError
 
     if args.verbose:
         set_verbose()
@@ -251,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "cluster":
             use_stack_if_up()  # the stack `cxr cluster up` started, unless the user's variables say otherwise
-        configure_environment()  # also quiets TensorFlow's native logs (cxr.quiet) unless verbose
+        configure_environment()  # also quiets TensorFlow's native logs (cxr.core.native_logs) unless verbose
         if args.command in RECORDED_COMMANDS:
-            from cxr.prefect_api import use_prefect_api
+            from cxr.ops.prefect_api import use_prefect_api
 
             use_prefect_api()  # before Prefect is imported: it reads its settings once
         return args.handler(args)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr.config import RetrainConfig
-from cxr.errors import DataError
-from cxr.watch import DATA_ARRIVED_EVENT, DEFAULT_DEBOUNCE_S, INBOX_RESOURCE_PREFIX
+from cxr.config.params import RetrainConfig
+from cxr.core.errors import DataError
+from cxr.ops.watch import DATA_ARRIVED_EVENT, DEFAULT_DEBOUNCE_S, INBOX_RESOURCE_PREFIX
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from cxr.state import configure_environment
+    from cxr.core.state_folder import configure_environment
 
     configure_environment()
     main()

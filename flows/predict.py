@@ -7,7 +7,7 @@ import datetime as dt
 from prefect import flow
 
 from cxr import REGISTERED_MODEL_NAME
-from cxr.task_policy import PREDICT_TIMEOUT_S
+from cxr.core.task_policy import PREDICT_TIMEOUT_S
 from tasks.predict import predict_files
 
 

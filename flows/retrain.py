@@ -11,12 +11,12 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from cxr.caching import code_version, sha256_text, stable_json
-from cxr.config import IngestParams, RetrainConfig
-from cxr.errors import CxrError
-from cxr.external import ExternalResult
-from cxr.progress import stage_progress
-from cxr.training import TrainResult
+from cxr.config.params import IngestParams, RetrainConfig
+from cxr.core.caching import code_version, sha256_text, stable_json
+from cxr.core.errors import CxrError
+from cxr.core.progress import stage_progress
+from cxr.evaluation.external_sets import ExternalResult
+from cxr.model.training import TrainResult
 from flows.stages import StageRunner
 from tasks import batches, domain, evaluate, external, ingest, register, report, split, train
 

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import State, Task, get_run_logger
 from prefect.futures import as_completed
 
-from cxr.task_policy import StageTimeout, TimeoutParams
+from cxr.core.task_policy import StageTimeout, TimeoutParams
 
 
 @dataclass

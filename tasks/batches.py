@@ -1,4 +1,4 @@
-"""Stage `batches`: decode the split into shards that training and evaluation stream (`cxr.sharding`).
+"""Stage `batches`: decode the split into shards that training and evaluation stream (`cxr.data.batches`).
 
 Three tasks, as ingest: `batches-plan` lists each shard's files (Parquet), `batches-shard` decodes
 one shard (mapped over the plan's chunks on the flow's task runner: threads, or a Dask cluster),
@@ -12,9 +12,11 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
-from cxr.caching import ContentKey
-from cxr.errors import DataError
-from cxr.sharding import (
+from cxr.core.caching import ContentKey
+from cxr.core.errors import DataError
+from cxr.core.state_folder import state_dir
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.batches import (
     DECODING_CODE,
     BatchesResult,
     ShardChunk,
@@ -23,9 +25,7 @@ from cxr.sharding import (
     build_shard,
     plan_shards,
 )
-from cxr.shards import ShardRef
-from cxr.state import state_dir
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.shards import ShardRef
 
 # The modules whose source decides the shards' content (the shard folders are named by the same list).
 DECIDED_BY = (__name__, *DECODING_CODE)

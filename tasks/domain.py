@@ -1,5 +1,5 @@
-"""Stage `domain`: fit the trained model's domain score (`cxr.domain_fit`) and store it with the model;
-measure the run's data drift (`cxr.drift`: the share of new images out of the serving model's domain) and
+"""Stage `domain`: fit the trained model's domain score (`cxr.evaluation.domain_fit`) and store it with the model;
+measure the run's data drift (`cxr.evaluation.drift`: the share of new images out of the serving model's domain) and
 report it (MLflow metric, warning, `cxr.data.drift` event for the notification automation)."""
 
 from __future__ import annotations
@@ -11,23 +11,25 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cxr.artifacts import Artifact
-from cxr.caching import ContentKey, current_task_key
-from cxr.config import DomainParams
-from cxr.domain import DomainGuard
-from cxr.domain_fit import guard_model
-from cxr.drift import DriftResult, measure_drift
-from cxr.errors import ModelError
-from cxr.manifests import IngestResult
-from cxr.notify import DATA_DRIFT_EVENT, post_model_event
-from cxr.registry import METADATA_FILE, champion_version, client, resolve_model, store_exists
-from cxr.sharding import BatchesResult
-from cxr.state import default_tracking_uri, state_dir
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
-from cxr.training import TrainResult
+from cxr.config.params import DomainParams
+from cxr.core.artifacts import Artifact
+from cxr.core.caching import ContentKey, current_task_key
+from cxr.core.errors import ModelError
+from cxr.core.mlflow_store import client, store_exists
+from cxr.core.state_folder import default_tracking_uri, state_dir
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.batches import BatchesResult
+from cxr.data.manifests import IngestResult
+from cxr.evaluation.domain import DomainGuard
+from cxr.evaluation.domain_fit import guard_model
+from cxr.evaluation.drift import DriftResult, measure_drift
+from cxr.model.loading import METADATA_FILE, resolve_model
+from cxr.model.training import TrainResult
+from cxr.registry.model_events import DATA_DRIFT_EVENT, post_model_event
+from cxr.registry.versions import champion_version
 
 # The modules whose source decides the guarded model (its cache key and its model folder).
-DECIDED_BY = (__name__, "cxr.domain", "cxr.domain_fit")
+DECIDED_BY = (__name__, "cxr.evaluation.domain", "cxr.evaluation.domain_fit")
 DRIFT_METRIC = "new_images_out_of_domain_share"
 
 
@@ -117,7 +119,9 @@ def _judge_key(inputs: dict[str, Any]) -> str:
 
 @task(
     name="domain-drift",
-    cache_policy=ContentKey(modules=(__name__, "cxr.domain", "cxr.drift"), fingerprint=_judge_key),
+    cache_policy=ContentKey(
+        modules=(__name__, "cxr.evaluation.domain", "cxr.evaluation.drift"), fingerprint=_judge_key
+    ),
     persist_result=True,
     retries=1,  # reads image files and the registry
     retry_condition_fn=retry_transient,

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: score the trained model on the test split (`cxr.evaluation`); `report` publishes it."""
+"""Stage `evaluate`: score the trained model on the test split (`cxr.evaluation.evaluate`); `report` publishes it."""
 
 from __future__ import annotations
 
@@ -6,15 +6,21 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from cxr.caching import ContentKey, current_task_key
-from cxr.errors import ModelError
-from cxr.evaluation import EvaluationResult, evaluate_model, format_metric
-from cxr.sharding import BatchesResult
-from cxr.state import state_dir
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.core.caching import ContentKey, current_task_key
+from cxr.core.errors import ModelError
+from cxr.core.state_folder import state_dir
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.batches import BatchesResult
+from cxr.evaluation.evaluate import EvaluationResult, evaluate_model, format_metric
 
 # The modules whose source decides an evaluation (its cache key and its report folder).
-DECIDED_BY = (__name__, "cxr.evaluation", "cxr.metrics", "cxr.plots", "cxr.registry")
+DECIDED_BY = (
+    __name__,
+    "cxr.evaluation.evaluate",
+    "cxr.evaluation.metrics",
+    "cxr.evaluation.plots",
+    "cxr.model.loading",
+)
 
 
 @task(

@@ -1,6 +1,6 @@
 """Stage `evaluate-external`: score the challenger and the current champion on one external set
-(`cxr.external`); `register` gates on the result and logs it to the version's MLflow run. With
-`calibrate_on`, `calibrate-on-external` makes that set's operating point the model's default (`cxr.calibration`)."""
+(`cxr.evaluation.external_sets`); `register` gates on the result and logs it to the version's MLflow run. With
+`calibrate_on`, `calibrate-on-external` makes that set's operating point the model's default (`cxr.registry.site_calibration`)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,27 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from cxr.caching import ContentKey, current_task_key, stable_json
-from cxr.calibration import with_site_default
-from cxr.evaluation import format_metric
-from cxr.external import ExternalResult, validate_external
-from cxr.registry import champion_version, store_exists
-from cxr.scanning import data_dir_fingerprint
-from cxr.state import default_tracking_uri, state_dir
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
-from cxr.training import TrainResult
+from cxr.core.caching import ContentKey, current_task_key, stable_json
+from cxr.core.mlflow_store import store_exists
+from cxr.core.state_folder import default_tracking_uri, state_dir
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.scanning import data_dir_fingerprint
+from cxr.evaluation.evaluate import format_metric
+from cxr.evaluation.external_sets import ExternalResult, validate_external
+from cxr.model.training import TrainResult
+from cxr.registry.site_calibration import with_site_default
+from cxr.registry.versions import champion_version
 
 # The modules whose source decides an external evaluation (its cache key).
 DECIDED_BY = (
     __name__,
-    "cxr.external",
-    "cxr.scoring",
-    "cxr.evaluation",
-    "cxr.metrics",
-    "cxr.plots",
-    "cxr.ingesting",
-    "cxr.imaging",
+    "cxr.evaluation.external_sets",
+    "cxr.evaluation.evaluate_folder",
+    "cxr.evaluation.evaluate",
+    "cxr.evaluation.metrics",
+    "cxr.evaluation.plots",
+    "cxr.data.ingesting",
+    "cxr.data.imaging",
 )
 
 
@@ -81,7 +82,7 @@ def _set_listing(inputs: dict[str, Any]) -> str:
 
 @task(
     name="calibrate-on-external",
-    cache_policy=ContentKey(modules=(*DECIDED_BY, "cxr.calibration"), fingerprint=_set_listing),
+    cache_policy=ContentKey(modules=(*DECIDED_BY, "cxr.registry.site_calibration"), fingerprint=_set_listing),
     persist_result=True,
     retries=1,
     retry_condition_fn=retry_transient,

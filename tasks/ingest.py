@@ -1,8 +1,8 @@
 """Stage `ingest`: scan an image folder, label and check every file, and write the manifest.
 
-The work is `cxr.ingesting`'s; here it runs as three tasks: `plan_ingest` -> `check_chunk` mapped
+The work is `cxr.data.ingesting`'s; here it runs as three tasks: `plan_ingest` -> `check_chunk` mapped
 over the plan's chunks (on the flow's task runner: threads, or a Dask cluster) -> `assemble_ingest`.
-They pass Parquet file lists by path and digest (`cxr.ingest_plans`), never the lists themselves.
+They pass Parquet file lists by path and digest (`cxr.data.ingest_plans`), never the lists themselves.
 """
 
 from __future__ import annotations
@@ -15,30 +15,31 @@ import pandas as pd
 from prefect import task
 from prefect.logging import get_run_logger
 
-from cxr import CLASSES, faults
-from cxr.artifacts import Artifact
-from cxr.caching import ContentKey, current_task_key, sha256_text
-from cxr.config import IngestParams
-from cxr.filelists import FileList
-from cxr.files import write_atomically
-from cxr.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
-from cxr.ingesting import assemble_manifest, check_paths, plan_folder
-from cxr.manifests import IngestResult, write_new_files
-from cxr.scanning import data_dir_fingerprint
-from cxr.state import cxr_home, state_dir
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr import CLASSES
+from cxr.config.params import IngestParams
+from cxr.core import faults
+from cxr.core.artifacts import Artifact
+from cxr.core.atomic_files import write_atomically
+from cxr.core.caching import ContentKey, current_task_key, sha256_text
+from cxr.core.state_folder import cxr_home, state_dir
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.filelists import FileList
+from cxr.data.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
+from cxr.data.ingesting import assemble_manifest, check_paths, plan_folder
+from cxr.data.manifests import IngestResult, write_new_files
+from cxr.data.scanning import data_dir_fingerprint
 
 # The modules whose source decides this stage's results (its cache keys and its manifest folder).
 DECIDED_BY = (
     __name__,
-    "cxr.ingesting",
-    "cxr.ingest_reuse",
-    "cxr.ingest_assembly",
-    "cxr.ingest_plans",
-    "cxr.manifests",
-    "cxr.layouts",
-    "cxr.scanning",
-    "cxr.imaging",
+    "cxr.data.ingesting",
+    "cxr.data.ingest_reuse",
+    "cxr.data.ingest_assembly",
+    "cxr.data.ingest_plans",
+    "cxr.data.manifests",
+    "cxr.data.layouts",
+    "cxr.data.scanning",
+    "cxr.data.imaging",
 )
 
 QUARANTINE_TABLE_ROWS = 500
@@ -121,7 +122,7 @@ def check_chunk(files: FileList) -> FileList:
     """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
     faults.kill_once(
         "ingest_check", cxr_home() / "faults"
-    )  # a Dask worker lost mid-ingest (tests/test_cluster.py)
+    )  # a Dask worker lost mid-ingest (tests/pipeline/test_cluster.py)
     checks = check_paths(files.read(columns=["path"])["path"].tolist(), workers=1)
     return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
 

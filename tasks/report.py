@@ -12,8 +12,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cxr.evaluation import EvaluationResult, publish_evaluation
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.evaluation.evaluate import EvaluationResult, publish_evaluation
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

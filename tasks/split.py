@@ -1,4 +1,4 @@
-"""Stage `split`: assign every manifest row to train, valid or test (rules in `cxr.splitting`).
+"""Stage `split`: assign every manifest row to train, valid or test (rules in `cxr.data.splitting`).
 
 Lineage: the task keeps `splits/latest-<params digest>.txt` (params: `SplitParams` but the minimum
 per class) pointing at the last split written with those params and uses it as the
@@ -15,16 +15,16 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from cxr import CLASSES
-from cxr.artifacts import Artifact
-from cxr.caching import ContentKey, current_task_key, sha256_text, stable_json
-from cxr.config import SplitParams
-from cxr.files import sha256_file, write_atomically
-from cxr.splitting import SPLITS, SplitResult, split_manifest
-from cxr.state import state_dir
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.config.params import SplitParams
+from cxr.core.artifacts import Artifact
+from cxr.core.atomic_files import sha256_file, write_atomically
+from cxr.core.caching import ContentKey, current_task_key, sha256_text, stable_json
+from cxr.core.state_folder import state_dir
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.splitting import SPLITS, SplitResult, split_manifest
 
 # The modules whose source decides a split (its cache key and its state folder).
-DECIDED_BY = (__name__, "cxr.splitting")
+DECIDED_BY = (__name__, "cxr.data.splitting")
 
 
 def latest_split_index(params: SplitParams) -> Path:

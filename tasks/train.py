@@ -1,4 +1,4 @@
-"""Stage `train`: train and save a model (`cxr.training`) in state folders named by its cache key."""
+"""Stage `train`: train and save a model (`cxr.model.training`) in state folders named by its cache key."""
 
 from __future__ import annotations
 
@@ -7,27 +7,27 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
-from cxr import faults
-from cxr.artifacts import Artifact
-from cxr.caching import ContentKey, current_task_key
-from cxr.config import TrainParams
-from cxr.sharding import BatchesResult
-from cxr.state import state_dir
-from cxr.task_policy import DEFAULT_TIMEOUTS, retry_transient
-from cxr.thresholds import DECISION_RULE
-from cxr.training import TrainResult, backbone_weights_digest, train_model
+from cxr.config.params import TrainParams
+from cxr.core import faults
+from cxr.core.artifacts import Artifact
+from cxr.core.caching import ContentKey, current_task_key
+from cxr.core.state_folder import state_dir
+from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.batches import BatchesResult
+from cxr.model.thresholds import DECISION_RULE
+from cxr.model.training import TrainResult, backbone_weights_digest, train_model
 
 # The modules whose source decides a trained model (its cache key, its model and checkpoint folders).
 DECIDED_BY = (
     __name__,
-    "cxr.training",
-    "cxr.architectures",
-    "cxr.models",
-    "cxr.device",
-    "cxr.datasets",
-    "cxr.shards",
-    "cxr.history",
-    "cxr.thresholds",
+    "cxr.model.training",
+    "cxr.config.architectures",
+    "cxr.model.networks",
+    "cxr.model.device",
+    "cxr.data.datasets",
+    "cxr.data.shards",
+    "cxr.model.history",
+    "cxr.model.thresholds",
 )
 
 
@@ -50,7 +50,7 @@ CACHE = ContentKey(modules=DECIDED_BY, fingerprint=_backbone_weights)
 )
 def train(batches: BatchesResult, params: TrainParams) -> TrainResult:
     """Train and save a model; see `train_model`."""
-    from cxr.device import DeviceInfo
+    from cxr.model.device import DeviceInfo
 
     logger = get_run_logger()
     key = current_task_key()[:16]

@@ -15,14 +15,17 @@ os.environ["CXR_HOME"] = str(_SESSION_HOME)
 for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_ARTIFACTS_DESTINATION"):
     os.environ.pop(_var, None)
 # A `cxr` command without PREFECT_API_URL starts the state folder's long-lived server, which would outlive
-# the test. Tests talk to servers they start and stop themselves (`prefect_harness`, tests/servers.py), so
+# the test. Tests talk to servers they start and stop themselves (`prefect_harness`, tests/helpers/servers.py), so
 # any command that gets none uses Prefect's temporary in-process server instead. Inherited by subprocesses;
 # tests of the long-lived server (test_local_server.py) remove it and stop what they start.
 os.environ["CXR_PREFECT_SERVER"] = "ephemeral"
 
-from cxr.state import PREFECT_STARTUP_TIMEOUT_S, configure_environment  # noqa: E402
+from cxr.core.state_folder import PREFECT_STARTUP_TIMEOUT_S, configure_environment  # noqa: E402
 
 configure_environment()
+
+# Registry fixtures (`empty_store`, `tracking_uri`, `test_split`) for every test that registers models.
+pytest_plugins = ["tests.helpers.registering"]
 
 # absl's log handler (made when TensorFlow first loads, maybe while a test module is collected) closes the
 # stream it was made with unless that stream is the current sys.stderr, and every non-incremental logging
@@ -42,7 +45,7 @@ def cxr_home() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A small synthetic dataset in the Kaggle layout (64 px images)."""
-    from cxr.demo_data import write_demo_dataset
+    from cxr.data.demo_data import write_demo_dataset
 
     out = tmp_path_factory.mktemp("tiny") / "chest_xray"
     write_demo_dataset(out, n=80, size=64, seed=0)

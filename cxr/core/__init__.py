@@ -1,0 +1,1 @@
+"""Plumbing every part shares: errors, files, state folder, locks, caching, task policy, progress."""

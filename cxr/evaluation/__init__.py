@@ -1,0 +1,1 @@
+"""Scoring models: metrics, plots, split and folder evaluation, prediction, domain score, drift."""

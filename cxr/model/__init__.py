@@ -1,0 +1,1 @@
+"""The networks, their training, thresholds and operating points, Grad-CAM and model loading."""

@@ -1,0 +1,1 @@
+"""Running the pipeline: Prefect server, status, notifications, inbox watch, cluster."""

@@ -1,0 +1,341 @@
+"""`cxr cluster`: the production stack on this machine, its data in `$CXR_HOME/cluster/`.
+
+PostgreSQL (cxr.ops.postgres) holds the Prefect server's and the MLflow tracking server's databases; a Dask
+scheduler with N worker processes runs the mapped tasks; a Prefect worker on the `cxr` pool runs the
+deployments. Every service listens on 127.0.0.1, on free ports chosen by the first `up` and kept in
+`cluster/endpoints.json` until `down`, so a service restarted by a later `up` comes back where its
+clients look. While that file exists every `cxr` command uses the stack (`use_stack_if_up`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cxr.core.atomic_files import write_atomically
+from cxr.core.errors import CxrError
+from cxr.core.state_folder import cxr_home
+from cxr.ops import postgres
+from cxr.ops.server import _console_script, free_port, is_healthy, stop_process_group
+
+HOST = "127.0.0.1"
+POOL = "cxr"
+WORKER_NAME = "cxr-cluster"
+START_TIMEOUT_S = 150.0
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The variables a `cxr` command takes from the endpoints file unless the user set them.
+DASK_ENV = ("CXR_DASK_ADDRESS", "CXR_DASK_SCHEDULER")  # the flow reads the first; the second is documented
+STACK_ENV = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", *DASK_ENV)
+STATUS_KEYS = (
+    "prefect_api_url",
+    "database",
+    "dask_scheduler",
+    "dask_workers",
+    "mlflow_tracking_uri",
+    "prefect_worker",
+)
+
+
+def cluster_dir() -> Path:
+    return cxr_home() / "cluster"
+
+
+def endpoints_path() -> Path:
+    return cluster_dir() / "endpoints.json"
+
+
+def read_endpoints() -> dict | None:
+    path = endpoints_path()
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_endpoints(endpoints: dict) -> None:
+    write_atomically(endpoints_path(), lambda tmp: tmp.write_text(json.dumps(endpoints, indent=2)))
+
+
+def use_stack_if_up() -> None:
+    """Point Prefect, MLflow and the flow's Dask runner at the stack `cxr cluster up` started (if any).
+
+    Called before Prefect is imported; a variable the user set wins.
+    """
+    endpoints = read_endpoints()
+    if endpoints is None:
+        return
+    os.environ.setdefault("PREFECT_API_URL", endpoints["prefect_api_url"])
+    os.environ.setdefault("MLFLOW_TRACKING_URI", endpoints["mlflow_tracking_uri"])
+    if not any(os.environ.get(name) for name in DASK_ENV):
+        os.environ[DASK_ENV[0]] = endpoints["dask_scheduler"]
+
+
+def _new_endpoints(workers: int) -> dict:
+    ports = {name: free_port() for name in ("postgres", "prefect", "dask", "dask_dashboard", "mlflow")}
+    return {
+        "ports": ports,
+        "workers": workers,
+        "pids": {},
+        "prefect_api_url": f"http://{HOST}:{ports['prefect']}/api",
+        "dask_scheduler": f"tcp://{HOST}:{ports['dask']}",
+        "mlflow_tracking_uri": f"http://{HOST}:{ports['mlflow']}",
+        "dask_dashboard": f"http://{HOST}:{ports['dask_dashboard']}/status",
+    }
+
+
+def _database(endpoints: dict) -> postgres.Postgres:
+    return postgres.Postgres(cluster_dir() / "postgres", endpoints["ports"]["postgres"])
+
+
+def _client_env(endpoints: dict) -> dict[str, str]:
+    """What every process of the stack inherits: this state folder, this code, the stack's addresses."""
+    env = {key: value for key, value in os.environ.items() if key not in STACK_ENV}
+    # A deployment loads `flows/retrain.py` as the module `retrain`, and the task context that Dask workers
+    # unpickle refers to it by that name: they need `flows/` on their path too.
+    project = [str(PROJECT_ROOT), str(PROJECT_ROOT / "flows")]
+    path = os.pathsep.join(filter(None, [*project, env.get("PYTHONPATH")]))
+    env.update(
+        CXR_HOME=str(cxr_home()),
+        PYTHONPATH=path,
+        PREFECT_API_URL=endpoints["prefect_api_url"],
+        MLFLOW_TRACKING_URI=endpoints["mlflow_tracking_uri"],
+        CXR_DASK_ADDRESS=endpoints["dask_scheduler"],
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """name -> (command, environment) of every process of the stack but PostgreSQL."""
+    ports, root, db = endpoints["ports"], cluster_dir(), _database(endpoints)
+    env = _client_env(endpoints)
+    server_env = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+    server_env.update(
+        PREFECT_HOME=str(root / "prefect-server"),
+        PREFECT_API_DATABASE_CONNECTION_URL=db.url("prefect", "postgresql+asyncpg"),
+    )
+    mlflow_env = {**env, "MLFLOW_BACKEND_STORE_URI": db.url("mlflow")}  # not on a command line
+    prefect, dask, mlflow = (_console_script(name) for name in ("prefect", "dask", "mlflow"))
+    services = {
+        "prefect-server": (
+            [prefect, "server", "start", "--host", HOST, "--port", str(ports["prefect"])],
+            server_env,
+        ),
+        "dask-scheduler": (
+            [
+                dask,
+                "scheduler",
+                "--host",
+                HOST,
+                "--port",
+                str(ports["dask"]),
+                "--dashboard-address",
+                f"{HOST}:{ports['dask_dashboard']}",
+            ],
+            env,
+        ),
+        "mlflow-server": (
+            [
+                mlflow,
+                "server",
+                "--host",
+                HOST,
+                "--port",
+                str(ports["mlflow"]),
+                "--workers",
+                "1",
+                "--artifacts-destination",
+                str(root / "mlflow-artifacts"),
+            ],
+            mlflow_env,
+        ),  # fmt: skip
+        "prefect-worker": (
+            [prefect, "worker", "start", "--pool", POOL, "--type", "process", "--name", WORKER_NAME],
+            env,
+        ),
+    }
+    for index in range(1, endpoints["workers"] + 1):
+        services[f"dask-worker-{index}"] = (
+            [dask, "worker", endpoints["dask_scheduler"], "--host", HOST, "--nthreads", "1",
+             "--dashboard-address", f"{HOST}:0", "--name", f"cxr-worker-{index}",
+             "--local-directory", str(root / "dask" / f"worker-{index}")],
+            env,
+        )  # fmt: skip
+    return services
+
+
+def _spawn(name: str, command: list[str], env: dict[str, str]) -> int:
+    """Start one service detached (own session, survives the CLI), its output in `cluster/logs/NAME.log`."""
+    logs = cluster_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return process.pid
+
+
+def is_running(pid: int | None) -> bool:
+    """True when `pid` is a live process of the stack (not a zombie, not a stranger that reused the pid)."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and any(
+        word in cmdline for word in (b"prefect", b"dask", b"mlflow")
+    )
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def prefect_worker_status(api_url: str) -> dict | None:
+    """The `cxr` pool's worker as the Prefect server sees it (name, status, last heartbeat), if any."""
+    request = urllib.request.Request(
+        f"{api_url}/work_pools/{POOL}/workers/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3.0) as response:
+            workers = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    ours = [worker for worker in workers if worker["name"] == WORKER_NAME]
+    if not ours:
+        return None
+    return {"pool": POOL, "name": WORKER_NAME, "status": ours[0]["status"]}
+
+
+def dask_worker_count(scheduler: str, timeout_s: float = 5.0) -> int:
+    """How many workers the scheduler has right now (0 when it does not answer)."""
+    from distributed import Client
+
+    try:
+        with Client(scheduler, timeout=timeout_s) as client:
+            return len(client.scheduler_info(n_workers=-1)["workers"])
+    except OSError:
+        return 0
+
+
+def _ready_checks(endpoints: dict) -> dict[str, Callable[[], bool]]:
+    """name -> a check that the service answers (not only that its process lives)."""
+    return {
+        "prefect-server": lambda: is_healthy(endpoints["prefect_api_url"]),
+        "dask-scheduler": lambda: _port_open(endpoints["ports"]["dask"]),
+        "mlflow-server": lambda: _http_ok(f"{endpoints['mlflow_tracking_uri']}/health"),
+        "dask-workers": lambda: dask_worker_count(endpoints["dask_scheduler"]) >= endpoints["workers"],
+        "prefect-worker": lambda: prefect_worker_status(endpoints["prefect_api_url"]) is not None,
+    }
+
+
+def _wait_ready(name: str, check: Callable[[], bool], endpoints: dict, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if check():
+            return
+        service = name.rstrip("s")  # "dask-workers": any "dask-worker-N"
+        dead = [n for n, pid in endpoints["pids"].items() if n.startswith(service) and not is_running(pid)]
+        if dead:
+            raise CxrError(f"{dead[0]} exited while starting: see {cluster_dir() / 'logs' / dead[0]}.log")
+        time.sleep(0.5)
+    raise CxrError(f"{name} not ready within {START_TIMEOUT_S:.0f} s: see {cluster_dir() / 'logs'}")
+
+
+def _start_missing(endpoints: dict, services: dict, names: list[str]) -> None:
+    for name in names:
+        if not is_running(endpoints["pids"].get(name)):
+            endpoints["pids"][name] = _spawn(name, *services[name])
+    _write_endpoints(endpoints)  # before waiting: `down` can stop a half-started stack
+
+
+def up(workers: int = 2) -> dict:
+    """Start whatever part of the stack is not running (all of it the first time) and wait until it answers."""
+    if not postgres.is_available():
+        raise CxrError(postgres.INSTALL_HINT)
+    recorded = read_endpoints()
+    endpoints = recorded or _new_endpoints(workers)
+    endpoints["workers"] = max(workers, endpoints["workers"]) if recorded else workers
+    database = _database(endpoints)
+    postgres.initialise(database)
+    postgres.start(database)
+    postgres.ensure_databases(database, "prefect", "mlflow")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    checks = _ready_checks(endpoints)
+    services = _services(endpoints)
+    _start_missing(endpoints, services, [name for name in services if name != "prefect-worker"])
+    # The Prefect worker needs the server: it starts once the server answers.
+    _wait_ready("prefect-server", checks["prefect-server"], endpoints, deadline)
+    _start_missing(endpoints, services, ["prefect-worker"])
+    for name in ("dask-scheduler", "dask-workers", "mlflow-server", "prefect-worker"):
+        _wait_ready(name, checks[name], endpoints, deadline)
+    return status()
+
+
+def down() -> dict:
+    """Stop every process of the stack (the Prefect worker first, PostgreSQL last); the data stays."""
+    endpoints = read_endpoints()
+    if endpoints is None:
+        return {"stopped": []}
+    running = {name: pid for name, pid in endpoints["pids"].items() if is_running(pid)}
+    worker = running.pop("prefect-worker", None)
+    if worker:  # first, so it does not take new runs from a server going away
+        stop_process_group(worker)
+    with ThreadPoolExecutor(max_workers=len(running) or 1) as pool:  # each may take seconds to exit
+        list(pool.map(stop_process_group, running.values()))
+    stopped = (["prefect-worker"] if worker else []) + sorted(running)
+    database = _database(endpoints)
+    if postgres.is_running(database):
+        postgres.stop(database)
+        stopped.append("postgres")
+    endpoints_path().unlink()
+    return {"stopped": stopped}
+
+
+def stop_service(name: str) -> None:
+    """Stop one service of a running stack (`cxr cluster up` brings it back on the same port)."""
+    endpoints = read_endpoints()
+    pid = (endpoints or {}).get("pids", {}).get(name)
+    if not is_running(pid):
+        raise CxrError(f"{name} is not running")
+    stop_process_group(pid)
+
+
+def status() -> dict:
+    """What answers now: each field is None (or 0 workers) for a service that is down."""
+    endpoints = read_endpoints()
+    if endpoints is None:
+        return {"up": False, **dict.fromkeys(STATUS_KEYS), "dask_workers": 0, "state_dir": str(cluster_dir())}
+    checks = _ready_checks(endpoints)
+    database = _database(endpoints)
+    report = {
+        "prefect_api_url": endpoints["prefect_api_url"] if checks["prefect-server"]() else None,
+        "database": database.public_url() if postgres.is_running(database) else None,
+        "dask_scheduler": endpoints["dask_scheduler"] if checks["dask-scheduler"]() else None,
+        "dask_workers": dask_worker_count(endpoints["dask_scheduler"]) if checks["dask-scheduler"]() else 0,
+        "mlflow_tracking_uri": endpoints["mlflow_tracking_uri"] if checks["mlflow-server"]() else None,
+        "prefect_worker": prefect_worker_status(endpoints["prefect_api_url"])
+        if is_running(endpoints["pids"].get("prefect-worker"))
+        else None,
+    }
+    complete = all(value for value in report.values()) and report["dask_workers"] >= endpoints["workers"]
+    return {"up": complete, **report, "state_dir": str(cluster_dir())}

@@ -1,0 +1,1 @@
+"""The MLflow side: the run, versions, registration and gate, model card, the pyfunc."""

@@ -1,0 +1,261 @@
+"""Log a trained model to MLflow, register it and decide champion vs challenger (stage `register`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import Field
+
+from cxr.config.params import GateParams
+from cxr.core import faults
+from cxr.core.artifacts import Artifact, WithArtifacts
+from cxr.core.locking import registry_lock
+from cxr.core.mlflow_store import client, quiet_mlflow
+from cxr.evaluation.evaluate import EvaluationResult
+from cxr.evaluation.external_sets import ExternalResult, champion_metrics_now, log_to_mlflow
+from cxr.model.operating_points import mlflow_tags
+from cxr.model.training import TrainResult
+from cxr.registry.gate import decide_with_outside
+from cxr.registry.mlflow_run import CARD_FILE, log_training_run, model_card, rounded
+from cxr.registry.run_links import PREFECT_TAG_PREFIX, mlflow_run_url
+from cxr.registry.versions import (
+    CHAMPION_ALIAS,
+    champion_version,
+    ensure_experiment,
+    promote,
+    version_metrics,
+)
+
+LINEAGE_TAGS = ("data_digest", "config_digest", "code_version")
+DECISION_TAG = "promotion_decision"
+MODEL_CARD_ARTIFACT = "model-card"
+
+
+class RegistrationResult(WithArtifacts):
+    model_name: str
+    version: int
+    champion: bool
+    run_id: str
+    model_uri: str
+    decision: dict[str, Any]
+    model_sha256: str = ""
+    tracking_uri: str = ""
+    created: bool = Field(False, description="this call registered the version (else it found it)")
+    champion_version: int | None = None
+    run_url: str | None = None
+
+    def is_intact(self) -> bool:
+        """Whether the registry still holds this version with this model file.
+
+        A store can be deleted, replaced or restored from an older backup after a result was cached.
+        """
+        from mlflow.exceptions import MlflowException
+
+        if not (self.model_sha256 and self.tracking_uri):
+            return False
+        try:
+            tags = client(self.tracking_uri).get_model_version(self.model_name, str(self.version)).tags
+        except MlflowException:
+            return False
+        return tags.get("model_sha256") == self.model_sha256
+
+
+def _log_and_register(
+    train: TrainResult,
+    evaluation: EvaluationResult,
+    lineage: dict[str, Any],
+    name: str,
+    tracking_uri: str,
+    external: dict[str, ExternalResult],
+) -> Any:  # noqa: ANN401 - mlflow ModelVersion
+    """One MLflow run with everything about the model (`log_training_run`) and its external scores; the
+    version is registered last."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{train.model_name}-{train.model_sha256[:8]}"
+    ) as run:
+        info = log_training_run(train, evaluation, lineage)
+        log_to_mlflow(external)
+        tags = {
+            **{key: str(lineage.get(key, "")) for key in LINEAGE_TAGS},
+            "model_sha256": train.model_sha256,
+            "model_name": train.model_name,
+            "threshold": f"{train.threshold:.6f}",
+            **mlflow_tags(train.operating_points, train.default_operating_point),
+            **{f"test_{key}": str(value) for key, value in rounded(evaluation.metrics).items()},
+        }
+        mlflow_client = client(tracking_uri)
+        if not mlflow_client.search_registered_models(f"name = '{name}'"):
+            mlflow_client.create_registered_model(name)
+        faults.kill_at("kill_before_version")
+        return mlflow_client.create_model_version(
+            name, source=info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+        )
+
+
+def _card_of(
+    model_version: Any,  # noqa: ANN401 - mlflow ModelVersion
+    train: TrainResult,
+    evaluation: EvaluationResult,
+    lineage: dict[str, Any],
+    tracking_uri: str,
+    external: dict[str, ExternalResult],
+) -> tuple[str, str | None]:
+    """(the version's model card, its run's URL); the card is added to the run when it lacks one.
+
+    Added after the version exists (the card names it), so a retry after a crash in between adds it.
+    """
+    mlflow_client = client(tracking_uri)
+    run = mlflow_client.get_run(model_version.run_id)
+    run_url = mlflow_run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+    prefect = {key.removeprefix(PREFECT_TAG_PREFIX): value for key, value in run.data.tags.items()}
+    links = {"MLflow run": f"`{run.info.run_id}` in `{tracking_uri}`" + (f" ({run_url})" if run_url else "")}
+    if prefect.get("flow_run_id"):
+        links["Prefect flow run"] = (
+            f"`{prefect.get('flow_run_name')}` ({prefect.get('flow_run_url') or prefect['flow_run_id']})"
+        )
+    card = model_card(
+        model_version.name, int(model_version.version), train, evaluation, lineage, links, external
+    ).markdown()
+    if CARD_FILE not in {entry.path for entry in mlflow_client.list_artifacts(run.info.run_id)}:
+        mlflow_client.log_text(run.info.run_id, card, CARD_FILE)
+    return card, run_url
+
+
+def _existing_version(name: str, model_sha256: str, tracking_uri: str) -> Any:  # noqa: ANN401
+    """The version already registered for this exact model file (a retry or a rerun), if any."""
+    found = client(tracking_uri).search_model_versions(
+        f"name = '{name}' and tags.model_sha256 = '{model_sha256}'"
+    )
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _apply_gate(
+    name: str,
+    version: int,
+    challenger: dict[str, Any],
+    gate: GateParams,
+    champion_scorer: Callable[[str], dict] | None,
+    tracking_uri: str,
+    external: dict[str, ExternalResult],
+) -> dict[str, Any]:
+    """Score the current champion, decide, record the decision on the version, then move the alias."""
+    current = champion_version(name, tracking_uri)
+    champion_metrics = None
+    scored_on = None
+    if current is not None:
+        champion_uri = f"models:/{name}/{current}"
+        if champion_scorer is not None:
+            champion_metrics, scored_on = champion_scorer(champion_uri), "current split"
+        else:
+            tags = client(tracking_uri).get_model_version(name, str(current)).tags
+            champion_metrics, scored_on = version_metrics(tags), "champion's recorded metrics"
+    faults.pause("pause_in_gate")
+    outside = {key: result.challenger["metrics"] for key, result in external.items()}
+    outside_champion = champion_metrics_now(external, current, name) if external else {}
+    promoted, reason = decide_with_outside(challenger, champion_metrics, gate, (outside, outside_champion))
+    decision = {
+        "promoted": promoted,
+        "reason": reason,
+        "gate": gate.model_dump(),
+        "challenger_version": version,
+        "challenger": rounded(challenger),
+        "champion_version": current,
+        "champion": None if champion_metrics is None else rounded(champion_metrics),
+        "champion_scored_on": scored_on,
+        "external": {
+            key: {"challenger": rounded(outside[key]), "champion": rounded(outside_champion[key] or {})}
+            for key in outside
+        },
+    }
+    client(tracking_uri).set_model_version_tag(name, str(version), DECISION_TAG, json.dumps(decision))
+    if promoted:
+        promote(name, version, reason, tracking_uri)
+    return decision
+
+
+def register_model(
+    train: TrainResult,
+    evaluation: EvaluationResult,
+    *,
+    lineage: dict[str, Any],
+    registered_model_name: str,
+    tracking_uri: str,
+    gate: GateParams,
+    champion_scorer: Callable[[str], dict] | None = None,
+    external: dict[str, ExternalResult] | None = None,
+) -> RegistrationResult:
+    """Register the trained model as a new version and promote it to champion if it passes the gate.
+
+    Idempotent per model file: a version already registered with the same sha256 is reused, and its
+    recorded decision too, so a retry after a partial failure neither duplicates nor re-decides.
+    `champion_scorer(model_uri)` re-scores the champion on the challenger's split; without it the
+    champion's recorded test metrics are compared; `external` sets must not get worse (`cxr.registry.gate`). Concurrent runs take turns (an inter-process lock
+    per store and model), so each gate sees the champion the previous registration left.
+    """
+    quiet_mlflow()
+    faults.fail_first("registry")
+    faults.hang("registry")
+    name, external = registered_model_name, external or {}
+    with registry_lock(tracking_uri, name):
+        existing = _existing_version(name, train.model_sha256, tracking_uri)
+        model_version = existing or _log_and_register(
+            train, evaluation, lineage, name, tracking_uri, external
+        )
+        card, run_url = _card_of(model_version, train, evaluation, lineage, tracking_uri, external)
+        version = int(model_version.version)
+        recorded = model_version.tags.get(DECISION_TAG)
+        decision = (
+            json.loads(recorded)
+            if recorded
+            else _apply_gate(name, version, evaluation.metrics, gate, champion_scorer, tracking_uri, external)
+        )
+        current = champion_version(name, tracking_uri)
+    return RegistrationResult(
+        model_name=name,
+        version=version,
+        champion=current == version,
+        run_id=model_version.run_id,
+        model_uri=f"models:/{name}/{version}",
+        decision=decision,
+        model_sha256=train.model_sha256,
+        tracking_uri=tracking_uri,
+        created=existing is None,
+        champion_version=current,
+        run_url=run_url,
+        artifacts=[
+            Artifact(key=MODEL_CARD_ARTIFACT, markdown=card, description="Model card of this version")
+        ],
+    )
+
+
+def decision_markdown(result: RegistrationResult) -> str:
+    """Both models' numbers side by side and the outcome."""
+    decision = result.decision
+    champion = decision.get("champion") or {}
+    champion_label = (
+        f"champion v{decision['champion_version']}" if decision.get("champion_version") else "champion"
+    )
+    rows = "\n".join(
+        f"| {key} | {_cell(value)} | {_cell(champion.get(key))} |"
+        for key, value in decision["challenger"].items()
+    ) + "".join(
+        f"\n| {name}: auc | {_cell(pair['challenger'].get('auc'))} | {_cell(pair['champion'].get('auc'))} |"
+        for name, pair in decision.get("external", {}).items()
+    )
+    outcome = f"promoted to `{CHAMPION_ALIAS}`" if decision["promoted"] else "not promoted"
+    return (
+        f"# {result.model_name} v{result.version}: {outcome}\n\n{decision['reason']}.\n\n"
+        f"Gate: `{json.dumps(decision['gate'])}`; champion scored on: {decision.get('champion_scored_on') or '-'}.\n\n"
+        f"| metric | challenger v{result.version} | {champion_label} |\n|---|---|---|\n{rows}\n"
+    )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,1 @@
+"""Builders and harnesses the tests share (no test module imports another)."""
