@@ -29,7 +29,7 @@ from cxr.registry.model_events import DATA_DRIFT_EVENT, post_model_event
 from cxr.registry.versions import champion_version
 
 # The modules whose source decides the guarded model (its cache key and its model folder).
-DECIDED_BY = (__name__, "cxr.evaluation.domain", "cxr.evaluation.domain_fit")
+DECIDED_BY = (__name__, "cxr.evaluation.domain", "cxr.evaluation.domain_fit", "cxr.model.loading")
 DRIFT_METRIC = "new_images_out_of_domain_share"
 
 

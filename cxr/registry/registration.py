@@ -11,6 +11,7 @@ from pydantic import Field
 from cxr.config.params import GateParams
 from cxr.core import faults
 from cxr.core.artifacts import Artifact, WithArtifacts
+from cxr.core.atomic_files import sha256_file
 from cxr.core.locking import registry_lock
 from cxr.core.mlflow_store import client, quiet_mlflow
 from cxr.evaluation.evaluate import EvaluationResult
@@ -22,6 +23,7 @@ from cxr.registry.mlflow_run import CARD_FILE, log_training_run, model_card, rou
 from cxr.registry.run_links import PREFECT_TAG_PREFIX, mlflow_run_url
 from cxr.registry.versions import (
     CHAMPION_ALIAS,
+    METADATA_SHA256_TAG,
     champion_version,
     ensure_experiment,
     promote,
@@ -85,6 +87,7 @@ def _log_and_register(
         tags = {
             **{key: str(lineage.get(key, "")) for key in LINEAGE_TAGS},
             "model_sha256": train.model_sha256,
+            METADATA_SHA256_TAG: sha256_file(train.metadata_path),
             "model_name": train.model_name,
             "threshold": f"{train.threshold:.6f}",
             **mlflow_tags(train.operating_points, train.default_operating_point),
@@ -128,10 +131,11 @@ def _card_of(
     return card, run_url
 
 
-def _existing_version(name: str, model_sha256: str, tracking_uri: str) -> Any:  # noqa: ANN401
-    """The version already registered for this exact model file (a retry or a rerun), if any."""
+def _existing_version(train: TrainResult, name: str, tracking_uri: str) -> Any:  # noqa: ANN401
+    """The version already registered for this exact model file and metadata (a retry or a rerun), if any."""
     found = client(tracking_uri).search_model_versions(
-        f"name = '{name}' and tags.model_sha256 = '{model_sha256}'"
+        f"name = '{name}' and tags.model_sha256 = '{train.model_sha256}'"
+        f" and tags.{METADATA_SHA256_TAG} = '{sha256_file(train.metadata_path)}'"
     )
     return min(found, key=lambda v: int(v.version)) if found else None
 
@@ -193,7 +197,7 @@ def register_model(
 ) -> RegistrationResult:
     """Register the trained model as a new version and promote it to champion if it passes the gate.
 
-    Idempotent per model file: a version already registered with the same sha256 is reused, and its
+    Idempotent per model file and metadata: a version already registered with both digests is reused, and its
     recorded decision too, so a retry after a partial failure neither duplicates nor re-decides.
     `champion_scorer(model_uri)` re-scores the champion on the challenger's split; without it the
     champion's recorded test metrics are compared; `external` sets must not get worse (`cxr.registry.gate`). Concurrent runs take turns (an inter-process lock
@@ -204,7 +208,7 @@ def register_model(
     faults.hang("registry")
     name, external = registered_model_name, external or {}
     with registry_lock(tracking_uri, name):
-        existing = _existing_version(name, train.model_sha256, tracking_uri)
+        existing = _existing_version(train, name, tracking_uri)
         model_version = existing or _log_and_register(
             train, evaluation, lineage, name, tracking_uri, external
         )

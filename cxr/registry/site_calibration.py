@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from cxr.config.params import EXTERNAL_NAME
-from cxr.core.atomic_files import write_atomically
+from cxr.core.atomic_files import sha256_file, write_atomically
 from cxr.core.errors import DataError, ModelError
 from cxr.core.locking import registry_lock
 from cxr.core.mlflow_store import client
@@ -41,7 +41,14 @@ from cxr.model.operating_points import (
     youden_threshold,
 )
 from cxr.model.training import TrainResult
-from cxr.registry.versions import MODEL_ARTIFACT, champion_version, ensure_experiment, now_iso, promote
+from cxr.registry.versions import (
+    METADATA_SHA256_TAG,
+    MODEL_ARTIFACT,
+    champion_version,
+    ensure_experiment,
+    now_iso,
+    promote,
+)
 
 # The target of the `SITE:sensitivity-T` point a run's `--calibrate-on` makes the default, as the model's own.
 DEFAULT_SITE_SENSITIVITY = 0.95
@@ -208,6 +215,7 @@ def _register_calibrated(
         keras_path, metadata_path = Path(staging) / KERAS_FILE, Path(staging) / METADATA_FILE
         shutil.copyfile(model_path, keras_path)
         metadata_path.write_text(json.dumps(metadata, indent=2))
+        tags[METADATA_SHA256_TAG] = sha256_file(metadata_path)
         run_name = f"calibrate-{site}-v{source.version}"
         with mlflow.start_run(experiment_id=ensure_experiment(tracking_uri), run_name=run_name) as run:
             mlflow.set_tags(

@@ -53,6 +53,19 @@ def test_first_model_becomes_champion_with_lineage(tmp_path, tracking_uri, test_
     assert (result.created, again.created) == (True, False) and card_of(again) == card_of(result)
 
 
+def test_the_same_network_with_other_metadata_is_another_version(tmp_path, tracking_uri, test_split):
+    """A run that only refits model.json (domain score, operating points) must not be answered with the version
+    that carries the old one."""
+    first = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    metadata_path = Path(trained(tmp_path, 3.0)[0].metadata_path)
+    metadata_path.write_text(json.dumps({**json.loads(metadata_path.read_text()), "domain_note": "refitted"}))
+    refitted = register(tmp_path, tracking_uri, test_split, gain=3.0)
+    assert (refitted.version, refitted.created, refitted.model_sha256) == (2, True, first.model_sha256)
+    registered = loading.resolve_model(refitted.model_uri, tracking_uri).with_name("model.json")
+    assert json.loads(registered.read_text())["domain_note"] == "refitted"
+    assert register(tmp_path, tracking_uri, test_split, gain=3.0).version == 2  # and a rerun finds it
+
+
 def card_of(result) -> str:
     """The model card the registration carries as its `model-card` artifact."""
     return next(artifact.markdown for artifact in result.artifacts if artifact.key == "model-card")
