@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from bench.data import image_files
@@ -17,6 +16,7 @@ def measure_domain(context: Context) -> dict[str, Any]:
     """`score_files` (what `cxr predict` runs) with the champion's domain score vs the same model without it,
     best of `repeats` alternating runs after a warm-up; and the `domain` stage's share of the first
     orchestration run (the tasks' own time over the rest of the flow's)."""
+    from bench.timing import best_of_interleaved
     from cxr.evaluation.domain import METADATA_KEY
     from cxr.evaluation.predicting import score_files
     from cxr.model.loading import load_model_with_metadata
@@ -28,14 +28,14 @@ def measure_domain(context: Context) -> dict[str, Any]:
     plain = {key: value for key, value in guarded.items() if key != METADATA_KEY}
     for metadata in (guarded, plain):  # tracing and first imports, untimed
         score_files(model, metadata, image_files(folder)[:8])
-    guarded_s = plain_s = float("inf")
-    for _ in range(context.sizes.repeats):
-        started = time.perf_counter()
-        frame = score_files(model, guarded, [folder])
-        guarded_s = min(guarded_s, time.perf_counter() - started)
-        started = time.perf_counter()
-        score_files(model, plain, [folder])
-        plain_s = min(plain_s, time.perf_counter() - started)
+    best, results = best_of_interleaved(
+        {
+            "guarded": lambda: score_files(model, guarded, [folder]),
+            "plain": lambda: score_files(model, plain, [folder]),
+        },
+        repeats=context.sizes.repeats,
+    )
+    guarded_s, plain_s, frame = best["guarded"], best["plain"], results["guarded"]
     flow = context.results["flow_runs"]["first"]
     domain_s = sum(
         run["s"] for name, run in flow["task_runs"].items() if name.rsplit("-", 1)[0] in DOMAIN_TASKS

@@ -23,6 +23,7 @@ def measure_predict(context: Context) -> dict[str, Any]:
     bare loop (Pillow decode + resize, then `model.predict`), best of `repeats` alternating runs after
     a warm-up; then `cxr predict --json` on the same folder as a fresh process, start-up included.
     """
+    from bench.timing import best_of_interleaved
     from cxr.evaluation.predicting import score_files
     from cxr.model.loading import load_model_with_metadata
 
@@ -32,14 +33,14 @@ def measure_predict(context: Context) -> dict[str, Any]:
     size = int(metadata["image_size"])
     score_files(model, metadata, paths[:RAW_BATCH_SIZE])  # tracing and first imports, untimed
     _raw_predict(model, paths[:RAW_BATCH_SIZE], size)
-    ours_s = raw_s = float("inf")
-    for _ in range(context.sizes.repeats):
-        started = time.perf_counter()
-        frame = score_files(model, metadata, [folder])
-        ours_s = min(ours_s, time.perf_counter() - started)
-        started = time.perf_counter()
-        raw = _raw_predict(model, paths, size)
-        raw_s = min(raw_s, time.perf_counter() - started)
+    best, results = best_of_interleaved(
+        {
+            "ours": lambda: score_files(model, metadata, [folder]),
+            "raw": lambda: _raw_predict(model, paths, size),
+        },
+        repeats=context.sizes.repeats,
+    )
+    (ours_s, frame), (raw_s, raw) = ((best[name], results[name]) for name in ("ours", "raw"))
     if len(frame) != len(paths) or not np.allclose(frame["probability"], raw, atol=0.05):
         raise RuntimeError("cxr predict and the bare loop disagree on the same files")
     cli = context.work / "predictions.csv"

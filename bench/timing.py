@@ -1,4 +1,4 @@
-"""Training throughput that survives a shared, noisy machine.
+"""Timings that survive a shared, noisy machine: training throughput, and calls timed best-of-interleaved.
 
 Every epoch is timed whole (its start-up, e.g. iterator creation and shuffle-buffer filling, and
 any waiting for input included). Other processes' load only ever slows an epoch down, so the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -65,3 +66,18 @@ def throughput(epochs: list[list[float]], images_per_epoch: int) -> dict[str, An
         "median_epoch_img_s": round(images_per_epoch / statistics.median(epoch_seconds), 2),
         "epochs_timed": len(epochs),
     }
+
+
+def best_of_interleaved(
+    calls: dict[str, Callable[[], Any]], *, repeats: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(fastest wall seconds of each call over `repeats` rounds, each call's last result). The calls take turns
+    within a round, so load from other processes falls on all of them alike."""
+    best = dict.fromkeys(calls, float("inf"))
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            results[name] = call()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best, results
