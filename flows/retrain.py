@@ -123,7 +123,9 @@ def retrain(config: RetrainConfig) -> dict:
     data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)
     trained = run(train.train, data, config.train)
     # The same network, saved with its domain score: the model every later stage evaluates and registers.
-    trained = run(domain.fit_domain, trained, data, config.domain, config.train.seed)
+    trained = run(
+        domain.fit_domain, trained, data, config.domain, config.train.seed, config.ingest.min_image_side
+    )
     # Judged by the champion as it stands before this run's gate.
     drift = run(
         domain.data_drift, ingested, config.data_dir, trained, config.registered_model_name, config.domain

@@ -41,10 +41,15 @@ DRIFT_METRIC = "new_images_out_of_domain_share"
     retry_condition_fn=retry_transient,
     timeout_seconds=DEFAULT_TIMEOUTS.domain_s,
 )
-def fit_domain(trained: TrainResult, batches: BatchesResult, params: DomainParams, seed: int) -> TrainResult:
-    """The trained model with its domain score: same `model.keras`, `model.json` with a `domain` section."""
+def fit_domain(
+    trained: TrainResult, batches: BatchesResult, params: DomainParams, seed: int, min_image_side: int
+) -> TrainResult:
+    """The trained model with its domain score: same `model.keras`, `model.json` with a `domain` section and the
+    smallest image side the model accepts."""
     out_dir = state_dir("models", f"guarded-{current_task_key()[:16]}")
-    guard = guard_model(Path(trained.model_path), batches, params, seed=seed, out_dir=out_dir)
+    guard = guard_model(
+        Path(trained.model_path), batches, params, seed=seed, min_image_side=min_image_side, out_dir=out_dir
+    )
     get_run_logger().info(
         "domain score on %s features and image descriptors: threshold %.3f (%.1f %% of %d calibration images); "
         "flagged %.1f %% of valid, %.1f %% of test",

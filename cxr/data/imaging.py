@@ -89,27 +89,30 @@ def inspect_image(path: Path, *, min_side: int, max_pixels: int = DEFAULT_MAX_PI
 
 
 def load_greyscale(
-    path: Path, size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path, size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0
 ) -> np.ndarray:
     """The image as uint8 grey, stretched to (size, size) (no aspect kept, like flow_from_directory).
 
-    `size=None` keeps the native size. JPEGs much larger than `size` are decoded at reduced scale.
+    `size=None` keeps the native size. JPEGs much larger than `size` are decoded at reduced scale. An image
+    whose shorter side is below `min_side` is refused (`too_small`).
     """
-    _, decoded = _decode(Path(path), draft_side=size, max_pixels=max_pixels)
+    info, decoded = _decode(Path(path), draft_side=size, max_pixels=max_pixels)
+    check_min_side(info, min_side)
     return _grey_at_size(decoded, size)
 
 
 def decode_greyscale(
-    data: bytes, size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0
 ) -> np.ndarray:
     """`load_greyscale` for an encoded image held in memory (an upload); DICOM is told by its preamble."""
     if not data:
         raise BadImage("empty_file", "no bytes")
     handle = io.BytesIO(data)
     if data[128:132] == b"DICM":
-        _, decoded = _decode_dicom(handle, max_pixels=max_pixels)
+        info, decoded = _decode_dicom(handle, max_pixels=max_pixels)
     else:
-        _, decoded = _decode_raster(handle, draft_side=size, max_pixels=max_pixels)
+        info, decoded = _decode_raster(handle, draft_side=size, max_pixels=max_pixels)
+    check_min_side(info, min_side)
     return _grey_at_size(decoded, size)
 
 

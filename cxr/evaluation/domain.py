@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 
 METADATA_KEY = "domain"
+# The smallest image side the run's ingest accepted (model.json, beside the guard): smaller inputs are refused as
+# `too_small` rather than stretched to the model's size. Models saved without it refuse none.
+MIN_SIDE_KEY = "min_image_side"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,14 @@ from cxr.config.params import DomainParams
 from cxr.core.atomic_files import write_atomically
 from cxr.data.batches import BatchesResult
 from cxr.data.shards import ShardReader, read_labels
-from cxr.evaluation.domain import METADATA_KEY, DomainGuard, DomainScorer, feature_layer, fit_guard
+from cxr.evaluation.domain import (
+    METADATA_KEY,
+    MIN_SIDE_KEY,
+    DomainGuard,
+    DomainScorer,
+    feature_layer,
+    fit_guard,
+)
 from cxr.evaluation.metrics import classification_metrics
 from cxr.model.loading import METADATA_FILE, load_model_with_metadata
 
@@ -49,11 +56,18 @@ def split_outputs(
 
 
 def guard_model(
-    model_path: Path, batches: BatchesResult, params: DomainParams, *, seed: int, out_dir: Path
+    model_path: Path,
+    batches: BatchesResult,
+    params: DomainParams,
+    *,
+    seed: int,
+    min_image_side: int,
+    out_dir: Path,
 ) -> DomainGuard:
     """Fit the domain score of the model at `model_path` on (at most `params.fit_images` of) the train split,
     its threshold at `params.quantile` of the validation split and of as many other training images, and write
-    the guarded model (`model.keras` + `model.json`) into `out_dir`."""
+    the guarded model (`model.keras` + `model.json`, which also keeps `min_image_side`, the smallest image side
+    the run's ingest accepted) into `out_dir`."""
     network, metadata = load_model_with_metadata(model_path)
     scorer = DomainScorer(network, layer=feature_layer(network))
     available = sum(shard.n for shard in batches.shards("train"))
@@ -74,7 +88,8 @@ def guard_model(
     guard.summary.update(
         valid_flagged_share=guard.flagged_share(valid), test_flagged_share=guard.flagged_share(test)
     )
-    write_guarded_model(Path(model_path), {**metadata, METADATA_KEY: guard.to_json()}, Path(out_dir))
+    guarded = {**metadata, METADATA_KEY: guard.to_json(), MIN_SIDE_KEY: min_image_side}
+    write_guarded_model(Path(model_path), guarded, Path(out_dir))
     return guard
 
 

@@ -22,7 +22,7 @@ from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import ModelError
 from cxr.data.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.data.scanning import path_text, real_path, scan_folder
-from cxr.evaluation.domain import DomainGuard, DomainScorer
+from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer
 from cxr.model.loading import load_model_with_metadata
 from cxr.model.operating_points import select
 
@@ -59,7 +59,9 @@ def expand_paths(paths: list[Path]) -> list[_Input]:
     return inputs
 
 
-def _load_checked(path: str, image_size: int, *, max_pixels: int, max_file_bytes: int) -> np.ndarray:
+def _load_checked(
+    path: str, image_size: int, *, max_pixels: int, max_file_bytes: int, min_side: int
+) -> np.ndarray:
     """The image at model size; raises BadImage for anything ingest would quarantine, or a too large file.
 
     `load_greyscale` runs the same decoder as `inspect_image` (format sniffing, pixel limit from the
@@ -71,7 +73,7 @@ def _load_checked(path: str, image_size: int, *, max_pixels: int, max_file_bytes
         raise BadImage("unreadable", str(error)) from error
     if size_bytes > max_file_bytes:
         raise BadImage("file_too_large", f"{size_bytes} bytes exceeds the limit of {max_file_bytes}")
-    return load_greyscale(Path(path), image_size, max_pixels=max_pixels)
+    return load_greyscale(Path(path), image_size, max_pixels=max_pixels, min_side=min_side)
 
 
 def label_for_probability(probability: float, threshold: float) -> str:
@@ -97,6 +99,7 @@ def _score_chunk(
     threshold: float,
     max_pixels: int,
     max_file_bytes: int,
+    min_side: int,
     heatmaps_dir: Path | None,
 ) -> list[dict[str, Any]]:
     rows = {item.path: _failed_row(item.path, *item.problem) for item in chunk if item.problem}
@@ -106,7 +109,7 @@ def _score_chunk(
             continue
         try:
             images[item.path] = _load_checked(
-                item.path, image_size, max_pixels=max_pixels, max_file_bytes=max_file_bytes
+                item.path, image_size, max_pixels=max_pixels, max_file_bytes=max_file_bytes, min_side=min_side
             )
         except BadImage as error:
             rows[item.path] = _failed_row(item.path, error.reason, error.detail)
@@ -190,6 +193,7 @@ def score_files(
     try:
         _, threshold = select(metadata, operating_point)
         image_size = int(metadata["image_size"])
+        min_side = int(metadata.get(MIN_SIDE_KEY, 0))
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"model metadata lacks a usable threshold and image_size: {error}") from error
     inputs = expand_paths(paths)
@@ -203,6 +207,7 @@ def score_files(
             image_size=image_size,
             threshold=threshold,
             max_pixels=max_pixels,
+            min_side=min_side,
             max_file_bytes=max_file_bytes,
             heatmaps_dir=Path(heatmaps_dir) if heatmaps_dir is not None else None,
         )

@@ -25,8 +25,8 @@ import pandas as pd
 from PIL import Image
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
-from cxr.data.imaging import BadImage, decode_greyscale
-from cxr.evaluation.domain import DomainGuard, DomainScorer
+from cxr.data.imaging import BadImage, ImageInfo, check_min_side, decode_greyscale
+from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer
 from cxr.model.operating_points import operating_points
 
 IMAGE_COLUMN = "image"
@@ -47,8 +47,9 @@ METADATA_ARTIFACT = "metadata"
 OPERATING_POINT_PARAM = "operating_point"
 
 
-def grey_from_array(pixels: Any, size: int) -> np.ndarray:  # noqa: ANN401 - array-like from a DataFrame cell
-    """A (size, size) float32 image from a grey (H, W), (H, W, 1) or RGB (H, W, 3) array on 0..255.
+def grey_from_array(pixels: Any, size: int, min_side: int = 0) -> np.ndarray:  # noqa: ANN401 - array-like cell
+    """A (size, size) float32 image from a grey (H, W), (H, W, 1) or RGB (H, W, 3) array on 0..255 whose shorter
+    side is at least `min_side`.
 
     uint8 arrays are resized exactly as decoded files are (Pillow bilinear), so an array and the
     file it came from score the same.
@@ -60,6 +61,7 @@ def grey_from_array(pixels: Any, size: int) -> np.ndarray:  # noqa: ANN401 - arr
         raise BadImage(
             "bad_array", f"expected (H, W), (H, W, 1) or (H, W, 3) pixels, got shape {array.shape}"
         )
+    check_min_side(ImageInfo(width=array.shape[1], height=array.shape[0], mode="", format="array"), min_side)
     if array.dtype == np.uint8:
         image = Image.fromarray(array)
     elif np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating):
@@ -81,8 +83,9 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def image_from_cell(value: Any, size: int) -> np.ndarray:  # noqa: ANN401 - whatever a DataFrame cell holds
-    """One cell of the `image` column as a (size, size) float32 image; BadImage says why not.
+def image_from_cell(value: Any, size: int, min_side: int = 0) -> np.ndarray:  # noqa: ANN401 - any cell
+    """One cell of the `image` column as a (size, size) float32 image; BadImage says why not (among the
+    reasons: a shorter side below `min_side`, `too_small`).
 
     Text is base64 (what JSON clients send); so are bytes that are valid base64 (MLflow's server
     hands `{"inputs": ...}` payloads over undecoded), since no image file is valid base64.
@@ -91,10 +94,10 @@ def image_from_cell(value: Any, size: int) -> np.ndarray:  # noqa: ANN401 - what
         value = value.encode()
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
-        return decode_greyscale(_base64_payload(data) or data, size).astype(np.float32)
+        return decode_greyscale(_base64_payload(data) or data, size, min_side=min_side).astype(np.float32)
     if value is None or (isinstance(value, float) and np.isnan(value)):
         raise BadImage("missing", "empty cell")
-    return grey_from_array(value, size)
+    return grey_from_array(value, size, min_side)
 
 
 def _base64_payload(data: bytes) -> bytes | None:
@@ -116,6 +119,7 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
             self.metadata = json.load(handle)
         self.points, self.default_point = operating_points(self.metadata)
         self.image_size = int(self.metadata["image_size"])
+        self.min_side = int(self.metadata.get(MIN_SIDE_KEY, 0))
         self.pneumonia_index = list(self.metadata.get("classes", CLASSES)).index(PNEUMONIA)
         # safe_mode: the file holds only registered layers, so nothing in it runs arbitrary code.
         self.network = keras.saving.load_model(
@@ -138,7 +142,7 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         images: dict[int, np.ndarray] = {}
         for index, cell in enumerate(cells):
             try:
-                images[index] = image_from_cell(cell, self.image_size)
+                images[index] = image_from_cell(cell, self.image_size, self.min_side)
                 rows.append({"status": OK, "detail": ""})
             except BadImage as error:
                 rows.append({"status": error.reason, "detail": error.detail})

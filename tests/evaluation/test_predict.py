@@ -72,6 +72,21 @@ def test_score_files_labels_good_images_and_reports_bad_ones(model_dir, mixed_fo
     assert (failed["detail"].str.len() > 0).all()
 
 
+def test_images_below_the_models_minimum_side_are_refused_as_too_small(model_dir, mixed_folder, tmp_path):
+    """A model whose run accepted images of at least 44 px refuses the 40 px one instead of stretching it."""
+    import shutil
+
+    from cxr.evaluation.domain import MIN_SIDE_KEY
+
+    strict = tmp_path / "strict-model"
+    shutil.copytree(model_dir, strict)
+    metadata = json.loads((strict / "model.json").read_text())
+    (strict / "model.json").write_text(json.dumps({**metadata, MIN_SIDE_KEY: 44}))
+    frame = score(strict, [mixed_folder / "plain_a.png", mixed_folder / "nested" / "plain_b.png"])
+    assert frame["status"].tolist() == ["ok", "too_small"]
+    assert "40x40" in frame["detail"].iloc[1] and np.isnan(frame["probability"].iloc[1])
+
+
 def test_score_files_writes_one_overlay_per_scored_image(model_dir, mixed_folder, tmp_path):
     frame = score(model_dir, [mixed_folder], heatmaps_dir=tmp_path / "heat")
 

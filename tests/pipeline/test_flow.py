@@ -64,6 +64,7 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     assert 0 <= domain["summary"]["test_flagged_share"] <= 1
     split = {name: sum(counts.values()) for name, counts in first["split_counts"].items()}
     assert domain["summary"]["fit_images"] == 20
+    assert json.loads(registered.read_text())["min_image_side"] == config.ingest.min_image_side
     assert domain["summary"]["calibration_images"] == split["valid"] + min(split["train"] - 20, 20)
     # A folder's first ingest has nothing earlier to drift from: no new images, no alert.
     drift = first["data_drift"]

@@ -20,6 +20,7 @@ from PIL import Image
 from cxr.core import mlflow_store
 from cxr.core.atomic_files import sha256_file
 from cxr.data.imaging import BadImage, decode_greyscale, load_greyscale
+from cxr.evaluation.domain import MIN_SIDE_KEY
 from cxr.model import loading
 from cxr.model.operating_points import operating_points
 from cxr.ops.server import free_port, stop_process_group
@@ -133,6 +134,11 @@ def test_cells_accept_arrays_and_base64():
     with pytest.raises(BadImage) as refused:
         image_from_cell("not base64 at all!", SIZE)
     assert refused.value.reason == "not_an_image"
+    for cell in (grey, png_bytes(grey)):  # 40 px high: below a minimum side of 41, not of 40
+        assert image_from_cell(cell, SIZE, min_side=40).shape == (SIZE, SIZE)
+        with pytest.raises(BadImage) as refused:
+            image_from_cell(cell, SIZE, min_side=41)
+        assert refused.value.reason == "too_small"
 
 
 def test_operating_point_chosen_per_request(tmp_path):
@@ -185,7 +191,11 @@ def champion(tmp_path_factory, images) -> dict:
     metadata_path.write_text(json.dumps(metadata))
     chests = chest_images(folder / "chests", n=60, size=SIZE)
     metadata = add_domain_score(folder / "trained", chests[:40], chests[40:])
+    # As a run's ingest would have it: the two noise images under 42 px are refused (`too_small`), not stretched.
+    metadata[MIN_SIDE_KEY] = 42
+    metadata_path.write_text(json.dumps(metadata))
     expected = score_files(network, metadata, images)
+    assert list(expected["status"][:3]) == ["too_small", "too_small", "ok"]
     assert set(expected["in_domain"].dropna()) == {False}  # noise and gradients are no chest X-rays
     assert set(expected["label"].dropna()) == {"pneumonia", "normal"}
 
