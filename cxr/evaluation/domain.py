@@ -223,6 +223,16 @@ class DomainGuard:
         )
 
 
+def domain_verdicts(guard: DomainGuard | None, scores: np.ndarray | None, n: int) -> list[dict[str, Any]]:
+    """`in_domain` and `domain_score` per scored image; None and NaN where the model has no domain score."""
+    if guard is None or scores is None:
+        return [{"in_domain": None, "domain_score": np.nan}] * n
+    return [
+        {"in_domain": bool(inside), "domain_score": float(score)}
+        for inside, score in zip(guard.in_domain(scores), scores, strict=True)
+    ]
+
+
 def fit_guard(
     fit: list[np.ndarray], calibration: list[np.ndarray], *, layer: str, quantile: float
 ) -> DomainGuard:

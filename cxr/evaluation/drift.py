@@ -65,7 +65,8 @@ def measure_drift(
     if guard is None:
         return with_artifact(DriftResult(**base, out_of_domain=None, share=None, note=NO_GUARD), [])
     scored = _scores(DomainScorer(network, guard), paths, int(metadata["image_size"]))
-    flagged = [(path, score) for path, score in scored if score > guard.threshold]
+    outside = ~guard.in_domain(np.array([score for _, score in scored]))
+    flagged = [row for row, out in zip(scored, outside, strict=True) if out]
     share = len(flagged) / len(scored) if scored else None
     note = f"domain score threshold {guard.threshold:.3f}"
     return with_artifact(DriftResult(**base, out_of_domain=len(flagged), share=share, note=note), flagged)

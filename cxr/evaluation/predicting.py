@@ -22,7 +22,7 @@ from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import ModelError
 from cxr.data.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.data.scanning import path_text, real_path, scan_folder
-from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer
+from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer, domain_verdicts
 from cxr.model.loading import load_model_with_metadata
 from cxr.model.operating_points import select
 
@@ -143,16 +143,6 @@ def _failed_row(path: str, reason: str, detail: str) -> dict[str, Any]:
         "in_domain": None,
         "domain_score": np.nan,
     }
-
-
-def domain_verdicts(guard: DomainGuard | None, scores: np.ndarray | None, n: int) -> list[dict[str, Any]]:
-    """`in_domain` and `domain_score` per scored image; None and NaN where the model has no domain score."""
-    if guard is None or scores is None:
-        return [{"in_domain": None, "domain_score": np.nan}] * n
-    return [
-        {"in_domain": bool(inside), "domain_score": float(score)}
-        for inside, score in zip(guard.in_domain(scores), scores, strict=True)
-    ]
 
 
 def _write_heatmap(

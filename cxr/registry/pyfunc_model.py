@@ -26,7 +26,7 @@ from PIL import Image
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
 from cxr.data.imaging import BadImage, ImageInfo, check_min_side, decode_greyscale
-from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer
+from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer, domain_verdicts
 from cxr.model.operating_points import operating_points
 
 IMAGE_COLUMN = "image"
@@ -147,12 +147,10 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
             except BadImage as error:
                 rows.append({"status": error.reason, "detail": error.detail})
         probabilities, scores = self._p_pneumonia(list(images.values()))
-        for position, (index, probability) in enumerate(zip(images, probabilities, strict=True)):
+        verdicts = domain_verdicts(self.scorer.guard, scores, len(images))
+        for index, probability, verdict in zip(images, probabilities, verdicts, strict=True):
             label = PNEUMONIA if probability >= threshold else NORMAL
-            rows[index].update(p_pneumonia=float(probability), label=label)
-            if scores is not None:
-                score = float(scores[position])
-                rows[index].update(in_domain=score <= self.scorer.guard.threshold, domain_score=score)
+            rows[index].update(p_pneumonia=float(probability), label=label, **verdict)
         frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
         frame["operating_point"], frame["threshold"] = point, threshold
         return frame.astype({"p_pneumonia": "float64", "domain_score": "float64", "in_domain": "object"})
