@@ -65,6 +65,7 @@ class RegistrationResult(WithArtifacts):
 
 
 def _log_and_register(
+    identity: dict[str, str],
     train: TrainResult,
     evaluation: EvaluationResult,
     lineage: dict[str, Any],
@@ -86,8 +87,7 @@ def _log_and_register(
         log_to_mlflow(external)
         tags = {
             **{key: str(lineage.get(key, "")) for key in LINEAGE_TAGS},
-            "model_sha256": train.model_sha256,
-            METADATA_SHA256_TAG: sha256_file(train.metadata_path),
+            **identity,
             "model_name": train.model_name,
             "threshold": f"{train.threshold:.6f}",
             **mlflow_tags(train.operating_points, train.default_operating_point),
@@ -131,12 +131,15 @@ def _card_of(
     return card, run_url
 
 
-def _existing_version(train: TrainResult, name: str, tracking_uri: str) -> Any:  # noqa: ANN401
-    """The version already registered for this exact model file and metadata (a retry or a rerun), if any."""
-    found = client(tracking_uri).search_model_versions(
-        f"name = '{name}' and tags.model_sha256 = '{train.model_sha256}'"
-        f" and tags.{METADATA_SHA256_TAG} = '{sha256_file(train.metadata_path)}'"
-    )
+def _identity(train: TrainResult) -> dict[str, str]:
+    """The tags that say which model a version is: its network's and its model.json's digests."""
+    return {"model_sha256": train.model_sha256, METADATA_SHA256_TAG: sha256_file(train.metadata_path)}
+
+
+def _existing_version(name: str, identity: dict[str, str], tracking_uri: str) -> Any:  # noqa: ANN401
+    """The version already registered with this identity (a retry or a rerun), if any."""
+    matches = " and ".join(f"tags.{key} = '{value}'" for key, value in identity.items())
+    found = client(tracking_uri).search_model_versions(f"name = '{name}' and {matches}")
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -208,9 +211,10 @@ def register_model(
     faults.hang("registry")
     name, external = registered_model_name, external or {}
     with registry_lock(tracking_uri, name):
-        existing = _existing_version(train, name, tracking_uri)
+        identity = _identity(train)
+        existing = _existing_version(name, identity, tracking_uri)
         model_version = existing or _log_and_register(
-            train, evaluation, lineage, name, tracking_uri, external
+            identity, train, evaluation, lineage, name, tracking_uri, external
         )
         card, run_url = _card_of(model_version, train, evaluation, lineage, tracking_uri, external)
         version = int(model_version.version)
