@@ -52,6 +52,11 @@ def run_failed_message(ui_url: str) -> tuple[str, str]:
     return subject, body
 
 
+def _event_footer(ui_url: str) -> str:
+    """The last lines of an event's message: the run that posted it, if any, and the dashboard."""
+    return f"{{% if flow_run %}}Run {{{{ flow_run.name }}}}: {run_link(ui_url)}\n{{% endif %}}Dashboard: {ui_url}"
+
+
 def champion_changed_message(ui_url: str) -> tuple[str, str]:
     """(subject, body) Jinja templates the server renders for a `cxr.champion.changed` event."""
     payload = "event.payload"
@@ -60,8 +65,7 @@ def champion_changed_message(ui_url: str) -> tuple[str, str]:
         f"{{{{ {payload}.model_name }}}}: champion v{{{{ {payload}.previous or 'none' }}}} -> "
         f"v{{{{ {payload}.version }}}} by {{{{ {payload}.action }}}}: {{{{ {payload}.reason }}}}\n"
         f"Model: {{{{ {payload}.model_uri }}}}\n"
-        f"{{% if flow_run %}}Run {{{{ flow_run.name }}}}: {run_link(ui_url)}\n{{% endif %}}"
-        f"Dashboard: {ui_url}"
+        f"{_event_footer(ui_url)}"
     )
     return subject, body
 
@@ -75,8 +79,7 @@ def data_drift_message(ui_url: str) -> tuple[str, str]:
         f"{{{{ {payload}.data_dir }}}} ({{{{ {payload}.share_percent }}}} %) are unlike the images "
         f"{{{{ {payload}.model_uri }}}} was trained on (alert above {{{{ {payload}.alert_percent }}}} %).\n"
         "The model still scores them; check the data source before trusting those answers.\n"
-        f"{{% if flow_run %}}Run {{{{ flow_run.name }}}}: {run_link(ui_url)}\n{{% endif %}}"
-        f"Dashboard: {ui_url}"
+        f"{_event_footer(ui_url)}"
     )
     return subject, body
 
