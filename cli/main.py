@@ -24,6 +24,7 @@ from cli.commands import (
     cmd_train,
     cmd_watch,
 )
+from cli.examples import START, epilog
 from cli.external_commands import cmd_calibrate
 from cxr.core.native_logs import set_verbose
 from cxr.core.progress import enable_terminal_progress
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cxr.config.architectures import MODEL_NAMES
 
     parser = argparse.ArgumentParser(
-        prog="cxr", description="Chest X-ray pneumonia classifier retraining pipeline"
+        prog="cxr",
+        description="Chest X-ray pneumonia classifier: retrain, gate, register and serve it (Prefect + MLflow)",
+        epilog=START,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -70,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common],
+            epilog=epilog(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -162,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--operating-point", help=OPERATING_POINT_HELP)
     predict.add_argument("--json", action="store_true")
 
-    models = command("models", cmd_models, "list registered model versions")
+    models = command("models", cmd_models, "list registered model versions with their metrics and aliases")
     models.add_argument("--name", default=REGISTERED_MODEL_NAME)
     models.add_argument("--json", action="store_true")
 
@@ -171,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", default="manual promotion")
     promote.add_argument("--name", default=REGISTERED_MODEL_NAME)
 
-    rollback = command("rollback", cmd_rollback, "move champion back to the previous champion")
+    rollback = command("rollback", cmd_rollback, "move the champion alias back to the previous champion")
     rollback.add_argument("--reason", default="manual rollback")
     rollback.add_argument("--name", default=REGISTERED_MODEL_NAME)
 
@@ -186,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     mlflow_ui = command("mlflow-ui", cmd_mlflow_ui, "open the MLflow registry UI on 127.0.0.1")
     mlflow_ui.add_argument("--port", type=int, default=5000)
 
-    serve = command("serve", cmd_serve, "serve the nightly and on-new-data deployments")
+    serve = command(
+        "serve",
+        cmd_serve,
+        "run the nightly and on-new-data deployments in this process (schedules, triggers)",
+    )
     serve.add_argument("--data", help="data folder for the nightly run (default: demo data)")
     serve.add_argument("--cron", default="0 2 * * *")
     serve.add_argument(
@@ -219,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     status = command(
-        "status", cmd_status, "champion, recent runs, next nightly run, what is up, inbox backlog"
+        "status",
+        cmd_status,
+        "where things stand: champion, recent runs, next nightly run, what is up, inbox backlog",
     )
     status.add_argument("--name", default=REGISTERED_MODEL_NAME)
     status.add_argument("--json", action="store_true")
