@@ -24,7 +24,7 @@ from tasks import batches, domain, evaluate, external, ingest, register, report,
 MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY, *domain.DECIDED_BY})
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
-DASK_SCHEDULER_ENV = "CXR_DASK_SCHEDULER"  # the same, under the name the README documents
+DASK_SCHEDULER_ENV = "CXR_DASK_SCHEDULER"  # the same, under the name docs/operating.md documents
 
 
 def local_task_runner() -> ThreadPoolTaskRunner:

@@ -24,7 +24,7 @@ class ModelSpec:
     pretrainable: bool = False  # has a backbone that can start from a user-supplied weights file
 
 
-# `seed` as the tutorial did; `default` at the size and length measured to reach the README's numbers in
+# `seed` as the tutorial did; `default` at the size and length measured to reach docs/model.md's numbers in
 # under 10 CPU minutes; `mobilenet` at MobileNetV3's smallest usual ImageNet size, shorter because a
 # pretrained backbone converges sooner (and MobileNetV3 refuses inputs below 32 pixels).
 MODEL_SPECS: dict[str, ModelSpec] = {

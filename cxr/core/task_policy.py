@@ -103,7 +103,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 class _WorkerThreadTimeoutNote(logging.Filter):
     """Drops Prefect's warning, repeated for every mapped task of every run, that a timeout in a worker
-    thread cannot interrupt a call blocked outside Python; the README's failure section states it once."""
+    thread cannot interrupt a call blocked outside Python; docs/operating.md's failure section states it once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(

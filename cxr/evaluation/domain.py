@@ -39,7 +39,7 @@ class Component:
 
 
 # Weights: the network's features tell adult and other-source X-rays from the training images better than the
-# image descriptors do (measured on held-out sets, README "The model knows its domain"); both stay in.
+# image descriptors do (measured on held-out sets, docs/model.md, the domain score); both stay in.
 COMPONENTS = (Component("network", "signed_log", 0.6), Component("image", "identity", 0.4))
 TRANSFORMS = {
     "identity": lambda values: values,

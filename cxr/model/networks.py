@@ -291,7 +291,7 @@ def build_augmentation(name: str, *, seed: int | None = None) -> keras.Sequentia
 
     Small rotations, shifts and zooms mimic patient positioning; contrast and brightness mimic
     exposure; for `default`, `AcquisitionShift` mimics another site's scanner (it raised the AUC under
-    a held-out acquisition family, README "Shift proxy"). No horizontal flip: the heart is on the left, and a flipped chest is not a real chest.
+    a held-out acquisition family, docs/model.md "Shift proxy"). No horizontal flip: the heart is on the left, and a flipped chest is not a real chest.
     Works on float 0..255 batches of shape (N, S, S, 1).
     """
     _check_name(name)

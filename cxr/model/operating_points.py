@@ -4,7 +4,7 @@ A threshold tuned to a sensitivity target on an in-distribution validation split
 images from another hospital: with a 95 % margin on sensitivity it sits so low that, once the scanner
 changes, many healthy children score above it. So every model stores several points, each with the
 validation sensitivity and specificity it reached and their 95 % Wilson intervals, and names the
-default (`DEFAULT_OPERATING_POINT`, chosen by the shift measurements in the README).
+default (`DEFAULT_OPERATING_POINT`, chosen by the shift measurements in docs/model.md).
 
 Stored in `model.json` (and read by evaluation, prediction and the MLflow model) as
     operating_points: {name: {threshold, rule, sensitivity, specificity, sensitivity_ci, specificity_ci}}
@@ -26,7 +26,7 @@ HIGH_SENSITIVITY = "high-sensitivity"
 SENSITIVITY_95 = "sensitivity-0.95"
 BALANCED = "balanced"
 PROBABILITY_HALF = "probability-0.5"
-# Under a held-out acquisition family (README "Operating points") this point kept sensitivity above 0.95
+# Under a held-out acquisition family (docs/model.md "Operating points") this point kept sensitivity above 0.95
 # with the best specificity; the 95 %-margin point and Youden's J gave up specificity, 0.5 sensitivity.
 DEFAULT_OPERATING_POINT = SENSITIVITY_95
 # Two-sided 95 % intervals for the rates stored with each point.
@@ -86,7 +86,7 @@ def youden_threshold(p: np.ndarray, y: np.ndarray) -> float:
 
 def sensitivity_threshold(p: np.ndarray, y: np.ndarray, target: float) -> float:
     """Among thresholds with the highest specificity whose sensitivity reaches `target`, the middle
-    one in logit space: a margin on both sides, for scores that move with the scanner (README)."""
+    one in logit space: a margin on both sides, for scores that move with the scanner (docs/model.md)."""
     fpr, tpr, thresholds = _roc(p, y)
     reaching = np.flatnonzero(tpr >= target)
     tied = reaching[fpr[reaching] == fpr[reaching].min()]

@@ -81,7 +81,7 @@ def test_the_run_limit_bounds_every_stage(prefect_harness, tiny_dataset, isolate
 
 def test_mapped_runs_under_a_limit_log_no_worker_thread_warning(prefect_harness):
     """Prefect warns, for every task run with a timeout in a worker thread (each mapped check of each
-    run), that the timeout cannot interrupt a blocking call; the README's failure section says it once.
+    run), that the timeout cannot interrupt a blocking call; docs/operating.md's failure section says it once.
     Checked: with cxr.core.task_policy's log filter removed this test fails on that warning."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
