@@ -16,6 +16,7 @@ from cxr.core.locking import registry_lock
 from cxr.core.mlflow_store import client, quiet_mlflow
 from cxr.evaluation.evaluate import EvaluationResult
 from cxr.evaluation.external_sets import ExternalResult, champion_metrics_now, log_to_mlflow
+from cxr.model.loading import METADATA_SHA256_TAG, MODEL_SHA256_TAG
 from cxr.model.operating_points import mlflow_tags
 from cxr.model.training import TrainResult
 from cxr.registry.gate import decide_with_outside
@@ -23,7 +24,6 @@ from cxr.registry.mlflow_run import CARD_FILE, log_training_run, model_card, rou
 from cxr.registry.run_links import PREFECT_TAG_PREFIX, mlflow_run_url
 from cxr.registry.versions import (
     CHAMPION_ALIAS,
-    METADATA_SHA256_TAG,
     champion_history,
     champion_version,
     ensure_experiment,
@@ -134,8 +134,12 @@ def _card_of(
 
 
 def _identity(train: TrainResult) -> dict[str, str]:
-    """The tags that say which model a version is: its network's and its model.json's digests."""
-    return {"model_sha256": train.model_sha256, METADATA_SHA256_TAG: sha256_file(train.metadata_path)}
+    """The tags that say which model a version is: its network's and its model.json's digests.
+
+    Both, so a run that only refits the metadata (operating points, domain score) registers a new version
+    instead of finding the old one; `cxr.model.loading` checks both files of a download against them.
+    """
+    return {MODEL_SHA256_TAG: train.model_sha256, METADATA_SHA256_TAG: sha256_file(train.metadata_path)}
 
 
 def _existing_version(name: str, identity: dict[str, str], tracking_uri: str) -> Any:  # noqa: ANN401

@@ -21,9 +21,6 @@ from cxr.core.mlflow_store import client, sqlite_artifact_root
 EXPERIMENT_NAME = "cxr-retrain"
 CHAMPION_ALIAS = "champion"
 HISTORY_TAG = "champion_history"
-# A version is the network (`model_sha256`) AND its model.json (operating points, domain score): both digests
-# are tags, so a run that only refits the metadata registers a new version instead of finding the old one.
-METADATA_SHA256_TAG = "metadata_sha256"
 CHANGE_TAG = "champion_change"
 MODEL_ARTIFACT = "model"
 LISTED_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
