@@ -44,6 +44,7 @@ def test_editing_a_module_deep_in_the_closure_changes_the_train_key(monkeypatch,
     assert train.cache_policy.key(train, inputs) != before
 
 
+@pytest.mark.slow  # a fresh interpreter imports TensorFlow, MLflow and Prefect once
 def test_every_module_a_stage_loads_is_in_its_cache_key():
     """Import each stage's task module afresh (its heavy third-party imports already loaded): every `cxr`
     module it loads must be in the closure its key hashes (the closure also holds what functions import
