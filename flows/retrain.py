@@ -14,14 +14,15 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from cxr.config.params import IngestParams, RetrainConfig
 from cxr.core.caching import code_version, sha256_text, stable_json
 from cxr.core.errors import CxrError
+from cxr.core.import_closure import import_closure
 from cxr.core.progress import stage_progress
 from cxr.evaluation.external_sets import ExternalResult
 from cxr.model.training import TrainResult
 from flows.stages import StageRunner
 from tasks import batches, domain, evaluate, external, ingest, register, report, split, train
 
-# Modules whose source decides a trained model (as its stages declare them): the lineage's code version.
-MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY, *domain.DECIDED_BY})
+# The stages that make the model: the source their task modules reach (`import_closure`) is the lineage's code version.
+MODEL_STAGES = (split, batches, train, domain)
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
 DASK_SCHEDULER_ENV = "CXR_DASK_SCHEDULER"  # the same, under the name docs/operating.md documents
@@ -137,7 +138,9 @@ def retrain(config: RetrainConfig) -> dict:
         "data_digest": ingested.digest,
         "split_digest": splits.digest,
         "config_digest": sha256_text(stable_json(config.model_dump(exclude={"trigger", "timeouts"})))[:16],
-        "code_version": code_version(MODEL_CODE),
+        "code_version": code_version(
+            {name for stage in MODEL_STAGES for name in import_closure(stage.__name__)}
+        ),
         "data_dir": config.data_dir,
         **config.lineage_params(),
         "split_counts": splits.counts,

@@ -17,7 +17,6 @@ from cxr.core.errors import DataError
 from cxr.core.state_folder import state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.batches import (
-    DECODING_CODE,
     BatchesResult,
     ShardChunk,
     ShardPlan,
@@ -27,8 +26,6 @@ from cxr.data.batches import (
 )
 from cxr.data.shards import ShardRef
 
-# The modules whose source decides the shards' content (the shard folders are named by the same list).
-DECIDED_BY = (__name__, *DECODING_CODE)
 # Local files only: a retry helps against a busy disk or network share, not against bad input.
 _RETRIES = {
     "persist_result": True,
@@ -39,7 +36,7 @@ _RETRIES = {
 }
 
 
-@task(name="batches-plan", cache_policy=ContentKey(modules=DECIDED_BY), **_RETRIES)
+@task(name="batches-plan", cache_policy=ContentKey(), **_RETRIES)
 def plan_batches(split_path: str, split_digest: str, image_size: int) -> ShardPlan:
     """List each shard's files for the split with the given digest, under the state folder."""
     plan = plan_shards(Path(split_path), state_dir("batches"), image_size=image_size)
@@ -52,13 +49,13 @@ def plan_batches(split_path: str, split_digest: str, image_size: int) -> ShardPl
 
 
 # One shard is ~1000 images: minutes even on a slow share; a hung read fails the stage.
-@task(name="batches-shard", cache_policy=ContentKey(modules=DECIDED_BY), **_RETRIES)
+@task(name="batches-shard", cache_policy=ContentKey(), **_RETRIES)
 def build_batch_shard(chunk: ShardChunk) -> ShardRef:
     """Decode one chunk's files into its shard (kept when an intact one is already there)."""
     return build_shard(chunk)
 
 
-@task(name="batches-assemble", cache_policy=ContentKey(modules=DECIDED_BY), **_RETRIES)
+@task(name="batches-assemble", cache_policy=ContentKey(), **_RETRIES)
 def assemble_batches(plan: ShardPlan, shards: list[ShardRef]) -> BatchesResult:
     """Index the built shards of every split."""
     result = assemble_shards(plan, shards)

@@ -28,14 +28,12 @@ from cxr.model.training import TrainResult
 from cxr.registry.model_events import DATA_DRIFT_EVENT, post_model_event
 from cxr.registry.versions import champion_version
 
-# The modules whose source decides the guarded model (its cache key and its model folder).
-DECIDED_BY = (__name__, "cxr.evaluation.domain", "cxr.evaluation.domain_fit", "cxr.model.loading")
 DRIFT_METRIC = "new_images_out_of_domain_share"
 
 
 @task(
     name="domain",
-    cache_policy=ContentKey(modules=DECIDED_BY),
+    cache_policy=ContentKey(),
     persist_result=True,
     retries=1,  # reads shards and writes the model folder: file I/O may fail transiently
     retry_condition_fn=retry_transient,
@@ -124,9 +122,7 @@ def _judge_key(inputs: dict[str, Any]) -> str:
 
 @task(
     name="domain-drift",
-    cache_policy=ContentKey(
-        modules=(__name__, "cxr.evaluation.domain", "cxr.evaluation.drift"), fingerprint=_judge_key
-    ),
+    cache_policy=ContentKey(fingerprint=_judge_key),
     persist_result=True,
     retries=1,  # reads image files and the registry
     retry_condition_fn=retry_transient,

@@ -13,19 +13,10 @@ from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.batches import BatchesResult
 from cxr.evaluation.evaluate import EvaluationResult, evaluate_model, format_metric
 
-# The modules whose source decides an evaluation (its cache key and its report folder).
-DECIDED_BY = (
-    __name__,
-    "cxr.evaluation.evaluate",
-    "cxr.evaluation.metrics",
-    "cxr.evaluation.plots",
-    "cxr.model.loading",
-)
-
 
 @task(
     name="evaluate",
-    cache_policy=ContentKey(modules=DECIDED_BY),
+    cache_policy=ContentKey(),
     persist_result=True,
     retries=1,
     retry_condition_fn=retry_transient,

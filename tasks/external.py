@@ -20,18 +20,6 @@ from cxr.model.training import TrainResult
 from cxr.registry.site_calibration import with_site_default
 from cxr.registry.versions import champion_version
 
-# The modules whose source decides an external evaluation (its cache key).
-DECIDED_BY = (
-    __name__,
-    "cxr.evaluation.external_sets",
-    "cxr.evaluation.evaluate_folder",
-    "cxr.evaluation.evaluate",
-    "cxr.evaluation.metrics",
-    "cxr.evaluation.plots",
-    "cxr.data.ingesting",
-    "cxr.data.imaging",
-)
-
 
 def _champion(model_name: str) -> tuple[int, str] | None:
     """(version, immutable URI) of the champion now; None before the first (or without a registry)."""
@@ -48,7 +36,7 @@ def _set_and_champion(inputs: dict[str, Any]) -> str:
 
 @task(
     name="evaluate-external",
-    cache_policy=ContentKey(modules=DECIDED_BY, fingerprint=_set_and_champion),
+    cache_policy=ContentKey(fingerprint=_set_and_champion),
     persist_result=True,
     retries=1,
     retry_condition_fn=retry_transient,
@@ -82,7 +70,7 @@ def _set_listing(inputs: dict[str, Any]) -> str:
 
 @task(
     name="calibrate-on-external",
-    cache_policy=ContentKey(modules=(*DECIDED_BY, "cxr.registry.site_calibration"), fingerprint=_set_listing),
+    cache_policy=ContentKey(fingerprint=_set_listing),
     persist_result=True,
     retries=1,
     retry_condition_fn=retry_transient,

@@ -29,19 +29,6 @@ from cxr.data.ingesting import assemble_manifest, check_paths, plan_folder
 from cxr.data.manifests import IngestResult, write_new_files
 from cxr.data.scanning import data_dir_fingerprint
 
-# The modules whose source decides this stage's results (its cache keys and its manifest folder).
-DECIDED_BY = (
-    __name__,
-    "cxr.data.ingesting",
-    "cxr.data.ingest_reuse",
-    "cxr.data.ingest_assembly",
-    "cxr.data.ingest_plans",
-    "cxr.data.manifests",
-    "cxr.data.layouts",
-    "cxr.data.scanning",
-    "cxr.data.imaging",
-)
-
 QUARANTINE_TABLE_ROWS = 500
 
 
@@ -94,7 +81,7 @@ _TRANSIENT_IO_RETRIES: dict[str, Any] = {
 
 @task(
     name="ingest-plan",
-    cache_policy=ContentKey(modules=DECIDED_BY, fingerprint=_fingerprint_inputs),
+    cache_policy=ContentKey(fingerprint=_fingerprint_inputs),
     **_TRANSIENT_IO_RETRIES,
 )
 def plan_ingest(data_dir: str, params: IngestParams) -> StoredPlan:
@@ -117,7 +104,7 @@ def plan_ingest(data_dir: str, params: IngestParams) -> StoredPlan:
     return stored
 
 
-@task(name="ingest-check", cache_policy=ContentKey(modules=DECIDED_BY), **_TRANSIENT_IO_RETRIES)
+@task(name="ingest-check", cache_policy=ContentKey(), **_TRANSIENT_IO_RETRIES)
 def check_chunk(files: FileList) -> FileList:
     """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
     faults.kill_once(
@@ -127,7 +114,7 @@ def check_chunk(files: FileList) -> FileList:
     return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
 
 
-@task(name="ingest-assemble", cache_policy=ContentKey(modules=DECIDED_BY), **_TRANSIENT_IO_RETRIES)
+@task(name="ingest-assemble", cache_policy=ContentKey(), **_TRANSIENT_IO_RETRIES)
 def assemble_ingest(plan: StoredPlan, checks: list[FileList]) -> IngestResult:
     """Write the planned folder's manifest from the chunks' checks, with the data report to publish.
 

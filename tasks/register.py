@@ -28,20 +28,7 @@ def _tracking_store(inputs: dict[str, Any]) -> str:
 
 @task(
     name="register",
-    cache_policy=ContentKey(
-        modules=(
-            "cxr.registry.registration",
-            "cxr.registry.versions",
-            "cxr.model.loading",
-            "cxr.evaluation.evaluate",
-            "cxr.evaluation.metrics",
-            "cxr.registry.mlflow_run",
-            "cxr.registry.pyfunc_logging",
-            "cxr.registry.gate",
-            "cxr.evaluation.external_sets",
-        ),
-        fingerprint=_tracking_store,
-    ),
+    cache_policy=ContentKey(fingerprint=_tracking_store),
     persist_result=True,
     retries=3,
     retry_delay_seconds=[2, 5, 15],

@@ -23,9 +23,6 @@ from cxr.core.state_folder import state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.splitting import SPLITS, SplitResult, split_manifest
 
-# The modules whose source decides a split (its cache key and its state folder).
-DECIDED_BY = (__name__, "cxr.data.splitting")
-
 
 def latest_split_index(params: SplitParams) -> Path:
     """The file that names the last split written with these parameters (whatever the manifest)."""
@@ -86,7 +83,7 @@ def _summary_table(result: SplitResult) -> list[dict[str, object]]:
 
 @task(
     name="split",
-    cache_policy=ContentKey(modules=DECIDED_BY, fingerprint=previous_split_digest),
+    cache_policy=ContentKey(fingerprint=previous_split_digest),
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,

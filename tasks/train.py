@@ -17,26 +17,13 @@ from cxr.data.batches import BatchesResult
 from cxr.model.thresholds import DECISION_RULE
 from cxr.model.training import TrainResult, backbone_weights_digest, train_model
 
-# The modules whose source decides a trained model (its cache key, its model and checkpoint folders).
-DECIDED_BY = (
-    __name__,
-    "cxr.model.training",
-    "cxr.config.architectures",
-    "cxr.model.networks",
-    "cxr.model.device",
-    "cxr.data.datasets",
-    "cxr.data.shards",
-    "cxr.model.history",
-    "cxr.model.thresholds",
-)
-
 
 def _backbone_weights(inputs: dict[str, Any]) -> str:
     """Cache fingerprint: the weights file's bytes, so replacing it at the same path retrains."""
     return str(backbone_weights_digest(inputs["params"].backbone_weights))
 
 
-CACHE = ContentKey(modules=DECIDED_BY, fingerprint=_backbone_weights)
+CACHE = ContentKey(fingerprint=_backbone_weights)
 
 
 @task(

@@ -3,23 +3,23 @@
 Prefect's default policy includes the flow run id, which makes every nightly run start from scratch.
 `ContentKey` hashes only what decides a task's output: its inputs (which are digests, paths and
 config values), an optional content fingerprint (e.g. a data folder's file listing) and the source
-code of the modules that implement it.
+code of every `cxr` module its task module reaches through imports (`cxr.core.import_closure`), so no
+list of modules can miss one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.transactions import IsolationLevel
 
 from cxr import __version__
+from cxr.core.import_closure import import_closure, module_source
 from cxr.core.locking import cache_lock_manager
 
 if TYPE_CHECKING:
@@ -50,28 +50,17 @@ def code_version(module_names: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def module_source(name: str) -> str:
-    """The text of a module's file, found without importing it: importing `cxr.model.networks` to hash it
-    would load TensorFlow into every run, even a fully cached one. (Same text as `inspect.getsource`.)"""
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        raise ModuleNotFoundError(f"no Python source for module {name!r}")
-    return Path(spec.origin).read_text(encoding="utf-8")
-
-
 @dataclass
 class ContentKey(CachePolicy):
     """Cache key = task name + inputs + optional content fingerprint + code version.
 
-    `modules` lists the modules whose source decides the output (the task's own module is always
-    included): a stage declares it once, and its lineage and state folders use the same list. `fingerprint` maps the
-    task's inputs to a digest of content they point at. A task names its state folder by
+    The code version covers the import closure of the task's module inside `cxr` (its lineage and state
+    folders use the same closure). `fingerprint` maps the task's inputs to a digest of content they point at. A task names its state folder by
     `current_task_key()`, so the folder and the cached result always share one key.
     Serializable: a task holds a lock on its key (in the state folder) while it computes, so an
     identical run started at the same time waits for the result and reuses it.
     """
 
-    modules: tuple[str, ...] = ()
     fingerprint: Callable[[dict[str, Any]], str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +72,7 @@ class ContentKey(CachePolicy):
         payload = {
             "task": task.name,
             "inputs": inputs,
-            "code": code_version({task.fn.__module__, *self.modules}),
+            "code": code_version(import_closure(task.fn.__module__)),
         }
         if self.fingerprint is not None:
             payload["content"] = self.fingerprint(inputs)

@@ -12,6 +12,9 @@ Points used by the code base:
 - `kill_once_ingest_check:1` SIGKILL the first process (of all, e.g. one Dask worker) that starts an
                       ingest check; a marker file in $CXR_HOME/faults/ keeps every later one alive
 - `kill_before_version:1` SIGKILL after the model is logged to MLflow, before its version is created
+- `registry_alias:N`  the first N moves of the `champion` alias raise a transient OSError (before the move)
+- `registry_record_<tag>:N` the first N writes of a tag recording an alias move (`champion_history`,
+                      `champion_change`, `promoted_at`, `promotion_decision`, ...) raise, after the alias moved
 - `pause_in_gate:S`   sleep S seconds between reading the champion and moving the alias
 - `pause_in_train:S`  sleep S seconds as training starts (widens the window two identical runs race in)
 - `hang_<point>:S`    block S seconds where `hang(point)` is called (`hang_read_image:600`: a stalled

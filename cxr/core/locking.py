@@ -27,10 +27,21 @@ class LockTimeout(TimeoutError):
     """Another process held the lock for longer than the caller was willing to wait."""
 
 
+# The lock files each thread holds: taking one again inside its own `with` block (the gate promotes under the
+# registry lock, and `promote` takes it for `cxr promote`) goes on instead of waiting for itself.
+_held_by_thread = threading.local()
+
+
 @contextmanager
 def file_lock(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Path]:
-    """Hold an exclusive lock on `path` (created if needed) for the body of the `with` block."""
+    """Hold an exclusive lock on `path` (created if needed) for the body of the `with` block; re-entrant
+    within a thread, exclusive between threads and processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    held: set[Path] = _held_by_thread.__dict__.setdefault("paths", set())
+    key = path.resolve()
+    if key in held:
+        yield path
+        return
     deadline = time.monotonic() + timeout_s
     with open(path, "a+") as handle:
         while True:
@@ -50,8 +61,10 @@ def file_lock(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Path
             handle.truncate(0)
             handle.write(f"pid {os.getpid()}\n")
             handle.flush()
+            held.add(key)
             yield path
         finally:
+            held.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -21,6 +21,7 @@ from cxr import CLASSES
 from cxr.core.atomic_files import write_atomically
 from cxr.core.caching import code_version, sha256_text
 from cxr.core.errors import DataError
+from cxr.core.import_closure import import_closure
 from cxr.core.stamps import FileStamp
 from cxr.data import imaging
 from cxr.data.filelists import FileList, write_file_list
@@ -28,9 +29,6 @@ from cxr.data.shards import SHARD_IMAGES, ShardReader, ShardRef, existing_shard,
 from cxr.data.splitting import SPLITS, split_digest
 
 PLAN_NAME = "chunks.json"
-# The modules whose source decides the shards' content: they name the shard folder, and the `batches`
-# stage's cache key reads the same list.
-DECODING_CODE = ("cxr.data.imaging", "cxr.data.shards", __name__)
 INDEX_NAME = "shards.json"
 
 
@@ -96,8 +94,9 @@ def _write_stamped(path: Path, value: list | dict) -> FileStamp:
 
 
 def batches_key(digest: str, image_size: int, shard_images: int) -> str:
-    """Folder name: what decides the shards' content (data, size, shard size, decoding code)."""
-    code = code_version(DECODING_CODE)
+    """Folder name: what decides the shards' content (data, size, shard size, the source of this module's
+    import closure, which holds the decoding code)."""
+    code = code_version(import_closure(__name__))
     return sha256_text(f"{digest}:{image_size}:{shard_images}:{code}")[:16]
 
 

@@ -1,7 +1,7 @@
 """A trained model by path or MLflow URI: downloaded once into the state folder, checked, loaded safely.
 
-A registered version's `model.keras` is checked against its `model_sha256` tag, so a `models:/` URI
-resolves to the byte-identical file the training stage wrote.
+A registered version's `model.keras` and `model.json` are checked against its `model_sha256` and
+`metadata_sha256` tags, so a `models:/` URI resolves to the byte-identical files the training stage wrote.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from cxr.core.atomic_files import sha256_file
 from cxr.core.errors import ModelError
+from cxr.core.locking import file_lock
 from cxr.core.mlflow_store import client
 from cxr.core.state_folder import state_dir
 
@@ -23,6 +24,9 @@ from cxr.core.state_folder import state_dir
 MODEL_FILE_DIRS = ("artifacts", "extra_files")
 KERAS_FILE = "model.keras"
 METADATA_FILE = "model.json"
+# The version tags that hold each file's sha256 (versions registered before `metadata_sha256` lack it).
+MODEL_SHA256_TAG = "model_sha256"
+METADATA_SHA256_TAG = "metadata_sha256"
 
 
 def registered_version(uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow ModelVersion
@@ -41,25 +45,40 @@ def registered_version(uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow Mo
         raise ModelError(f"no registered model at {uri}: {exc}") from exc
 
 
-def _registry_source(uri: str, tracking_uri: str) -> tuple[str, str, str | None]:
-    """(immutable download URI, cache name, expected sha256) for a models:/ or runs:/ URI.
+def _registry_source(uri: str, tracking_uri: str) -> tuple[str, str, dict[str, str]]:
+    """(immutable download URI, cache name, expected sha256 per file name) for a models:/ or runs:/ URI.
 
     Aliases are resolved to a version first, because the alias moves but a version never changes.
     """
     if uri.startswith("runs:/"):
-        return uri, uri, None
+        return uri, uri, {}
     version = registered_version(uri, tracking_uri)
     immutable = f"models:/{version.name}/{version.version}"
     # Named by what the version points at too: a store deleted and made anew reuses version numbers.
     cache_name = f"{immutable}|{version.run_id}|{version.source}"
-    return immutable, cache_name, version.tags.get("model_sha256")
+    tags = {KERAS_FILE: MODEL_SHA256_TAG, METADATA_FILE: METADATA_SHA256_TAG}
+    return (
+        immutable,
+        cache_name,
+        {file: version.tags[tag] for file, tag in tags.items() if version.tags.get(tag)},
+    )
+
+
+def _mismatched(model_file: Path, expected: dict[str, str]) -> list[str]:
+    """The files next to `model_file` whose sha256 is not the registered one (a missing file counts)."""
+    return [
+        name
+        for name, digest in expected.items()
+        if not model_file.with_name(name).is_file() or sha256_file(model_file.with_name(name)) != digest
+    ]
 
 
 def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> Path:
     """Local path of a `model.keras`: a file or model folder as is; a registry or run URI downloaded.
 
     Downloads land in a cache folder under `registry-cache/` named after the immutable URI and the
-    store, written to a temporary folder first so an interrupted download is never reused.
+    store, written to a temporary folder first so an interrupted download is never reused. One lock per
+    cache folder: two processes loading the same version for the first time download it once.
     """
     text = str(uri_or_path)
     if not text.startswith(("models:/", "runs:/")):
@@ -71,20 +90,21 @@ def resolve_model(uri_or_path: str | Path, tracking_uri: str | None = None) -> P
     from cxr.core.state_folder import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
-    source, cache_name, expected_sha = _registry_source(text, tracking_uri)
+    source, cache_name, expected = _registry_source(text, tracking_uri)
     cache = (
         state_dir("registry-cache") / hashlib.sha256(f"{tracking_uri}|{cache_name}".encode()).hexdigest()[:16]
     )
-    if cache.is_dir():
+    with file_lock(cache.with_name(f"{cache.name}.lock")):
+        if cache.is_dir():
+            found = _model_file(cache, text)
+            if not _mismatched(found, expected):
+                return found
+            shutil.rmtree(cache)  # a damaged or stale download is fetched again, never used
+        _download(source, cache, tracking_uri, text)
         found = _model_file(cache, text)
-        if not expected_sha or sha256_file(found) == expected_sha:
-            return found
-        shutil.rmtree(cache)  # a damaged or stale download is fetched again, never used
-    _download(source, cache, tracking_uri, text)
-    found = _model_file(cache, text)
-    if expected_sha and sha256_file(found) != expected_sha:
-        raise ModelError(f"{text}: model.keras does not match its registered sha256 {expected_sha[:12]}")
-    return found
+        if wrong := _mismatched(found, expected):
+            raise ModelError(f"{text}: {' and '.join(wrong)} do not match the version's registered sha256")
+        return found
 
 
 def _download(source: str, cache: Path, tracking_uri: str, text: str) -> None:

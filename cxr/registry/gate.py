@@ -14,15 +14,16 @@ def decide(
     gate: GateParams,
 ) -> tuple[bool, str]:
     """(promote?, reason) for the challenger's and champion's metrics on the same split."""
+    sensitivity = challenger.get("sensitivity")
+    # The floor holds for a first model too: "no champion yet" is no reason to serve an unsafe one.
+    if sensitivity is None or sensitivity < gate.sensitivity_floor:
+        return False, f"challenger sensitivity {sensitivity} below the floor {gate.sensitivity_floor}"
     if champion is None:
         return True, "first model: no champion yet"
     metric = gate.metric
     new, old = challenger.get(metric), champion.get(metric)
-    sensitivity = challenger.get("sensitivity")
     if new is None:
         return False, f"challenger {metric} is undefined on this split"
-    if sensitivity is None or sensitivity < gate.sensitivity_floor:
-        return False, f"challenger sensitivity {sensitivity} below the floor {gate.sensitivity_floor}"
     if old is not None and new < old + gate.margin:
         return False, f"challenger {metric} {new:.4f} < champion {old:.4f} + margin {gate.margin}"
     return (

@@ -8,7 +8,6 @@ operating points, preprocessing and the Keras/TensorFlow versions that saved the
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import shutil
@@ -20,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from cxr import CLASSES, PNEUMONIA
+from cxr.core.import_closure import PACKAGE, PACKAGE_DIR, import_closure, module_file
 from cxr.model.operating_points import operating_points
 from cxr.registry.pyfunc_model import IMAGE_COLUMN, KERAS_ARTIFACT, METADATA_ARTIFACT, OPERATING_POINT_PARAM
 
-PACKAGE = "cxr"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-ENTRY_FILE = Path(__file__).resolve().with_name("pyfunc_entry.py")
+ENTRY_MODULE = "cxr.registry.pyfunc_entry"
+ENTRY_FILE = module_file(ENTRY_MODULE)
 # What a loading environment needs: the network's runtime, the decoders, and what the shipped modules import.
 RUNTIME_PACKAGES = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "pydantic", "pydicom")
 PREPROCESSING = {
@@ -38,46 +37,14 @@ PREPROCESSING = {
 }
 
 
-def shipped_modules(entry: Path = ENTRY_FILE) -> list[Path]:
-    """Source files of every `cxr` module `entry` imports, directly or through others, and `cxr/__init__.py`.
+def shipped_modules(entry: str = ENTRY_MODULE) -> list[Path]:
+    """Source files of every `cxr` module `entry` imports, directly or through others, with their packages'
+    `__init__.py` (so `cxr.<part>.<module>` imports resolve where the model is loaded).
 
-    Read from the import statements (function-level imports included), so what the pyfunc needs
-    travels with it and nothing else does; no module is imported to find out.
+    Read from the import statements (`cxr.core.import_closure`), so what the pyfunc needs travels with it
+    and nothing else does; no module is imported to find out.
     """
-    found: set[Path] = {PACKAGE_DIR / "__init__.py"}
-    pending = [entry]
-    while pending:
-        source = pending.pop()
-        for name in _imported_names(source):
-            path = _module_file(name)
-            if path is not None and path not in found:
-                found.add(path)
-                pending.append(path)
-    # A subpackage's `__init__.py` travels with its modules so that `cxr.<part>.<module>` imports resolve.
-    packages = {
-        folder / "__init__.py" for path in found for folder in path.parents if PACKAGE_DIR in folder.parents
-    }
-    return sorted(found | packages)
-
-
-def _imported_names(source: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {name for name in names if name.split(".")[0] == PACKAGE}
-
-
-def _module_file(name: str) -> Path | None:
-    """`cxr.x.y` -> its source file, or None when the name is an attribute rather than a module."""
-    base = PACKAGE_DIR.joinpath(*name.split(".")[1:])
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return sorted(module_file(name) for name in import_closure(entry) if name != entry)
 
 
 def pip_requirements() -> list[str]:

@@ -16,6 +16,7 @@ from cxr.core.locking import registry_lock
 from cxr.core.mlflow_store import client, quiet_mlflow
 from cxr.evaluation.evaluate import EvaluationResult
 from cxr.evaluation.external_sets import ExternalResult, champion_metrics_now, log_to_mlflow
+from cxr.model.loading import METADATA_SHA256_TAG, MODEL_SHA256_TAG
 from cxr.model.operating_points import mlflow_tags
 from cxr.model.training import TrainResult
 from cxr.registry.gate import decide_with_outside
@@ -23,10 +24,11 @@ from cxr.registry.mlflow_run import CARD_FILE, log_training_run, model_card, rou
 from cxr.registry.run_links import PREFECT_TAG_PREFIX, mlflow_run_url
 from cxr.registry.versions import (
     CHAMPION_ALIAS,
-    METADATA_SHA256_TAG,
+    champion_history,
     champion_version,
     ensure_experiment,
     promote,
+    put_alias_back,
     version_metrics,
 )
 
@@ -132,8 +134,12 @@ def _card_of(
 
 
 def _identity(train: TrainResult) -> dict[str, str]:
-    """The tags that say which model a version is: its network's and its model.json's digests."""
-    return {"model_sha256": train.model_sha256, METADATA_SHA256_TAG: sha256_file(train.metadata_path)}
+    """The tags that say which model a version is: its network's and its model.json's digests.
+
+    Both, so a run that only refits the metadata (operating points, domain score) registers a new version
+    instead of finding the old one; `cxr.model.loading` checks both files of a download against them.
+    """
+    return {MODEL_SHA256_TAG: train.model_sha256, METADATA_SHA256_TAG: sha256_file(train.metadata_path)}
 
 
 def _existing_version(name: str, identity: dict[str, str], tracking_uri: str) -> Any:  # noqa: ANN401
@@ -152,8 +158,17 @@ def _apply_gate(
     tracking_uri: str,
     external: dict[str, ExternalResult],
 ) -> dict[str, Any]:
-    """Score the current champion, decide, record the decision on the version, then move the alias."""
+    """Score the current champion, decide, then move the alias and record the decision (`promote`), or
+    record the refusal.
+
+    An alias already on this undecided version is a promotion of it that died before recording (a kill -9
+    between the steps): it is decided again against the champion before it, and put back if refused.
+    """
     current = champion_version(name, tracking_uri)
+    left_on = current == version and not _top_of_history(name, version, tracking_uri)
+    if left_on:
+        history = champion_history(name, tracking_uri)
+        current = int(history[-1]["version"]) if history else None
     champion_metrics = None
     scored_on = None
     if current is not None:
@@ -181,10 +196,32 @@ def _apply_gate(
             for key in outside
         },
     }
-    client(tracking_uri).set_model_version_tag(name, str(version), DECISION_TAG, json.dumps(decision))
     if promoted:
-        promote(name, version, reason, tracking_uri)
+        # Marks a decision recorded after its alias move (the order since promotion became all-or-nothing).
+        decision["alias_moved"] = True
+        promote(name, version, reason, tracking_uri, version_tags={DECISION_TAG: json.dumps(decision)})
+        return decision
+    if left_on:
+        put_alias_back(name, current, tracking_uri)
+    client(tracking_uri).set_model_version_tag(name, str(version), DECISION_TAG, json.dumps(decision))
     return decision
+
+
+def _top_of_history(name: str, version: int, tracking_uri: str) -> bool:
+    history = champion_history(name, tracking_uri)
+    return bool(history) and int(history[-1]["version"]) == version
+
+
+def _promotion_unfinished(name: str, model_version: Any, decision: dict[str, Any], tracking_uri: str) -> bool:  # noqa: ANN401
+    """Whether a recorded "promoted" decision never got its alias: recorded before the move (the order of
+    earlier releases) and the version neither champion now nor ever left by a rollback or a later champion."""
+    version = int(model_version.version)
+    if not decision["promoted"] or decision.get("alias_moved"):
+        return False
+    if champion_version(name, tracking_uri) == version or "rolled_back_at" in model_version.tags:
+        return False
+    earlier = [int(entry["version"]) for entry in champion_history(name, tracking_uri)[:-1]]
+    return version not in earlier
 
 
 def register_model(
@@ -219,11 +256,21 @@ def register_model(
         card, run_url = _card_of(model_version, train, evaluation, lineage, tracking_uri, external)
         version = int(model_version.version)
         recorded = model_version.tags.get(DECISION_TAG)
-        decision = (
-            json.loads(recorded)
-            if recorded
-            else _apply_gate(name, version, evaluation.metrics, gate, champion_scorer, tracking_uri, external)
-        )
+        if not recorded:
+            decision = _apply_gate(
+                name, version, evaluation.metrics, gate, champion_scorer, tracking_uri, external
+            )
+        else:
+            decision = json.loads(recorded)
+            if _promotion_unfinished(name, model_version, decision, tracking_uri):
+                decision["alias_moved"] = True
+                promote(
+                    name,
+                    version,
+                    decision["reason"],
+                    tracking_uri,
+                    version_tags={DECISION_TAG: json.dumps(decision)},
+                )
         current = champion_version(name, tracking_uri)
     return RegistrationResult(
         model_name=name,

@@ -29,6 +29,7 @@ from cxr.evaluation.evaluate_folder import SPLIT, labelled_batches
 from cxr.model.loading import (
     KERAS_FILE,
     METADATA_FILE,
+    METADATA_SHA256_TAG,
     load_model_with_metadata,
     registered_version,
     resolve_model,
@@ -42,7 +43,6 @@ from cxr.model.operating_points import (
 )
 from cxr.model.training import TrainResult
 from cxr.registry.versions import (
-    METADATA_SHA256_TAG,
     MODEL_ARTIFACT,
     champion_version,
     ensure_experiment,

@@ -13,15 +13,14 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from cxr.core import faults
 from cxr.core.errors import ModelError
+from cxr.core.locking import registry_lock
 from cxr.core.mlflow_store import client, sqlite_artifact_root
 
 EXPERIMENT_NAME = "cxr-retrain"
 CHAMPION_ALIAS = "champion"
 HISTORY_TAG = "champion_history"
-# A version is the network (`model_sha256`) AND its model.json (operating points, domain score): both digests
-# are tags, so a run that only refits the metadata registers a new version instead of finding the old one.
-METADATA_SHA256_TAG = "metadata_sha256"
 CHANGE_TAG = "champion_change"
 MODEL_ARTIFACT = "model"
 LISTED_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
@@ -56,14 +55,37 @@ def version_metrics(tags: dict[str, str]) -> dict[str, float]:
     }
 
 
+class RegistryUnavailable(ConnectionError):
+    """The registry did not answer a question it must answer (a 5xx, a timeout, a locked store): transient
+    (`cxr.core.task_policy.is_transient`, an OSError), never read as "no champion"."""
+
+
+def is_missing(error: Exception) -> bool:
+    """Whether an MLflow error says "no such registered model" or "no such alias" (sqlite and REST stores
+    alike, MLflow 3: RESOURCE_DOES_NOT_EXIST for the model, INVALID_PARAMETER_VALUE "alias ... not found")."""
+    code = getattr(error, "error_code", "")
+    message = str(error)
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+    )
+
+
 def champion_version(name: str, tracking_uri: str) -> int | None:
-    """The version the `champion` alias points at, or None when there is none yet."""
+    """The version the `champion` alias points at, or None when the model or the alias does not exist.
+
+    Any other registry error raises `RegistryUnavailable`: read as "no champion", it would let the gate
+    promote a challenger unchecked.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return int(client(tracking_uri).get_model_version_by_alias(name, CHAMPION_ALIAS).version)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if is_missing(error):
+            return None
+        raise RegistryUnavailable(
+            f"registry at {tracking_uri} did not say which version of {name} is champion: {error}"
+        ) from error
 
 
 def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
@@ -99,18 +121,37 @@ def champion_history(name: str, tracking_uri: str) -> list[dict[str, Any]]:
 
 
 def _move_champion(
-    name: str, version: int, stack: list[dict[str, Any]], tracking_uri: str, *, action: str, reason: str
+    name: str,
+    version: int,
+    stack: list[dict[str, Any]],
+    tracking_uri: str,
+    *,
+    action: str,
+    reason: str,
+    version_tags: dict[int, dict[str, str]],
 ) -> None:
-    """Record the history first and move the alias last, so a failure never leaves an unrecorded champion.
+    """Move the alias first, then record the move: the history `stack`, the `champion_change` tag and
+    `version_tags` (per version: why it was promoted or left; the gate's decision last of all).
 
-    The move itself (from, to, how, why, when, which flow run) is kept in the `champion_change` tag and
-    announced as a `cxr.champion.changed` event (notifications).
+    A failure while recording puts the alias and every tag back as they were, so the registry shows the
+    old champion or the new one whole and a retry starts afresh. The change is announced as a
+    `cxr.champion.changed` event (notifications) once it is whole. Callers hold the registry lock.
     """
     from prefect.runtime import flow_run
 
     from cxr.registry.model_events import announce_champion_change
 
-    previous = champion_version(name, tracking_uri)
+    mlflow_client = client(tracking_uri)
+    model_tags = mlflow_client.get_registered_model(name).tags
+    alias_before = champion_version(name, tracking_uri)
+    recorded = json.loads(model_tags.get(HISTORY_TAG, "[]"))
+    # An alias already on `version` without its record is a move that died half-way: it moved from the
+    # champion the history names.
+    previous = (
+        int(recorded[-1]["version"])
+        if alias_before == version and recorded and int(recorded[-1]["version"]) != version
+        else alias_before
+    )
     change = {
         "model_name": name,
         "version": version,
@@ -121,12 +162,47 @@ def _move_champion(
         "flow_run": flow_run.name if flow_run.id else None,
         "model_uri": f"models:/{name}/{version}",
     }
-    mlflow_client = client(tracking_uri)
-    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(stack[-MAX_HISTORY:]))
-    mlflow_client.set_registered_model_tag(name, CHANGE_TAG, json.dumps(change))
+    before = {None: model_tags} | {
+        number: mlflow_client.get_model_version(name, str(number)).tags for number in version_tags
+    }
+    records = [(None, HISTORY_TAG, json.dumps(stack[-MAX_HISTORY:])), (None, CHANGE_TAG, json.dumps(change))]
+    records += [(number, key, value) for number, tags in version_tags.items() for key, value in tags.items()]
+    faults.fail_first("registry_alias")
     mlflow_client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+    written: list[tuple[int | None, str]] = []
+    try:
+        for number, key, value in records:
+            faults.fail_first(f"registry_record_{key}")
+            written.append((number, key))
+            _set_tag(mlflow_client, name, number, key, value)
+    except BaseException:
+        put_alias_back(name, alias_before, tracking_uri)
+        for number, key in written:
+            _set_tag(mlflow_client, name, number, key, before[number].get(key))
+        raise
     if previous != version:
         announce_champion_change(change)
+
+
+def put_alias_back(name: str, previous: int | None, tracking_uri: str) -> None:
+    """The alias back on `previous` (gone when None), for a move that is undone; callers hold the registry lock."""
+    mlflow_client = client(tracking_uri)
+    if previous is None:
+        mlflow_client.delete_registered_model_alias(name, CHAMPION_ALIAS)
+    else:
+        mlflow_client.set_registered_model_alias(name, CHAMPION_ALIAS, str(previous))
+
+
+def _set_tag(mlflow_client: Any, name: str, version: int | None, key: str, value: str | None) -> None:  # noqa: ANN401
+    """Set (or, for None, delete) tag `key` of the registered model (`version` None) or of one version."""
+    if version is None and value is None:
+        mlflow_client.delete_registered_model_tag(name, key)
+    elif version is None:
+        mlflow_client.set_registered_model_tag(name, key, value)
+    elif value is None:
+        mlflow_client.delete_model_version_tag(name, str(version), key)
+    else:
+        mlflow_client.set_model_version_tag(name, str(version), key, value)
 
 
 def last_champion_change(name: str, tracking_uri: str) -> dict[str, Any] | None:
@@ -135,36 +211,55 @@ def last_champion_change(name: str, tracking_uri: str) -> dict[str, Any] | None:
     return json.loads(recorded) if recorded else None
 
 
-def promote(name: str, version: int, reason: str, tracking_uri: str) -> None:
-    """Make `version` the champion, recording why on the version and in the champion history."""
+def promote(
+    name: str, version: int, reason: str, tracking_uri: str, *, version_tags: dict[str, str] | None = None
+) -> None:
+    """Make `version` the champion, recording why on the version (with `version_tags`, e.g. the gate's
+    decision) and in the champion history; under the registry lock, as every move of the alias."""
     from mlflow.exceptions import MlflowException
 
-    mlflow_client = client(tracking_uri)
-    try:
-        mlflow_client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        raise ModelError(f"{name} has no version {version}") from exc
-    at = now_iso()
-    mlflow_client.set_model_version_tag(name, str(version), "promotion_reason", reason)
-    mlflow_client.set_model_version_tag(name, str(version), "promoted_at", at)
-    stack = champion_history(name, tracking_uri)
-    stack.append({"version": int(version), "reason": reason, "at": at})
-    _move_champion(name, int(version), stack, tracking_uri, action="promotion", reason=reason)
+    with registry_lock(tracking_uri, name):
+        try:
+            client(tracking_uri).get_model_version(name, str(version))
+        except MlflowException as exc:
+            raise ModelError(f"{name} has no version {version}") from exc
+        at = now_iso()
+        stack = champion_history(name, tracking_uri)
+        if stack and stack[-1]["version"] == int(version):  # completing an interrupted promotion of it
+            stack.pop()
+        stack.append({"version": int(version), "reason": reason, "at": at})
+        tags = {"promotion_reason": reason, "promoted_at": at, **(version_tags or {})}
+        _move_champion(
+            name,
+            int(version),
+            stack,
+            tracking_uri,
+            action="promotion",
+            reason=reason,
+            version_tags={version: tags},
+        )
 
 
 def rollback(name: str, reason: str, tracking_uri: str) -> int:
-    """Move the champion back to the previous champion; returns that version."""
-    current = champion_version(name, tracking_uri)
-    if current is None:
-        raise ModelError(f"{name} has no champion to roll back")
-    stack = champion_history(name, tracking_uri)
-    while stack and stack[-1]["version"] == current:
-        stack.pop()
-    if not stack:
-        raise ModelError(f"{name} has no previous champion before version {current}")
-    previous = int(stack[-1]["version"])
-    mlflow_client = client(tracking_uri)
-    mlflow_client.set_model_version_tag(name, str(current), "rollback_reason", reason)
-    mlflow_client.set_model_version_tag(name, str(current), "rolled_back_at", now_iso())
-    _move_champion(name, previous, stack, tracking_uri, action="rollback", reason=reason)
-    return previous
+    """Move the champion back to the previous champion (under the registry lock); returns that version."""
+    with registry_lock(tracking_uri, name):
+        current = champion_version(name, tracking_uri)
+        if current is None:
+            raise ModelError(f"{name} has no champion to roll back")
+        stack = champion_history(name, tracking_uri)
+        while stack and stack[-1]["version"] == current:
+            stack.pop()
+        if not stack:
+            raise ModelError(f"{name} has no previous champion before version {current}")
+        previous = int(stack[-1]["version"])
+        left = {"rollback_reason": reason, "rolled_back_at": now_iso()}
+        _move_champion(
+            name,
+            previous,
+            stack,
+            tracking_uri,
+            action="rollback",
+            reason=reason,
+            version_tags={current: left},
+        )
+        return previous
