@@ -19,6 +19,11 @@ DECIDED_BY = (
     "cxr.evaluation.evaluate",
     "cxr.evaluation.metrics",
     "cxr.evaluation.plots",
+    "cxr.evaluation.scoring",
+    "cxr.evaluation.domain",
+    "cxr.data.split_images",
+    "cxr.model.referral",
+    "cxr.model.operating_points",
     "cxr.model.loading",
 )
 
