@@ -64,7 +64,7 @@ def evaluate_folder(
         "metrics": result.metrics,
         "ci": result.ci,
         "decisions": result.decisions,
-        "predictions": str(result.predictions_path),
+        "predictions": str(result.predictions_path) if result.predictions_path else None,
         "n": result.n,
         "duplicates": ingested.duplicates,
         "quarantined": ingested.quarantined,
