@@ -168,6 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = result["metrics"]
         print(f"operating point {result['operating_point']}: ", end="")
         print(", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+        print("decisions: " + ", ".join(f"{name} {n}" for name, n in result["decisions"].items()))
     return 0
 
 
@@ -185,6 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         print(f"scored {summary['scored']} files ({summary['failed']} failed) -> {summary['out_csv']}")
+        print("decisions: " + ", ".join(f"{name} {n}" for name, n in summary["by_decision"].items()))
     return 0
 
 

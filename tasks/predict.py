@@ -17,18 +17,22 @@ from cxr.evaluation.predicting import json_rows, predict_to_csv
 PREVIEW_ROWS = 50
 
 
-def _publish(frame: pd.DataFrame, counts: dict[str, dict[str, int]], out_csv: Path) -> None:
+def _publish(frame: pd.DataFrame, counts: dict[str, Any], out_csv: Path) -> None:
     create_table_artifact(
         key="predictions",
         table=json_rows(frame.head(PREVIEW_ROWS)),
         description=f"Predictions ({len(frame)} files; first {PREVIEW_ROWS} shown; all in {out_csv})",
     )
-    outcomes = [{"outcome": f"predicted {label}", "files": n} for label, n in counts["by_label"].items()]
+    # `decision` first: what a reader of that one column receives (cxr.model.referral).
+    outcomes = [{"outcome": f"decision {name}", "files": n} for name, n in counts["by_decision"].items()]
+    outcomes += [{"outcome": f"predicted {label}", "files": n} for label, n in counts["by_label"].items()]
     outcomes += [{"outcome": f"failed: {status}", "files": n} for status, n in counts["by_status"].items()]
     if counts["out_of_domain"] is not None:
         outcomes.append({"outcome": "scored but out of domain", "files": counts["out_of_domain"]})
     create_table_artifact(
-        key="prediction-counts", table=outcomes, description="Files per predicted label or failure"
+        key="prediction-counts",
+        table=outcomes,
+        description="Files per decision, per predicted label and per failure",
     )
 
 
@@ -53,13 +57,13 @@ def predict_files(
     frame, summary = predict_to_csv(model_uri, paths, out_csv, heatmaps_dir, operating_point)
     _publish(frame, summary, Path(summary["out_csv"]))
     get_run_logger().info(
-        "scored %d of %d files with %s (operating point %s, threshold %.4f): %s; failed %s -> %s",
+        "scored %d of %d files with %s (operating point %s, threshold %.4f): decisions %s; failed %s -> %s",
         summary["scored"],
         len(frame),
         model_uri,
         summary["operating_point"],
         summary["threshold"],
-        summary["by_label"],
+        summary["by_decision"],
         summary["by_status"] or "none",
         summary["out_csv"],
     )

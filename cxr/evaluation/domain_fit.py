@@ -29,6 +29,7 @@ from cxr.evaluation.domain import (
     fit_guard,
 )
 from cxr.evaluation.metrics import classification_metrics
+from cxr.evaluation.scoring import pneumonia_index
 from cxr.model.loading import METADATA_FILE, load_model_with_metadata
 
 # Images read from the shards at once: bounds memory for splits of any size.
@@ -126,7 +127,9 @@ def domain_summary(
         "out_of_domain_share": float(np.mean(~inside)) if len(inside) else None,
         "domain_threshold": guard.threshold,
         "n_in_domain": int(inside.sum()),
-        "metrics_in_domain": classification_metrics(is_pneumonia[inside], softmax[inside, 0], threshold)
+        "metrics_in_domain": classification_metrics(
+            is_pneumonia[inside], softmax[inside, pneumonia_index(metadata)], threshold
+        )
         if inside.any()
         else None,
     }

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import base64
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel
 
-from cxr import CLASSES
-from cxr.core.atomic_files import sha256_file
+from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr.core.atomic_files import sha256_file, write_atomically
 from cxr.core.errors import DataError
 from cxr.data.batches import BatchesResult
 from cxr.data.shards import read_labels
+from cxr.data.split_images import resized, split_image_chunks, split_paths
 from cxr.evaluation.metrics import CI_METRICS, bootstrap_ci, classification_metrics
 from cxr.evaluation.plots import write_plots
+from cxr.evaluation.scoring import PROBABILITY_COLUMNS, ImageScorer, Scores
 from cxr.model.loading import load_model_with_metadata, resolve_model
+from cxr.model.operating_points import operating_points, threshold_in_force
+from cxr.model.referral import decision_counts
 
 
 class EvaluationResult(BaseModel):
@@ -34,69 +38,64 @@ class EvaluationResult(BaseModel):
     # The operating point `metrics` use, and accuracy/sensitivity/specificity at each of the model's points.
     operating_point: str = "default"
     operating_points: dict[str, dict[str, Any]] = {}
+    # Images per `decision` (cxr.model.referral) at that point, and the per-image table (path, truth, decision...).
+    decisions: dict[str, int] = {}
+    predictions_path: Path | None = None
 
     def is_intact(self) -> bool:
-        """Whether the report and plots this result points at are still there."""
-        return all(Path(path).is_file() for path in [self.report_path, *self.plots.values()])
+        """Whether the report, plots and predictions this result points at are still there."""
+        written = [self.report_path, *self.plots.values(), *filter(None, [self.predictions_path])]
+        return all(Path(path).is_file() for path in written)
 
 
-# One traced forward pass per live model, shared by every call: building and tracing one costs
-# about as much as scoring a few hundred images on a CPU.
-_FORWARD_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def _pneumonia_labels(labels: np.ndarray) -> np.ndarray:
+    """Is-pneumonia per image from the int labels shards store (CLASSES order)."""
+    return np.asarray(labels) == CLASSES.index(PNEUMONIA)
 
 
-def _forward_pass(model):  # noqa: ANN001, ANN202 - a keras.Model; a tf.function
-    """`model(batch, training=False)` as one graph traced for any batch size.
-
-    Unlike `model.predict`, a call builds no tf.data pipeline or iterator, and a shorter last batch
-    does not retrace the graph; on small chunks of files that set-up cost as much as the arithmetic.
-    """
-    import tensorflow as tf
-
-    forward = _FORWARD_PASSES.get(model)
-    if forward is None:
-        network = weakref.ref(model)  # the cache must not keep the model alive
-        forward = tf.function(
-            lambda batch: network()(batch, training=False),
-            input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)],
-            autograph=False,
-        )
-        _FORWARD_PASSES[model] = forward
-    return forward
-
-
-def predict_pneumonia_proba(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:  # noqa: ANN001
-    """P(pneumonia) per image: the model's first softmax output on raw 0..255 float32 pixels."""
-    import tensorflow as tf
-
+def score_images(
+    model,  # noqa: ANN001 - a keras.Model
+    metadata: dict[str, Any],
+    images: np.ndarray,
+    threshold: float | None = None,
+) -> Scores:
+    """`ImageScorer` scores of raw 0..255 grey images (N, S, S, 1) at the threshold in force (else `threshold`);
+    images of another size are resized as serving resizes an array (Pillow, bilinear)."""
+    images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 1:
         raise DataError(f"expected greyscale images (N, S, S, 1), got shape {images.shape}")
-    images = images.astype(np.float32)
-    expected = tuple(model.input_shape[1:3])
-    if None not in expected and expected != images.shape[1:3]:
-        # A model trained at another size (e.g. the champion) still scores the same images.
-        images = tf.image.resize(images, expected).numpy()
-    forward = _forward_pass(model)
-    outputs = [
-        forward(tf.constant(images[start : start + batch_size])).numpy()[:, 0]
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outputs).astype(float) if outputs else np.empty(0)
+    scorer = ImageScorer(model, metadata)
+    if images.shape[1:3] != (scorer.image_size, scorer.image_size):
+        images = resized(np.clip(images, 0, 255), scorer.image_size)
+    return scorer.score(images, scorer.operating_point(threshold=threshold)[1])
+
+
+def score_split(
+    model,  # noqa: ANN001 - a keras.Model
+    metadata: dict[str, Any],
+    batches: BatchesResult,
+    split: str,
+    threshold: float,
+) -> tuple[Scores, np.ndarray]:
+    """(scores at `threshold`, is-pneumonia) per image of `split`, in shard order, each image decoded for the
+    model's own size as serving decodes it (`cxr.data.split_images`)."""
+    scorer = ImageScorer(model, metadata)
+    chunks = split_image_chunks(batches, split, scorer.image_size)
+    scores = Scores.concat([scorer.score(images, threshold) for images in chunks])
+    return scores, _pneumonia_labels(read_labels(batches.shards(split)))
 
 
 def predict_split(
-    model, batches: BatchesResult, split: str, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    """(P(pneumonia), is-pneumonia) per image of `split`, streamed from its shards in order."""
-    from cxr.data.datasets import split_dataset
-
-    expected = model.input_shape[1]
-    images = split_dataset(
-        batches, split, batch_size=batch_size, shuffle=False, seed=0, one_hot=False, image_size=expected
-    ).map(lambda batch_images, _: batch_images)
-    labels = read_labels(batches.shards(split))
-    output = model.predict(images, verbose=0) if len(labels) else np.empty((0, len(CLASSES)))
-    return np.asarray(output[:, 0], dtype=float), labels == CLASSES.index("pneumonia")
+    model,  # noqa: ANN001 - a keras.Model
+    batches: BatchesResult,
+    split: str,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(pneumonia), is-pneumonia) per image of `split`, as `score_split` scores them (`metadata`: the model's;
+    None for a bare network of the project's classes)."""
+    metadata = metadata or {"image_size": model.input_shape[1]}
+    scores, is_pneumonia = score_split(model, metadata, batches, split, threshold=0.5)
+    return scores.p_pneumonia, is_pneumonia
 
 
 def format_metric(value: float | None) -> str:
@@ -131,8 +130,16 @@ def report_markdown(result: EvaluationResult, image_links: dict[str, str]) -> st
         f"# Evaluation on the {result.split} split\n\n"
         f"Model sha256 `{result.model_sha256[:16]}`, {result.n} images, "
         f"operating point `{result.operating_point}`: threshold P(pneumonia) >= {result.metrics['threshold']:.4f}.\n\n"
-        f"{table}\n\n{operating_points_markdown(result)}## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
+        f"{table}\n\n{decisions_markdown(result)}{operating_points_markdown(result)}## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
     )
+
+
+def decisions_markdown(result: EvaluationResult) -> str:
+    """Images per decision: what a reader of `decision` alone receives."""
+    if not result.decisions:
+        return ""
+    counts = ", ".join(f"{name} {count}" for name, count in result.decisions.items())
+    return f"## Decisions\n\nImages per `decision` (pneumonia/normal: answered alone): {counts}.\n\n"
 
 
 def operating_points_markdown(result: EvaluationResult) -> str:
@@ -165,16 +172,23 @@ def evaluate_predictions(
     out_dir: Path,
     operating_point: str = "default",
     point_thresholds: dict[str, float] | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> EvaluationResult:
     """Metrics, CIs, plots and a markdown report (`report.md`) for predictions already made.
 
     `metrics` are at `threshold` (operating point `operating_point`); `point_thresholds` adds the
-    rates at every other named point of the model.
+    rates at every other named point of the model; `predictions` (one row per image with its `decision`) is
+    written to `predictions.csv` and counted per decision.
     """
     metrics = classification_metrics(is_pneumonia, prob_pneumonia, threshold)
     metrics["operating_point"] = operating_point
     ci = bootstrap_ci(is_pneumonia, prob_pneumonia, threshold)
     plots = write_plots(is_pneumonia, prob_pneumonia, metrics, out_dir)
+    predictions_path = None
+    if predictions is not None:
+        predictions_path = write_atomically(
+            out_dir / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False)
+        )
     result = EvaluationResult(
         metrics=metrics,
         ci=ci,
@@ -192,9 +206,22 @@ def evaluate_predictions(
             }
             for name, point in (point_thresholds or {}).items()
         },
+        decisions=decision_counts(list(predictions["decision"])) if predictions is not None else {},
+        predictions_path=predictions_path,
     )
     result.report_path.write_text(report_markdown(result, {name: path.name for name, path in plots.items()}))
     return result
+
+
+def predictions_table(scores: Scores, is_pneumonia: np.ndarray, paths: list[str] | None) -> pd.DataFrame:
+    """One row per image: its file (when known), true class, both probability names, label, decision, domain."""
+    truth = np.where(is_pneumonia, PNEUMONIA, NORMAL)
+    frame = pd.DataFrame(scores.rows())
+    frame.insert(0, "true_label", truth)
+    frame.insert(0, "path", paths if paths is not None else None)
+    return frame[
+        ["path", "true_label", "label", "decision", *PROBABILITY_COLUMNS, "in_domain", "domain_score"]
+    ]
 
 
 def evaluate_model(
@@ -207,18 +234,14 @@ def evaluate_model(
     operating_point: str | None = None,
 ) -> EvaluationResult:
     """Score `split` of `batches` with the model at its operating point `operating_point` (None: its
-    default), or at an explicit `threshold` when one is given."""
-    from cxr.model.operating_points import operating_points, select
-
+    default), or at an explicit `threshold` when one is given; each image's decision in `predictions.csv`."""
     path = resolve_model(model_path)
     model, metadata = load_model_with_metadata(path)
-    name, point_threshold = select(metadata, operating_point)
-    if threshold is not None:
-        name, point_threshold = "explicit-threshold", threshold
-    prob, is_pneumonia = predict_split(model, batches, split)
+    name, point_threshold = ImageScorer(model, metadata).operating_point(operating_point, threshold)
+    scores, is_pneumonia = score_split(model, metadata, batches, split, point_threshold)
     return evaluate_predictions(
         is_pneumonia,
-        prob,
+        scores.p_pneumonia,
         threshold=point_threshold,
         split=split,
         model_sha256=sha256_file(path),
@@ -227,25 +250,28 @@ def evaluate_model(
         point_thresholds={
             key: float(point["threshold"]) for key, point in operating_points(metadata)[0].items()
         },
+        predictions=predictions_table(scores, is_pneumonia, split_paths(batches, split)),
     )
 
 
 def score_model(uri_or_path: str | Path, images: np.ndarray, labels: np.ndarray, tracking_uri: str) -> dict:
-    """classification_metrics of a (registered) model on labelled images, at the model's own threshold."""
+    """classification_metrics of a (registered) model on labelled images, at its threshold in force."""
     model, metadata = load_model_with_metadata(uri_or_path, tracking_uri)
-    prob = predict_pneumonia_proba(model, images)
-    return classification_metrics(labels == CLASSES.index("pneumonia"), prob, float(metadata["threshold"]))
+    scores = score_images(model, metadata, images)
+    return classification_metrics(_pneumonia_labels(labels), scores.p_pneumonia, threshold_in_force(metadata))
 
 
 def champion_scorer_for(
     batches: BatchesResult, tracking_uri: str, split: str = "test"
 ) -> Callable[[str], dict]:
-    """A function that scores a registered model (by URI) on `split` of `batches`, streamed from its shards."""
+    """A function that scores a registered model (by URI) on `split` of `batches` at its threshold in force,
+    each image decoded for the model's own size as serving decodes it."""
 
     def score(model_uri: str) -> dict:
         model, metadata = load_model_with_metadata(model_uri, tracking_uri)
-        prob, is_pneumonia = predict_split(model, batches, split)
-        return classification_metrics(is_pneumonia, prob, float(metadata["threshold"]))
+        threshold = threshold_in_force(metadata)
+        scores, is_pneumonia = score_split(model, metadata, batches, split, threshold)
+        return classification_metrics(is_pneumonia, scores.p_pneumonia, threshold)
 
     return score
 

@@ -19,17 +19,16 @@ from cxr.core.caching import sha256_text
 from cxr.core.errors import DataError
 from cxr.core.state_folder import state_dir
 from cxr.data.batches import BatchesResult, materialise_batches
-from cxr.data.imaging import MIN_IMAGE_SIDE
 from cxr.data.ingesting import ingest_folder
 from cxr.data.manifests import MANIFEST_NAME, IngestResult
 from cxr.evaluation.domain_fit import domain_summary
 from cxr.evaluation.evaluate import evaluate_model
+from cxr.evaluation.scoring import min_image_side
 from cxr.model.loading import load_model_with_metadata, resolve_model
 from cxr.model.operating_points import select
 
 # Every accepted file of the folder is scored as this split.
 SPLIT = "test"
-# The same minimum image side a retrain run quarantines below.
 
 
 def evaluate_folder(
@@ -38,7 +37,9 @@ def evaluate_folder(
     """Metrics (with 95 % CIs) of a model on every accepted image of a labelled folder (any layout), copies
     of the same image included (`duplicates` counts them).
 
-    Uses the model's image size and its operating point `operating_point` (None: the model's default);
+    Uses the model's image size, its smallest accepted image side (as serving: smaller files are quarantined as
+    `too_small`) and its operating point `operating_point` (None: the model's default); `decisions` counts the
+    images per `decision` and `predictions` is the per-image table;
     `operating_points` gives the rates at every point the model stores. The manifest and quarantine list (one folder
     per data folder, so a re-run re-checks only changed files), plots and `report.md` stay in the
     state folder; the decoded batches are temporary.
@@ -46,7 +47,10 @@ def evaluate_folder(
     model_path = resolve_model(model_uri_or_path)
     _, metadata = load_model_with_metadata(model_path)  # fail on a bad model before the slow ingest
     select(metadata, operating_point)  # and on an unknown operating point
-    with labelled_batches(Path(data_dir), int(metadata["image_size"])) as (ingested, batches):
+    with labelled_batches(Path(data_dir), int(metadata["image_size"]), min_image_side(metadata)) as (
+        ingested,
+        batches,
+    ):
         report_dir = state_dir("reports", f"folder-{ingested.digest[:12]}-{sha256_file(model_path)[:12]}")
         result = evaluate_model(
             model_path, batches, split=SPLIT, out_dir=report_dir, operating_point=operating_point
@@ -59,6 +63,8 @@ def evaluate_folder(
         "operating_points": result.operating_points,
         "metrics": result.metrics,
         "ci": result.ci,
+        "decisions": result.decisions,
+        "predictions": str(result.predictions_path) if result.predictions_path else None,
         "n": result.n,
         "duplicates": ingested.duplicates,
         "quarantined": ingested.quarantined,
@@ -74,9 +80,12 @@ def evaluate_folder(
 
 
 @contextmanager
-def labelled_batches(data_dir: Path, image_size: int) -> Iterator[tuple[IngestResult, BatchesResult]]:
-    """(ingest result, batches of every accepted file as split `test`) of a labelled folder; the batches are
-    temporary. The manifest folder is one per data folder, so a re-run re-checks only changed files.
+def labelled_batches(
+    data_dir: Path, image_size: int, min_side: int
+) -> Iterator[tuple[IngestResult, BatchesResult]]:
+    """(ingest result, batches of every accepted file as split `test`) of a labelled folder, files with a side
+    below `min_side` quarantined; the batches are temporary. The manifest folder is one per data folder, so a
+    re-run re-checks only changed files.
 
     A folder without images of both classes is a `DataError`: no metric is defined on one class.
     """
@@ -85,7 +94,7 @@ def labelled_batches(data_dir: Path, image_size: int) -> Iterator[tuple[IngestRe
     ingested = ingest_folder(
         data_dir,
         manifest_dir,
-        min_side=MIN_IMAGE_SIDE,
+        min_side=min_side,
         previous_manifest=previous if previous.is_file() else None,
         keep_duplicates=True,  # a labelled folder is scored whole; copies are reported, not removed
     )

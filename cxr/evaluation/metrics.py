@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from cxr.core.errors import DataError
+from cxr.model.referral import says_pneumonia
 
 # Metrics with a bootstrap interval (pr_auc omitted: average precision is costly to vectorise).
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "auc")
@@ -52,7 +53,7 @@ def _outcomes(y: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def classification_metrics(is_pneumonia: np.ndarray, prob_pneumonia: np.ndarray, threshold: float) -> dict:
-    """Metrics for 'pneumonia' as the positive class, predicted when P(pneumonia) >= threshold.
+    """Metrics for 'pneumonia' as the positive class, predicted by the label rule (`says_pneumonia`).
 
     Undefined values (AUC with one class present, a ratio with an empty denominator) are None.
     `confusion` rows are the true class and columns the predicted class, both in CLASSES order.
@@ -60,7 +61,7 @@ def classification_metrics(is_pneumonia: np.ndarray, prob_pneumonia: np.ndarray,
     from sklearn.metrics import average_precision_score, roc_auc_score  # imported here: cached runs skip it
 
     y, p = check_inputs(is_pneumonia, prob_pneumonia)
-    counts = {name: int(mask.sum()) for name, mask in _outcomes(y, p >= threshold).items()}
+    counts = {name: int(mask.sum()) for name, mask in _outcomes(y, says_pneumonia(p, threshold)).items()}
     metrics: dict[str, Any] = {k: _as_json_number(v) for k, v in _threshold_metrics(**counts).items()}
     both_classes = 0 < y.sum() < y.size
     metrics["auc"] = float(roc_auc_score(y, p)) if both_classes else None
@@ -108,7 +109,7 @@ def bootstrap_ci(
     y, p = check_inputs(is_pneumonia, prob_pneumonia)
     n = y.size
     rng = np.random.default_rng(seed)
-    outcomes = {name: mask.astype(float) for name, mask in _outcomes(y, p >= threshold).items()}
+    outcomes = {name: mask.astype(float) for name, mask in _outcomes(y, says_pneumonia(p, threshold)).items()}
     blocks: list[dict[str, np.ndarray]] = []
     for start in range(0, n_boot, BOOTSTRAP_BLOCK):
         count = min(BOOTSTRAP_BLOCK, n_boot - start)

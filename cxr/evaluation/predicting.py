@@ -17,18 +17,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr import CLASSES
 from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import ModelError
 from cxr.data.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.data.scanning import path_text, real_path, scan_folder
-from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer, domain_verdicts
+from cxr.evaluation.scoring import ImageScorer
 from cxr.model.loading import load_model_with_metadata
-from cxr.model.operating_points import select
+from cxr.model.referral import SCORED as OK
+from cxr.model.referral import decide, decision_counts
 
-OK = "ok"
 # `in_domain` / `domain_score` (cxr.evaluation.domain): empty for a model saved without a domain score.
-COLUMNS = ["path", "probability", "label", "status", "detail", "heatmap", "in_domain", "domain_score"]
+# `decision` (cxr.model.referral): the one field to read; `p_pneumonia` is `probability` under the pyfunc's name.
+COLUMNS = [
+    "path",
+    "probability",
+    "label",
+    "decision",
+    "status",
+    "detail",
+    "heatmap",
+    "in_domain",
+    "domain_score",
+    "p_pneumonia",
+]
 # Larger files are refused before decoding; real chest X-rays (even 16-bit DICOM) are far smaller.
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 # Images decoded and held in memory at once: bounds memory for folders of any size.
@@ -76,11 +88,6 @@ def _load_checked(
     return load_greyscale(Path(path), image_size, max_pixels=max_pixels, min_side=min_side)
 
 
-def label_for_probability(probability: float, threshold: float) -> str:
-    """'pneumonia' when P(pneumonia) >= threshold (the rule the metrics use), else 'normal'."""
-    return PNEUMONIA if probability >= threshold else NORMAL
-
-
 def heatmap_path(heatmaps_dir: Path, image_path: str, *, out_of_domain: bool = False) -> Path:
     """`<stem>-<hash of the full path>[-out-of-domain].png`: readable, unique for same-named files in other
     folders, and naming an image the domain score flags."""
@@ -91,15 +98,12 @@ def heatmap_path(heatmaps_dir: Path, image_path: str, *, out_of_domain: bool = F
 
 
 def _score_chunk(
-    model,  # noqa: ANN001 - a keras.Model
-    scorer: DomainScorer,
+    scorer: ImageScorer,
     chunk: list[_Input],
     *,
-    image_size: int,
     threshold: float,
     max_pixels: int,
     max_file_bytes: int,
-    min_side: int,
     heatmaps_dir: Path | None,
 ) -> list[dict[str, Any]]:
     rows = {item.path: _failed_row(item.path, *item.problem) for item in chunk if item.problem}
@@ -109,25 +113,23 @@ def _score_chunk(
             continue
         try:
             images[item.path] = _load_checked(
-                item.path, image_size, max_pixels=max_pixels, max_file_bytes=max_file_bytes, min_side=min_side
+                item.path,
+                scorer.image_size,
+                max_pixels=max_pixels,
+                max_file_bytes=max_file_bytes,
+                min_side=scorer.min_side,
             )
         except BadImage as error:
             rows[item.path] = _failed_row(item.path, error.reason, error.detail)
     if images:
-        softmax, scores = scorer.predict(np.stack(list(images.values()))[..., None])
-        verdicts = domain_verdicts(scorer.guard, scores, len(images))
-        for (path, image), probability, verdict in zip(images.items(), softmax[:, 0], verdicts, strict=True):
-            label = label_for_probability(float(probability), threshold)
+        scores = scorer.score(np.stack(list(images.values())), threshold)
+        for (path, image), scored in zip(images.items(), scores.rows(), strict=True):
             rows[path] = {
                 "path": path,
-                "probability": float(probability),
-                "label": label,
+                **scored,
                 "status": OK,
                 "detail": "",
-                "heatmap": _write_heatmap(
-                    model, image, path, label, float(probability), heatmaps_dir, verdict
-                ),
-                **verdict,
+                "heatmap": _write_heatmap(scorer.domain.network, image, path, scored, heatmaps_dir),
             }
     return [rows[item.path] for item in chunk]
 
@@ -136,7 +138,9 @@ def _failed_row(path: str, reason: str, detail: str) -> dict[str, Any]:
     return {
         "path": path,
         "probability": np.nan,
+        "p_pneumonia": np.nan,
         "label": None,
+        "decision": decide(reason, None, np.nan, None, None),
         "status": reason,
         "detail": detail,
         "heatmap": None,
@@ -149,18 +153,18 @@ def _write_heatmap(
     model,  # noqa: ANN001 - a keras.Model
     image: np.ndarray,
     path: str,
-    label: str,
-    probability: float,
+    scored: dict[str, Any],
     heatmaps_dir: Path | None,
-    verdict: dict[str, Any],
 ) -> str | None:
     if heatmaps_dir is None:
         return None
     from cxr.model.gradcam import grad_cam, overlay_png  # imported here: only heat-map runs pay for it
 
     heat = grad_cam(model, image[..., None])
-    flagged = verdict["in_domain"] is False
-    text = f"{label} P(pneumonia)={probability:.3f}" + (f" {OUT_OF_DOMAIN_NOTE}" if flagged else "")
+    flagged = scored["in_domain"] is False
+    text = f"{scored['label']} P(pneumonia)={scored['probability']:.3f}" + (
+        f" {OUT_OF_DOMAIN_NOTE}" if flagged else ""
+    )
     out = overlay_png(image, heat, heatmap_path(heatmaps_dir, path, out_of_domain=flagged), label=text)
     return str(out)
 
@@ -178,39 +182,39 @@ def score_files(
     """One row per input file (COLUMNS), in input order; folders are expanded recursively.
 
     `label` applies the threshold of the model's operating point `operating_point` (None: its
-    default); files that cannot be scored have `status` != 'ok', no probability and a `detail` message.
+    default) and `decision` (`cxr.model.referral`) also the domain verdict and the referral band; files that
+    cannot be scored have `status` (and `decision`) != 'ok', no probability and a `detail` message.
     """
     try:
-        _, threshold = select(metadata, operating_point)
-        image_size = int(metadata["image_size"])
-        min_side = int(metadata.get(MIN_SIDE_KEY, 0))
+        scorer = ImageScorer(model, metadata)
+        _, threshold = scorer.operating_point(operating_point)
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"model metadata lacks a usable threshold and image_size: {error}") from error
     inputs = expand_paths(paths)
-    scorer = DomainScorer(model, DomainGuard.from_metadata(metadata))
     rows: list[dict[str, Any]] = []
     for start in range(0, len(inputs), CHUNK_FILES):
         rows += _score_chunk(
-            model,
             scorer,
             inputs[start : start + CHUNK_FILES],
-            image_size=image_size,
             threshold=threshold,
             max_pixels=max_pixels,
-            min_side=min_side,
             max_file_bytes=max_file_bytes,
             heatmaps_dir=Path(heatmaps_dir) if heatmaps_dir is not None else None,
         )
-    return pd.DataFrame(rows, columns=COLUMNS).astype({"probability": "float64", "domain_score": "float64"})
+    return pd.DataFrame(rows, columns=COLUMNS).astype(
+        {"probability": "float64", "p_pneumonia": "float64", "domain_score": "float64"}
+    )
 
 
 def outcome_counts(frame: pd.DataFrame) -> dict[str, Any]:
-    """Scored files per predicted label (both classes always present), failed files per status, and
-    scored files flagged out of domain (None when the model has no domain score)."""
+    """Scored files per predicted label (both classes always present), files per decision (every file: the
+    refusals count under their status), failed files per status, and scored files flagged out of domain (None
+    when the model has no domain score)."""
     scored = frame[frame["status"] == OK]
     judged = scored["in_domain"].dropna()
     return {
         "by_label": {label: int((scored["label"] == label).sum()) for label in CLASSES},
+        "by_decision": decision_counts(frame["decision"]),
         "by_status": dict(sorted(Counter(frame.loc[frame["status"] != OK, "status"]).items())),
         "out_of_domain": int((~judged.astype(bool)).sum()) if len(judged) or scored.empty else None,
     }
@@ -226,7 +230,7 @@ def predict_to_csv(
     """Load the model at `model_uri`, score `paths` into `out_csv` at its operating point
     `operating_point` (None: its default); returns the rows and a summary."""
     model, metadata = load_model_with_metadata(model_uri)
-    point, threshold = select(metadata, operating_point)
+    point, threshold = ImageScorer(model, metadata).operating_point(operating_point)
     frame = score_files(
         model,
         metadata,

@@ -171,6 +171,15 @@ def select(metadata: dict[str, Any], name: str | None = None) -> tuple[str, floa
     return chosen, float(points[chosen]["threshold"])
 
 
+def threshold_in_force(metadata: dict[str, Any]) -> float:
+    """The threshold a model answers with when no operating point is asked for: its default point's.
+
+    The one reading of "the model's threshold" (scoring, the gate, evaluation, the pyfunc): the single
+    `threshold` key is kept equal to it for older readers, never read instead of it.
+    """
+    return select(metadata)[1]
+
+
 def mlflow_tags(points: dict[str, dict[str, Any]], default: str) -> dict[str, str]:
     """MLflow run and model-version tags: the default point's name, and each point's threshold and rates."""
     tags = {"default_operating_point": default}

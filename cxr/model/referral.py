@@ -11,12 +11,15 @@ system answers alone, otherwise `refer`, `out_of_domain`, or the refusal status 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-PNEUMONIA = "pneumonia"
-NORMAL = "normal"
+from cxr import NORMAL, PNEUMONIA
+
 REFER = "refer"
 OUT_OF_DOMAIN = "out_of_domain"
 # The status of an image that was scored; every other status is a refusal and is its own decision.
@@ -33,6 +36,16 @@ class ReferralBand(BaseModel):
 
     def refers(self, p_pneumonia: float) -> bool:
         return self.low <= p_pneumonia < self.high
+
+
+def says_pneumonia(p_pneumonia: np.ndarray, threshold: float) -> np.ndarray:
+    """The label rule, for every reader of a probability: pneumonia where P(pneumonia) >= threshold."""
+    return np.asarray(p_pneumonia, dtype=float) >= threshold
+
+
+def label_for(p_pneumonia: float, threshold: float) -> str:
+    """`pneumonia` or `normal` by the label rule (`says_pneumonia`)."""
+    return PNEUMONIA if says_pneumonia(p_pneumonia, threshold) else NORMAL
 
 
 def referral_band(metadata: dict[str, Any]) -> ReferralBand | None:
@@ -55,4 +68,13 @@ def decide(
         return OUT_OF_DOMAIN
     if band is not None and band.refers(p_pneumonia):
         return REFER
-    return PNEUMONIA if p_pneumonia >= threshold else NORMAL
+    return label_for(p_pneumonia, threshold)
+
+
+def decision_counts(decisions: Iterable[str]) -> dict[str, int]:
+    """Images per decision: the answers alone first (pneumonia, normal, both always present), then refer and
+    out_of_domain when any, then each refusal status."""
+    counts = Counter(decisions)
+    answered = {name: counts.pop(name, 0) for name in (PNEUMONIA, NORMAL)}
+    withheld = {name: counts.pop(name) for name in (REFER, OUT_OF_DOMAIN) if name in counts}
+    return answered | withheld | dict(sorted(counts.items()))

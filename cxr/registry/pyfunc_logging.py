@@ -58,10 +58,14 @@ def model_metadata(trained: dict[str, Any], model_sha256: str) -> dict[str, Any]
     return {
         "classes": list(trained.get("classes", CLASSES)),
         "positive_class": PNEUMONIA,
-        "output": "p_pneumonia, label (pneumonia/normal), operating_point, threshold, status, detail, "
-        "in_domain (false: unlike the training images; null: no domain score), domain_score",
+        "output": "p_pneumonia (also as probability), label (pneumonia/normal), decision, operating_point, "
+        "threshold, status, detail, in_domain (false: unlike the training images; null: no domain score), "
+        "domain_score",
         "domain_threshold": (trained.get("domain") or {}).get("threshold"),
-        "decision": "pneumonia when p_pneumonia >= the operating point's threshold",
+        "label_rule": "pneumonia when p_pneumonia >= the operating point's threshold",
+        "decision": "the field to read alone: the refusal status when not scored (status), else out_of_domain "
+        "when in_domain is false, else refer inside the referral band, else the label",
+        "referral": trained.get("referral"),
         "operating_points": points,
         "default_operating_point": default,
         "image_size": int(trained["image_size"]),
@@ -82,12 +86,14 @@ def signature(default_point: str):  # noqa: ANN201 - mlflow ModelSignature; mlfl
     outputs = [
         ColSpec(DataType.double, "p_pneumonia", required=False),
         ColSpec(DataType.string, "label", required=False),
+        ColSpec(DataType.string, "decision"),
         ColSpec(DataType.string, "operating_point"),
         ColSpec(DataType.double, "threshold"),
         ColSpec(DataType.string, "status"),
         ColSpec(DataType.string, "detail"),
         ColSpec(DataType.boolean, "in_domain", required=False),
         ColSpec(DataType.double, "domain_score", required=False),
+        ColSpec(DataType.double, "probability", required=False),
     ]
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.binary, IMAGE_COLUMN)]),

@@ -6,10 +6,13 @@ this repository. It must therefore import nothing beyond those and the library m
 
 Input: a DataFrame column `image`; each cell is encoded file bytes (PNG, JPEG, DICOM...), the same
 base64-encoded (as a JSON client sends them), or a uint8/float grey or RGB array on the 0..255 scale.
-Output: one row per image with `p_pneumonia`, `label`, the operating point and threshold used, and a
-`status` that is `ok` or why the image could not be scored (the reasons ingest quarantines for), and
-`in_domain` / `domain_score` (`cxr.evaluation.domain`): False for an image unlike the training images, which still gets
-its probability and label; null / NaN when the model was saved without a domain score.
+Output: one row per image with `p_pneumonia` (also as `probability`, its name in `cxr predict`'s CSV),
+`label`, `decision`, the operating point and threshold used, and a `status` that is `ok` or why the image could
+not be scored (the reasons ingest quarantines for), and `in_domain` / `domain_score` (`cxr.evaluation.domain`):
+False for an image unlike the training images, which still gets its probability and label; null / NaN when the
+model was saved without a domain score. `decision` (`cxr.model.referral`) is the field to read alone: `pneumonia`
+or `normal` only where the system answers alone, else `refer`, `out_of_domain` or the refusal status. Scoring
+is `cxr.evaluation.scoring`'s, the same as `cxr predict`'s.
 """
 
 from __future__ import annotations
@@ -24,21 +27,23 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr import CLASSES, NORMAL, PNEUMONIA
 from cxr.data.imaging import BadImage, ImageInfo, check_min_side, decode_greyscale
-from cxr.evaluation.domain import MIN_SIDE_KEY, DomainGuard, DomainScorer, domain_verdicts
+from cxr.evaluation.scoring import ImageScorer
 from cxr.model.operating_points import operating_points
+from cxr.model.referral import decide
 
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = (
     "p_pneumonia",
     "label",
+    "decision",
     "operating_point",
     "threshold",
     "status",
     "detail",
     "in_domain",
     "domain_score",
+    "probability",
 )
 OK = "ok"
 # `context.artifacts` keys of a logged model.
@@ -118,14 +123,11 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         with open(context.artifacts[METADATA_ARTIFACT]) as handle:
             self.metadata = json.load(handle)
         self.points, self.default_point = operating_points(self.metadata)
-        self.image_size = int(self.metadata["image_size"])
-        self.min_side = int(self.metadata.get(MIN_SIDE_KEY, 0))
-        self.pneumonia_index = list(self.metadata.get("classes", CLASSES)).index(PNEUMONIA)
         # safe_mode: the file holds only registered layers, so nothing in it runs arbitrary code.
         self.network = keras.saving.load_model(
             context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True
         )
-        self.scorer = DomainScorer(self.network, DomainGuard.from_metadata(self.metadata))
+        self.scorer = ImageScorer(self.network, self.metadata)
 
     def predict(
         self,
@@ -136,31 +138,35 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         point = (params or {}).get(OPERATING_POINT_PARAM) or self.default_point
         if point not in self.points:
             raise ValueError(f"unknown operating point {point!r}; this model has {sorted(self.points)}")
-        threshold = float(self.points[point]["threshold"])
-        cells = _image_cells(model_input)
+        _, threshold = self.scorer.operating_point(point)
         rows: list[dict[str, Any]] = []
         images: dict[int, np.ndarray] = {}
-        for index, cell in enumerate(cells):
+        for index, cell in enumerate(_image_cells(model_input)):
             try:
-                images[index] = image_from_cell(cell, self.image_size, self.min_side)
+                images[index] = image_from_cell(cell, self.scorer.image_size, self.scorer.min_side)
                 rows.append({"status": OK, "detail": ""})
             except BadImage as error:
-                rows.append({"status": error.reason, "detail": error.detail})
-        probabilities, scores = self._p_pneumonia(list(images.values()))
-        verdicts = domain_verdicts(self.scorer.guard, scores, len(images))
-        for index, probability, verdict in zip(images, probabilities, verdicts, strict=True):
-            label = PNEUMONIA if probability >= threshold else NORMAL
-            rows[index].update(p_pneumonia=float(probability), label=label, **verdict)
+                rows.append(
+                    {
+                        "status": error.reason,
+                        "detail": error.detail,
+                        "decision": decide(error.reason, None, 0, None, None),
+                    }
+                )
+        if images:
+            scores = self.scorer.score(np.stack(list(images.values())), threshold)
+            for index, scored in zip(images, scores.rows(), strict=True):
+                rows[index].update(scored)
         frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
         frame["operating_point"], frame["threshold"] = point, threshold
-        return frame.astype({"p_pneumonia": "float64", "domain_score": "float64", "in_domain": "object"})
-
-    def _p_pneumonia(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(P(pneumonia), domain score or None without one) per image."""
-        if not images:
-            return np.empty(0), None
-        softmax, scores = self.scorer.predict(np.stack(images)[..., None])
-        return np.asarray(softmax[:, self.pneumonia_index], dtype=float), scores
+        return frame.astype(
+            {
+                "p_pneumonia": "float64",
+                "probability": "float64",
+                "domain_score": "float64",
+                "in_domain": "object",
+            }
+        )
 
 
 def _image_cells(model_input: Any) -> list[Any]:  # noqa: ANN401 - DataFrame, dict or list from mlflow

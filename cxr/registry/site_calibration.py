@@ -26,6 +26,7 @@ from cxr.core.locking import registry_lock
 from cxr.core.mlflow_store import client
 from cxr.evaluation.evaluate import predict_split
 from cxr.evaluation.evaluate_folder import SPLIT, labelled_batches
+from cxr.evaluation.scoring import min_image_side
 from cxr.model.loading import (
     KERAS_FILE,
     METADATA_FILE,
@@ -80,23 +81,29 @@ def with_site_points(
     record: dict[str, Any],
     default: str | None,
 ) -> dict[str, Any]:
-    """`model.json` with the site's points replacing any earlier ones of that site; `default` (a point name or
-    None: unchanged) becomes the default point, and the single `threshold` follows it."""
+    """`model.json` with the site's points replacing any earlier ones of that site, except the point the default
+    still names (a site recalibrated at another target keeps answering as before); `default` (a point name or
+    None: unchanged) becomes the default point, and the single `threshold` is always the default point's."""
     from cxr.model.operating_points import (
         operating_points,  # imported here: loading the flow must not load MLflow
     )
 
     current, current_default = operating_points(metadata)  # a model with one `threshold` has point `default`
-    kept = {name: point for name, point in current.items() if not name.startswith(f"{site}:")}
+    kept = {
+        name: point
+        for name, point in current.items()
+        if not name.startswith(f"{site}:") or (name == current_default and default is None)
+    }
+    chosen = current_default if default is None else default
     updated = {
         **metadata,
         "operating_points": {**kept, **{name: point.model_dump() for name, point in points.items()}},
-        "default_operating_point": current_default,
+        "default_operating_point": chosen,
         "site_calibrations": {**metadata.get("site_calibrations", {}), site: record},
     }
-    if default is not None:
-        updated["default_operating_point"] = default
-        updated["threshold"] = updated["operating_points"][default]["threshold"]
+    updated["threshold"] = updated["operating_points"][chosen]["threshold"]
+    if "rule" in updated["operating_points"][chosen]:
+        updated["threshold_rule"] = updated["operating_points"][chosen]["rule"]
     return updated
 
 
@@ -105,8 +112,11 @@ def calibrate_on_folder(
 ) -> tuple[dict[str, OperatingPoint], dict[str, Any]]:
     """(the site's points, a record of the images they were chosen on) for a model file and a labelled folder."""
     network, metadata = load_model_with_metadata(model_path)
-    with labelled_batches(data_dir, int(metadata["image_size"])) as (ingested, batches):
-        prob, is_pneumonia = predict_split(network, batches, SPLIT)
+    with labelled_batches(data_dir, int(metadata["image_size"]), min_image_side(metadata)) as (
+        ingested,
+        batches,
+    ):
+        prob, is_pneumonia = predict_split(network, batches, SPLIT, metadata)
     record = {
         "data_dir": str(data_dir.resolve()),
         "data_digest": ingested.digest,

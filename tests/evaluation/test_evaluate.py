@@ -19,12 +19,14 @@ from sklearn.metrics import (
 
 from cxr.core.errors import DataError
 from cxr.data.batches import write_batches
+from cxr.data.split_images import resized
+from cxr.evaluation import domain as domain_module
 from cxr.evaluation import evaluate as evaluate_module
 from cxr.evaluation import metrics as metrics_module
-from cxr.evaluation.evaluate import evaluate_model, predict_pneumonia_proba, predict_split
+from cxr.evaluation.evaluate import evaluate_model, predict_split, score_images
 from cxr.evaluation.metrics import bootstrap_ci, classification_metrics
 from cxr.evaluation.plots import write_plots
-from tests.helpers.toy_models import bright_dark_images, brightness_model, save_model
+from tests.helpers.toy_models import SIZE, bright_dark_images, brightness_model, save_model
 
 KNOWN_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0], dtype=bool)
 KNOWN_P = np.array([0.9, 0.8, 0.4, 0.65, 0.3, 0.7, 0.1, 0.2, 0.55, 0.5, 0.95, 0.05])
@@ -98,28 +100,40 @@ def test_bootstrap_auc_matches_sklearn_on_a_resample():
     assert metrics_module._weighted_auc(y, p, weights)[0] == pytest.approx(roc_auc_score(y[drawn], p[drawn]))
 
 
-def test_predict_uses_first_softmax_output_and_resizes():
+TOY_METADATA = {"image_size": SIZE, "threshold": 0.5}
+
+
+def test_score_images_reads_the_pneumonia_output_and_resizes_as_serving():
     images, labels = bright_dark_images(20)
-    prob = predict_pneumonia_proba(brightness_model(40.0), images, batch_size=8)
+    prob = score_images(brightness_model(40.0), TOY_METADATA, images).p_pneumonia
     assert prob.shape == (20,)
     assert prob[labels == 0].mean() > prob[labels == 1].mean()
     larger = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 64 px images, 32 px model
-    assert np.allclose(predict_pneumonia_proba(brightness_model(40.0), larger), prob, atol=1e-3)
+    from_larger = score_images(brightness_model(40.0), TOY_METADATA, larger).p_pneumonia
+    # Resized as serving resizes an array (Pillow, bilinear), not by TensorFlow.
+    as_served = score_images(brightness_model(40.0), TOY_METADATA, resized(larger, SIZE)[..., None])
+    np.testing.assert_allclose(from_larger, as_served.p_pneumonia, atol=1e-6)
+    assert np.allclose(from_larger, prob, atol=2e-2)
+    # A model saved with its classes the other way round: P(pneumonia) is its second output.
+    swapped = score_images(
+        brightness_model(40.0), {**TOY_METADATA, "classes": ["normal", "pneumonia"]}, images
+    )
+    np.testing.assert_allclose(swapped.p_pneumonia, 1 - prob, atol=1e-6)
     with pytest.raises(DataError):
-        predict_pneumonia_proba(brightness_model(1.0), images[..., 0])
+        score_images(brightness_model(1.0), TOY_METADATA, images[..., 0])
 
 
-def test_predict_traces_once_per_model_and_does_not_keep_it_alive():
+def test_scoring_traces_once_per_model_and_does_not_keep_it_alive():
     import gc
     import weakref
 
     images, _ = bright_dark_images(20)
     model = brightness_model(40.0)
-    first = predict_pneumonia_proba(model, images, batch_size=8)  # batches of 8, 8 and 4
-    again = predict_pneumonia_proba(model, images[:5], batch_size=3)
+    first = score_images(model, TOY_METADATA, images).p_pneumonia
+    again = score_images(model, TOY_METADATA, images[:5]).p_pneumonia
     np.testing.assert_allclose(first, model.predict(images, verbose=0)[:, 0], atol=1e-6)
     np.testing.assert_allclose(again, first[:5], atol=1e-6)
-    assert evaluate_module._forward_pass(model).experimental_get_tracing_count() == 1
+    assert domain_module._forward_pass(model, None).experimental_get_tracing_count() == 1
     alive = weakref.ref(model)
     del model
     gc.collect()
@@ -130,9 +144,11 @@ def test_predict_split_streams_shards_in_order_and_resizes(tmp_path):
     images, labels = bright_dark_images(20)
     larger = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 64 px shards, 32 px model
     batches = write_batches(tmp_path / "batches", {"test": (larger, labels)}, shard_images=6)
-    prob, is_pneumonia = predict_split(brightness_model(40.0), batches, "test", batch_size=8)
+    prob, is_pneumonia = predict_split(brightness_model(40.0), batches, "test")
     np.testing.assert_array_equal(is_pneumonia, labels == 0)
-    assert np.allclose(prob, predict_pneumonia_proba(brightness_model(40.0), images), atol=1e-3)
+    assert np.allclose(
+        prob, score_images(brightness_model(40.0), TOY_METADATA, larger).p_pneumonia, atol=1e-6
+    )
 
 
 def test_evaluate_model_writes_report_and_plots(tmp_path):

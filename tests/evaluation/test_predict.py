@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.helpers.domain_cases import add_domain_score, blob_scenes
 from tests.helpers.image_files import png_declaring
+from tests.helpers.prefect_artifacts import artifact_data
 from tests.helpers.toy_models import SIZE, THRESHOLD, blob_image, blob_model, write_blob_model, write_png
 
 
@@ -87,6 +88,26 @@ def test_images_below_the_models_minimum_side_are_refused_as_too_small(model_dir
     assert "40x40" in frame["detail"].iloc[1] and np.isnan(frame["probability"].iloc[1])
 
 
+def test_an_image_inside_the_referral_band_is_referred(model_dir, mixed_folder, tmp_path):
+    """A band written into the model's metadata refers the images whose P(pneumonia) falls inside it."""
+    import shutil
+
+    banded = tmp_path / "banded-model"
+    shutil.copytree(model_dir, banded)
+    plain = [mixed_folder / "blob_a.png", mixed_folder / "plain_a.png"]
+    before = score(banded, plain)
+    p_blob = float(before["probability"].iloc[0])
+    metadata = json.loads((banded / "model.json").read_text())
+    band = {"low": THRESHOLD - 0.01, "high": p_blob + 1e-6, "fitted_on": "test"}
+    (banded / "model.json").write_text(json.dumps({**metadata, "referral": band}))
+    after = score(banded, plain)
+    assert before["decision"].tolist() == ["pneumonia", "normal"]
+    assert after["decision"].tolist() == ["refer", "normal"]
+    # The label and probability stay: only the one field to read alone changes.
+    assert after["label"].tolist() == before["label"].tolist()
+    assert after["probability"].tolist() == before["probability"].tolist()
+
+
 def test_score_files_writes_one_overlay_per_scored_image(model_dir, mixed_folder, tmp_path):
     frame = score(model_dir, [mixed_folder], heatmaps_dir=tmp_path / "heat")
 
@@ -152,25 +173,45 @@ def test_predict_flow_writes_the_csv(prefect_harness, model_dir, mixed_folder, t
     from flows.predict import predict
 
     out_csv = tmp_path / "out" / "predictions.csv"
-    summary = predict(paths=[str(mixed_folder)], model_uri=str(model_dir), out_csv=str(out_csv))
+    state = predict(
+        paths=[str(mixed_folder)], model_uri=str(model_dir), out_csv=str(out_csv), return_state=True
+    )
+    summary = state.result()
 
     # Under the default size limit the 256 px noise image is scored too: no bright area, so 'normal'.
     assert summary["scored"] == 5 and summary["failed"] == 3
     assert summary["out_csv"] == str(out_csv.resolve()) and summary["threshold"] == THRESHOLD
     assert summary["by_label"] == {"pneumonia": 2, "normal": 3}
     assert summary["by_status"] == {"decompression_bomb": 1, "empty_file": 1, "not_an_image": 1}
+    # Without a domain score or a referral band, every scored image is answered; a refusal is its own decision.
+    assert summary["by_decision"] == {
+        "pneumonia": 2,
+        "normal": 3,
+        "decompression_bomb": 1,
+        "empty_file": 1,
+        "not_an_image": 1,
+    }
     written = pd.read_csv(out_csv)
     assert list(written.columns) == [
         "path",
         "probability",
         "label",
+        "decision",
         "status",
         "detail",
         "heatmap",
         "in_domain",
         "domain_score",
+        "p_pneumonia",
     ]
     assert len(written) == 8 and (written["status"] == "ok").sum() == 5
+    scored = written["status"] == "ok"
+    assert (written.loc[scored, "decision"] == written.loc[scored, "label"]).all()
+    assert (written.loc[~scored, "decision"] == written.loc[~scored, "status"]).all()
+    assert written["p_pneumonia"].equals(written["probability"])  # the pyfunc's name for the same number
+    published = artifact_data(str(state.state_details.flow_run_id))
+    assert [row["decision"] for row in published["predictions"]] == written["decision"].tolist()
+    assert {"outcome": "decision pneumonia", "files": 2} in published["prediction-counts"]
     # A model saved without a domain score judges no image: the columns are empty, the count null.
     assert written["in_domain"].isna().all() and written["domain_score"].isna().all()
     assert summary["out_of_domain"] is None
@@ -216,8 +257,16 @@ def test_predict_flags_images_out_of_domain_and_still_answers(
         "usual": True,
     }
     assert summary["out_of_domain"] == 3 and summary["scored"] == 4
-    # Flagged images keep their probability and label: nothing is dropped, only marked.
+    # Flagged images keep their probability and label, but their decision is out_of_domain: a reader of
+    # `decision` alone never gets an answer for them.
     assert written["probability"].notna().all() and written["label"].notna().all()
+    assert written["decision"].to_dict() == {
+        "blank": "out_of_domain",
+        "inverted": "out_of_domain",
+        "noise": "out_of_domain",
+        "usual": written.loc["usual", "label"],
+    }
+    assert summary["by_decision"] == {"pneumonia": 1, "normal": 0, "out_of_domain": 3}
     # Its Grad-CAM overlay says so in its name (and on the image).
     flagged_overlays = written["heatmap"].str.endswith("-out-of-domain.png")
     assert flagged_overlays.to_dict() == {"blank": True, "inverted": True, "noise": True, "usual": False}

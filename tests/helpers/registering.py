@@ -10,7 +10,7 @@ import pytest
 from cxr.config.params import GateParams
 from cxr.core import mlflow_store
 from cxr.core.atomic_files import sha256_file
-from cxr.evaluation.evaluate import evaluate_predictions, predict_pneumonia_proba, score_model
+from cxr.evaluation.evaluate import evaluate_predictions, score_images, score_model
 from cxr.model.training import TrainResult
 from cxr.registry.registration import register_model
 from tests.helpers.toy_models import SIZE, bright_dark_images, brightness_model, save_model
@@ -73,7 +73,7 @@ def register(tmp_path, tracking_uri, test_split, gain, *, threshold=0.5, gate=No
     train, model = trained(tmp_path, gain, threshold, tag)
     evaluation = evaluate_predictions(
         labels == 0,
-        predict_pneumonia_proba(model, images),
+        score_images(model, {"image_size": SIZE, "threshold": threshold}, images).p_pneumonia,
         threshold=threshold,
         split="test",
         model_sha256=train.model_sha256,

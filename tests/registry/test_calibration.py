@@ -14,6 +14,8 @@ import pytest
 from cli.main import main
 from cxr.core import mlflow_store
 from cxr.core.atomic_files import sha256_file
+from cxr.model import loading
+from cxr.model.operating_points import operating_points, threshold_in_force
 from cxr.registry import versions
 from cxr.registry.pyfunc_logging import log_pyfunc_model
 from cxr.registry.site_calibration import site_points, with_site_points
@@ -103,3 +105,45 @@ def test_calibrate_refuses_one_class_folders_and_model_files(champion, tmp_path,
     assert "site name 's:x'" in capsys.readouterr().err
     assert main(["calibrate", "--data", str(two), "--name", "s", "--target-sensitivity", "1.5"]) == 2
     assert "target sensitivity 1.5 must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_recalibrating_a_site_at_another_target_keeps_the_point_the_default_names():
+    """Checked: before, the second call dropped `a:sensitivity-0.95` while the default still named it, and
+    reading the points raised "default operating point 'a:sensitivity-0.95' is not one of ..."."""
+    p = np.array([0.1, 0.2, 0.35, 0.6, 0.7, 0.9])
+    y = np.array([False, False, True, False, True, True])
+    first = site_points(p, y, "a", 0.95)
+    made_default = with_site_points({"threshold": 0.5}, "a", first, {"n": 6}, "a:sensitivity-0.95")
+    second = site_points(p, y, "a", 0.9)
+    again = with_site_points(made_default, "a", second, {"n": 6}, None)
+    points, default = operating_points(again)
+    assert default == "a:sensitivity-0.95" and set(points) >= {"a:sensitivity-0.9", "a:balanced", default}
+    assert again["threshold"] == points[default]["threshold"] == first[default].threshold
+    assert threshold_in_force(again) == again["threshold"]
+
+
+def test_calibrate_at_another_target_without_make_default_then_predict_and_evaluate_use_the_default(
+    champion, isolated_registry, tmp_path, capsys
+):
+    site = labelled_folder(tmp_path / "site", pneumonia=6, normal=6)
+    base = ["calibrate", "--data", str(site), "--name", "site_b", "--json"]
+    assert main([*base, "--target-sensitivity", "0.95", "--make-default"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--target-sensitivity", "0.9"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["default_operating_point"] == POINT and result["model_version"] == 3
+
+    version = mlflow_store.client(isolated_registry).get_model_version(NAME, "3")
+    metadata = json.loads(
+        Path(loading.resolve_model(f"models:/{NAME}/3")).with_name("model.json").read_text()
+    )
+    assert metadata["threshold"] == metadata["operating_points"][POINT]["threshold"]
+    assert float(version.tags["threshold"]) == pytest.approx(metadata["threshold"])
+
+    assert main(["predict", str(site), "--out", str(tmp_path / "p.csv"), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (predicted["operating_point"], predicted["threshold"]) == (POINT, metadata["threshold"])
+    assert main(["evaluate", "--data", str(site), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (scored["operating_point"], scored["metrics"]["threshold"]) == (POINT, metadata["threshold"])
+    assert sum(scored["decisions"].values()) == scored["n"] == 12

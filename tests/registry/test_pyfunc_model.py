@@ -93,6 +93,35 @@ def images(tmp_path_factory) -> list[Path]:
     return write_images(tmp_path_factory.mktemp("images"))
 
 
+def write_unanswerable(folder: Path) -> list[Path]:
+    """Files no reader of `decision` may get pneumonia or normal for: blank (dark to bright), noise, gradients,
+    colour noise, and tiny images (below the champion's smallest side)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    pictures = {f"blank{level}": np.full((64, 64), level, np.uint8) for level in (0, 40, 128, 200, 255)}
+    pictures |= {f"noise{index}": rng.integers(0, 256, (64, 64), dtype=np.uint8) for index in range(3)}
+    ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+    pictures |= {"gradient_h": ramp, "gradient_v": ramp.T, "gradient_d": ((ramp.astype(int) + ramp.T) // 2)}
+    pictures |= {
+        f"colour_noise{index}": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for index in range(3)
+    }
+    pictures |= {
+        "tiny_grey": rng.integers(0, 256, (12, 12), dtype=np.uint8),
+        "tiny_blank": np.zeros((8, 8), np.uint8),
+    }
+    paths = []
+    for name, pixels in pictures.items():
+        path = folder / f"{name}.png"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def unanswerable(tmp_path_factory) -> list[Path]:
+    return write_unanswerable(tmp_path_factory.mktemp("unanswerable"))
+
+
 def test_single_threshold_is_the_default_point():
     points, default = operating_points({"threshold": 0.3, "threshold_rule": "rule"})
     assert default == "default" and points == {"default": {"threshold": 0.3, "rule": "rule"}}
@@ -176,7 +205,7 @@ def test_shipped_code_is_what_the_pyfunc_imports():
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory, images) -> dict:
+def champion(tmp_path_factory, images, unanswerable) -> dict:
     """A network registered as `@champion` in a fresh sqlite store, with a threshold that splits `images`."""
     from cxr.evaluation.predicting import score_files
 
@@ -198,6 +227,12 @@ def champion(tmp_path_factory, images) -> dict:
     assert list(expected["status"][:3]) == ["too_small", "too_small", "ok"]
     assert set(expected["in_domain"].dropna()) == {False}  # noise and gradients are no chest X-rays
     assert set(expected["label"].dropna()) == {"pneumonia", "normal"}
+    # Each image the system should not answer alone: its decision is out_of_domain or its refusal.
+    assert set(expected["decision"]) <= {"out_of_domain", "too_small", "empty_file", "not_an_image"}
+    withheld = score_files(network, metadata, unanswerable)
+    assert set(withheld["label"].dropna()) == {"pneumonia", "normal"}  # the label alone would answer
+    assert set(withheld["decision"]) == {"out_of_domain", "too_small"}
+    expected = pd.concat([expected, withheld], ignore_index=True)
 
     import mlflow
 
@@ -228,7 +263,8 @@ def test_logged_model_metadata(champion):
     assert meta["operating_points"] == {"default": {"threshold": champion["metadata"]["threshold"]}}
     assert meta["classes"] == ["pneumonia", "normal"] and meta["image_size"] == SIZE
     assert info.signature.inputs.input_names() == ["image"]
-    assert info.signature.outputs.input_names()[:3] == ["p_pneumonia", "label", "operating_point"]
+    outputs = info.signature.outputs.input_names()
+    assert outputs[:4] == ["p_pneumonia", "label", "decision", "operating_point"] and "probability" in outputs
     assert info.saved_input_example_info is not None
 
 
@@ -248,13 +284,14 @@ print(json.dumps({"rows": from_bytes.to_dict("records"), "modules": sorted(m for
 """
 
 
-def test_champion_loads_and_agrees_with_cxr_predict_without_the_repo(champion, images, tmp_path):
+def test_champion_loads_and_agrees_with_cxr_predict_without_the_repo(
+    champion, images, unanswerable, tmp_path
+):
     python = isolated_python(tmp_path / "venv")
     work = tmp_path / "work"
     work.mkdir()
-    output = run_isolated(
-        python, LOAD_AND_PREDICT, champion["tracking_uri"], json.dumps([str(p) for p in images]), cwd=work
-    )
+    paths = json.dumps([str(p) for p in [*images, *unanswerable]])
+    output = run_isolated(python, LOAD_AND_PREDICT, champion["tracking_uri"], paths, cwd=work)
     result = json.loads(output.strip().splitlines()[-1])
     assert "/code/cxr/" in result["cxr_file"] and str(PACKAGE_DIR) not in result["cxr_file"]
     assert {"cxr.model.networks", "cxr.registry.pyfunc_model"} <= set(result["modules"])
@@ -265,6 +302,17 @@ def test_champion_loads_and_agrees_with_cxr_predict_without_the_repo(champion, i
     assert list(served.loc[scored, "label"]) == list(expected.loc[scored, "label"])
     assert np.allclose(served.loc[scored, "p_pneumonia"], expected.loc[scored, "probability"], atol=1e-6)
     assert_same_domain_verdicts(served, expected)
+    assert_same_decisions(served, expected)
+    # Stock MLflow, outside this repository: blank, noise, gradient, colour-noise and tiny images never get
+    # pneumonia or normal as their decision.
+    withheld = served.tail(len(unanswerable))
+    assert set(withheld["decision"]) <= {"out_of_domain", "too_small"} and len(withheld) == len(unanswerable)
+
+
+def assert_same_decisions(served: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """The pyfunc's decisions are cxr predict's, and each output carries both probability names."""
+    assert list(served["decision"]) == list(expected["decision"])
+    assert served["probability"].equals(served["p_pneumonia"])
 
 
 def assert_same_domain_verdicts(served: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -304,7 +352,9 @@ def _invoke(port: int, body: dict) -> list[dict]:
         return json.loads(response.read())["predictions"]
 
 
-def test_mlflow_models_serve_answers_like_cxr_predict_without_the_repo(champion, images, tmp_path):
+def test_mlflow_models_serve_answers_like_cxr_predict_without_the_repo(
+    champion, images, unanswerable, tmp_path
+):
     """`mlflow models serve --env-manager local` from an environment that cannot import this repository."""
     python = isolated_python(tmp_path / "venv")
     port = free_port()
@@ -322,7 +372,7 @@ def test_mlflow_models_serve_answers_like_cxr_predict_without_the_repo(champion,
         )
     try:
         wait_for(lambda: _answers_ping(port, process, log), timeout_s=240, what="the MLflow scoring server")
-        encoded = [base64.b64encode(path.read_bytes()).decode() for path in images]
+        encoded = [base64.b64encode(path.read_bytes()).decode() for path in [*images, *unanswerable]]
         split = {"columns": ["image"], "data": [[text] for text in encoded]}
         served = pd.DataFrame(_invoke(port, {"dataframe_split": split}))
         named = pd.DataFrame(
@@ -335,6 +385,8 @@ def test_mlflow_models_serve_answers_like_cxr_predict_without_the_repo(champion,
     scored = expected["status"] == "ok"
     assert list(served.loc[scored, "label"]) == list(expected.loc[scored, "label"])
     assert np.allclose(served.loc[scored, "p_pneumonia"], expected.loc[scored, "probability"], atol=1e-6)
-    assert named[["label", "status"]].equals(served[["label", "status"]])
+    assert named[["label", "status", "decision"]].equals(served[["label", "status", "decision"]])
     assert_same_domain_verdicts(served, expected)
+    assert_same_decisions(served, expected)
+    assert set(served.tail(len(unanswerable))["decision"]) <= {"out_of_domain", "too_small"}
     assert set(served["operating_point"]) == {"default"}
