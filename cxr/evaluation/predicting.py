@@ -24,6 +24,7 @@ from cxr.data.imaging import DEFAULT_MAX_PIXELS, BadImage, load_greyscale
 from cxr.data.scanning import path_text, real_path, scan_folder
 from cxr.evaluation.scoring import ImageScorer
 from cxr.model.loading import load_model_with_metadata
+from cxr.model.operating_points import select
 from cxr.model.referral import SCORED as OK
 from cxr.model.referral import decide, decision_counts
 
@@ -140,7 +141,7 @@ def _failed_row(path: str, reason: str, detail: str) -> dict[str, Any]:
         "probability": np.nan,
         "p_pneumonia": np.nan,
         "label": None,
-        "decision": decide(reason, None, np.nan, None, None),
+        "decision": decide(reason, None, 0.0, None, None),
         "status": reason,
         "detail": detail,
         "heatmap": None,
@@ -230,7 +231,7 @@ def predict_to_csv(
     """Load the model at `model_uri`, score `paths` into `out_csv` at its operating point
     `operating_point` (None: its default); returns the rows and a summary."""
     model, metadata = load_model_with_metadata(model_uri)
-    point, threshold = ImageScorer(model, metadata).operating_point(operating_point)
+    point, threshold = select(metadata, operating_point)
     frame = score_files(
         model,
         metadata,

@@ -30,6 +30,7 @@ from PIL import Image
 from cxr.data.imaging import BadImage, ImageInfo, check_min_side, decode_greyscale
 from cxr.evaluation.scoring import ImageScorer
 from cxr.model.operating_points import operating_points
+from cxr.model.referral import SCORED as OK
 from cxr.model.referral import decide
 
 IMAGE_COLUMN = "image"
@@ -45,7 +46,6 @@ OUTPUT_COLUMNS = (
     "domain_score",
     "probability",
 )
-OK = "ok"
 # `context.artifacts` keys of a logged model.
 KERAS_ARTIFACT = "keras_model"
 METADATA_ARTIFACT = "metadata"
@@ -150,7 +150,7 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
                     {
                         "status": error.reason,
                         "detail": error.detail,
-                        "decision": decide(error.reason, None, 0, None, None),
+                        "decision": decide(error.reason, None, 0.0, None, None),
                     }
                 )
         if images:

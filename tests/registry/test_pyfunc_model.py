@@ -186,6 +186,19 @@ def test_operating_point_chosen_per_request(tmp_path):
         model.predict(None, frame, params={"operating_point": "other"})
 
 
+def test_the_pyfunc_refers_an_image_inside_the_models_referral_band(tmp_path):
+    model_path, metadata_path = save_network(tmp_path, {"threshold": 0.5})
+    frame = pd.DataFrame({"image": [png_bytes(np.full((40, 40), 90, np.uint8)), b""]})
+    answered = loaded(model_path, metadata_path).predict(None, frame)
+    p = float(answered["p_pneumonia"][0])
+    assert answered["decision"].tolist() == [answered["label"][0], "empty_file"]
+    metadata = json.loads(metadata_path.read_text())
+    metadata_path.write_text(json.dumps({**metadata, "referral": {"low": p - 0.01, "high": p + 0.01}}))
+    referred = loaded(model_path, metadata_path).predict(None, frame)
+    assert referred["decision"].tolist() == ["refer", "empty_file"]
+    assert referred["label"][0] == answered["label"][0] and referred["probability"][0] == p
+
+
 def test_shipped_code_is_what_the_pyfunc_imports():
     names = {path.relative_to(PACKAGE_DIR).as_posix() for path in shipped_modules()}
     assert {
