@@ -12,13 +12,17 @@ import numpy as np
 from pydantic import BaseModel
 
 from cxr import CLASSES
+from cxr.config.params import ReferralTargets
 from cxr.core.atomic_files import sha256_file
 from cxr.core.errors import DataError
 from cxr.data.batches import BatchesResult
 from cxr.data.shards import read_labels
 from cxr.evaluation.metrics import CI_METRICS, bootstrap_ci, classification_metrics
 from cxr.evaluation.plots import write_plots
+from cxr.evaluation.risk_coverage import referral_markdown, referral_summary
 from cxr.model.loading import load_model_with_metadata, resolve_model
+from cxr.model.referral import ReferralBand, referral_band
+from cxr.model.referral_fit import targets_of
 
 
 class EvaluationResult(BaseModel):
@@ -34,6 +38,8 @@ class EvaluationResult(BaseModel):
     # The operating point `metrics` use, and accuracy/sensitivity/specificity at each of the model's points.
     operating_point: str = "default"
     operating_points: dict[str, dict[str, Any]] = {}
+    # Coverage and the rates on the images answered alone, and the risk–coverage curve (`risk_coverage`).
+    referral: dict[str, Any] = {}
 
     def is_intact(self) -> bool:
         """Whether the report and plots this result points at are still there."""
@@ -131,7 +137,7 @@ def report_markdown(result: EvaluationResult, image_links: dict[str, str]) -> st
         f"# Evaluation on the {result.split} split\n\n"
         f"Model sha256 `{result.model_sha256[:16]}`, {result.n} images, "
         f"operating point `{result.operating_point}`: threshold P(pneumonia) >= {result.metrics['threshold']:.4f}.\n\n"
-        f"{table}\n\n{operating_points_markdown(result)}## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
+        f"{table}\n\n{operating_points_markdown(result)}{referral_section(result)}## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
     )
 
 
@@ -151,6 +157,12 @@ def operating_points_markdown(result: EvaluationResult) -> str:
     )
 
 
+def referral_section(result: EvaluationResult) -> str:
+    if not result.referral:
+        return ""
+    return referral_markdown(result.referral["answered"], result.referral["curve"]) + "\n"
+
+
 def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -165,15 +177,21 @@ def evaluate_predictions(
     out_dir: Path,
     operating_point: str = "default",
     point_thresholds: dict[str, float] | None = None,
+    band: ReferralBand | None = None,
+    targets: ReferralTargets | None = None,
 ) -> EvaluationResult:
     """Metrics, CIs, plots and a markdown report (`report.md`) for predictions already made.
 
     `metrics` are at `threshold` (operating point `operating_point`); `point_thresholds` adds the
-    rates at every other named point of the model.
+    rates at every other named point of the model; `band` (the model's referral band) and `targets` give the
+    coverage and the rates on the images answered alone beside them.
     """
     metrics = classification_metrics(is_pneumonia, prob_pneumonia, threshold)
     metrics["operating_point"] = operating_point
     ci = bootstrap_ci(is_pneumonia, prob_pneumonia, threshold)
+    referral = referral_summary(is_pneumonia, prob_pneumonia, threshold, band, targets or ReferralTargets())
+    metrics |= referral["metrics"]
+    ci |= referral["ci"]
     plots = write_plots(is_pneumonia, prob_pneumonia, metrics, out_dir)
     result = EvaluationResult(
         metrics=metrics,
@@ -192,6 +210,7 @@ def evaluate_predictions(
             }
             for name, point in (point_thresholds or {}).items()
         },
+        referral={key: referral[key] for key in ("answered", "curve")},
     )
     result.report_path.write_text(report_markdown(result, {name: path.name for name, path in plots.items()}))
     return result
@@ -227,6 +246,8 @@ def evaluate_model(
         point_thresholds={
             key: float(point["threshold"]) for key, point in operating_points(metadata)[0].items()
         },
+        band=referral_band(metadata),
+        targets=targets_of(metadata.get("referral")),
     )
 
 
@@ -261,6 +282,12 @@ def publish_evaluation(result: EvaluationResult) -> None:
     )
     uris = {name: png_data_uri(path) for name, path in result.plots.items()}
     create_markdown_artifact(key="evaluation-report", markdown=report_markdown(result, uris))
+    if result.referral:
+        create_table_artifact(
+            key="risk-coverage",
+            table=result.referral["curve"],
+            description=f"Answered share against the rates on the answered images ({result.split} split)",
+        )
     # The Prefect UI renders data: URIs in image artifacts, so plots need no web server.
     for name, uri in uris.items():
         create_image_artifact(image_url=uri, key=name, description=f"{name} ({result.split} split)")

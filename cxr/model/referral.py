@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 PNEUMONIA = "pneumonia"
@@ -33,6 +34,11 @@ class ReferralBand(BaseModel):
 
     def refers(self, p_pneumonia: float) -> bool:
         return self.low <= p_pneumonia < self.high
+
+    def refers_all(self, p_pneumonia: np.ndarray) -> np.ndarray:
+        """`refers` for an array of probabilities."""
+        p = np.asarray(p_pneumonia, dtype=np.float64)
+        return (self.low <= p) & (p < self.high)
 
 
 def referral_band(metadata: dict[str, Any]) -> ReferralBand | None:

@@ -40,6 +40,7 @@ from cxr.model.operating_points import (
     sensitivity_threshold,
     youden_threshold,
 )
+from cxr.model.referral_fit import band_for, targets_of
 from cxr.model.training import TrainResult
 from cxr.registry.versions import (
     METADATA_SHA256_TAG,
@@ -81,7 +82,7 @@ def with_site_points(
     default: str | None,
 ) -> dict[str, Any]:
     """`model.json` with the site's points replacing any earlier ones of that site; `default` (a point name or
-    None: unchanged) becomes the default point, and the single `threshold` follows it."""
+    None: unchanged) becomes the default point, and the single `threshold` and the referral band follow it."""
     from cxr.model.operating_points import (
         operating_points,  # imported here: loading the flow must not load MLflow
     )
@@ -97,6 +98,8 @@ def with_site_points(
     if default is not None:
         updated["default_operating_point"] = default
         updated["threshold"] = updated["operating_points"][default]["threshold"]
+        if record.get("referral") and record["referral"]["threshold"] == updated["threshold"]:
+            updated["referral"] = record["referral"]  # the band fitted around this very threshold
     return updated
 
 
@@ -107,15 +110,25 @@ def calibrate_on_folder(
     network, metadata = load_model_with_metadata(model_path)
     with labelled_batches(data_dir, int(metadata["image_size"])) as (ingested, batches):
         prob, is_pneumonia = predict_split(network, batches, SPLIT)
+    points = site_points(prob, is_pneumonia, site, target_sensitivity)
+    # The band the model gets when the site's first point becomes its default: fitted on the site's images.
+    band = band_for(
+        prob,
+        is_pneumonia,
+        next(iter(points.values())).threshold,
+        targets_of(metadata.get("referral")),
+        fitted_on=f"site {site}",
+    )
     record = {
         "data_dir": str(data_dir.resolve()),
         "data_digest": ingested.digest,
         "n": len(prob),
         "per_class": ingested.per_class,
         "target_sensitivity": target_sensitivity,
+        "referral": band.model_dump(),
         "at": now_iso(),
     }
-    return site_points(prob, is_pneumonia, site, target_sensitivity), record
+    return points, record
 
 
 def with_site_default(trained: TrainResult, site: str, data_dir: Path, out_dir: Path) -> TrainResult:
@@ -183,6 +196,7 @@ def calibrate_registered(
         "site": site,
         "operating_points": {name: point.model_dump() for name, point in points.items()},
         "default_operating_point": updated["default_operating_point"],
+        "referral": updated.get("referral"),  # the band in force in the new version
         "champion": champion == version,
         "mlflow_run_id": run_id,
         **{key: record[key] for key in ("data_dir", "data_digest", "n", "per_class")},

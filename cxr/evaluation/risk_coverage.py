@@ -1,0 +1,157 @@
+"""What referral buys: coverage (the share of images answered alone) and the metrics on the answered images.
+
+- `answered_metrics`: coverage and sensitivity, specificity and accuracy on the images answered alone (in
+  domain, outside the model's referral band), each with a 95 % Wilson interval, beside the all-image metrics.
+- `risk_coverage_curve`: the same rates as the least sure images (closest to the threshold in logit space)
+  are referred, from every image answered down to half of them.
+- `coverage_at_target`: the largest coverage of a band around the threshold whose answered images reach the
+  targets on these images (the observed rates, no margin): what the gate compares between two models outside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cxr.config.params import ReferralTargets
+from cxr.model.operating_points import logits, wilson_interval
+from cxr.model.referral import ReferralBand
+from cxr.model.referral_fit import fit_referral_band
+
+ANSWERED_RATES = ("sensitivity", "specificity", "accuracy")
+# What an evaluation adds to its metrics (`referral_summary`), and those of them with a CI.
+REFERRAL_CI_METRICS = ("coverage", *(f"answered_{rate}" for rate in ANSWERED_RATES))
+REFERRAL_METRICS = (*REFERRAL_CI_METRICS, "referred", "coverage_at_target")
+# Coverages of the curve, from all images answered down to half.
+CURVE_COVERAGES = tuple(round(1.0 - step / 20, 2) for step in range(11))
+
+
+def _rates(p: np.ndarray, y: np.ndarray, threshold: float, answered: np.ndarray) -> dict[str, Any]:
+    """Coverage, and the answered rates (None where undefined) with their Wilson intervals."""
+    predicted = p >= threshold
+    counts = {
+        "sensitivity": (int((answered & y & predicted).sum()), int((answered & y).sum())),
+        "specificity": (int((answered & ~y & ~predicted).sum()), int((answered & ~y).sum())),
+        "accuracy": (int((answered & (predicted == y)).sum()), int(answered.sum())),
+        "coverage": (int(answered.sum()), int(y.size)),
+    }
+    return {
+        name: {
+            "value": None if total == 0 else round(hits / total, 6),
+            "ci": None if total == 0 else list(wilson_interval(hits, total)),
+        }
+        for name, (hits, total) in counts.items()
+    }
+
+
+def answered_metrics(
+    p_pneumonia: np.ndarray,
+    is_pneumonia: np.ndarray,
+    threshold: float,
+    band: ReferralBand | None,
+    in_domain: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """{coverage, referred, out_of_domain (shares), answered_n, sensitivity, specificity, accuracy (on the
+    answered images, each {value, ci}), band} for a model's band at `threshold` (None: nothing referred)."""
+    p = np.asarray(p_pneumonia, dtype=np.float64).ravel()
+    y = np.asarray(is_pneumonia, dtype=bool).ravel()
+    inside = np.ones(p.size, bool) if in_domain is None else np.asarray(in_domain, dtype=bool).ravel()
+    referred = inside & (band.refers_all(p) if band is not None else np.zeros(p.size, bool))
+    answered = inside & ~referred
+    rates = _rates(p, y, threshold, answered)
+    return {
+        **rates,
+        "referred": round(float(referred.mean()), 6) if p.size else None,
+        "out_of_domain": round(float((~inside).mean()), 6) if p.size else None,
+        "answered_n": int(answered.sum()),
+        "band": None if band is None else [band.low, band.high],
+    }
+
+
+def risk_coverage_curve(
+    p_pneumonia: np.ndarray, is_pneumonia: np.ndarray, threshold: float
+) -> list[dict[str, float | None]]:
+    """Rows {coverage, sensitivity, specificity, accuracy} (answered images), referring the images nearest
+    the threshold in logit space first, at each of CURVE_COVERAGES."""
+    p = np.asarray(p_pneumonia, dtype=np.float64).ravel()
+    y = np.asarray(is_pneumonia, dtype=bool).ravel()
+    margin = np.abs(logits(p) - logits(np.asarray([threshold]))[0])
+    order = np.argsort(-margin, kind="stable")  # the surest first
+    rows = []
+    for coverage in CURVE_COVERAGES:
+        answered = np.zeros(p.size, bool)
+        answered[order[: int(round(coverage * p.size))]] = True
+        rates = _rates(p, y, threshold, answered)
+        rows.append({name: rates[name]["value"] for name in ("coverage", *ANSWERED_RATES)})
+    return rows
+
+
+def coverage_at_target(
+    p_pneumonia: np.ndarray, is_pneumonia: np.ndarray, threshold: float, targets: ReferralTargets
+) -> float | None:
+    """The largest share of these images a band around `threshold` answers with both targets reached on them
+    (0.0 when no band does; None with one class only)."""
+    y = np.asarray(is_pneumonia, dtype=bool)
+    if y.all() or not y.any():
+        return None
+    band = fit_referral_band(
+        p_pneumonia,
+        y,
+        threshold,
+        target_sensitivity=targets.sensitivity,
+        target_specificity=targets.specificity,
+        max_referral=1.0,
+        method="observed",
+        resamples=0,
+    )
+    return round(1.0 - float(band.model_extra["referred_share"]), 6) if band.model_extra["reached"] else 0.0
+
+
+def referral_markdown(answered: dict[str, Any], curve: list[dict[str, Any]]) -> str:
+    """The report section: coverage and answered rates with CIs, and the risk–coverage curve."""
+
+    def shown(entry: dict[str, Any]) -> str:
+        if entry["value"] is None:
+            return "n/a"
+        return f"{entry['value']:.4f}" + (
+            f" [{entry['ci'][0]:.4f}, {entry['ci'][1]:.4f}]" if entry["ci"] else ""
+        )
+
+    band = answered["band"]
+    where = f"band P(pneumonia) in [{band[0]:.4f}, {band[1]:.4f})" if band else "no referral band"
+    rows = "\n".join(f"| {name} | {shown(answered[name])} |" for name in ("coverage", *ANSWERED_RATES))
+    curve_rows = "\n".join(
+        "| " + " | ".join("n/a" if row[key] is None else f"{row[key]:.3f}" for key in row) + " |"
+        for row in curve
+    )
+    return (
+        f"## Referral\n\nAnswered alone: in domain and outside the {where}; referred "
+        f"{answered['referred']:.2%}, out of domain {answered['out_of_domain']:.2%}. Rates on the "
+        f"{answered['answered_n']} answered images, 95 % Wilson intervals in brackets.\n\n"
+        f"| measure | value |\n|---|---|\n{rows}\n\n"
+        "Risk–coverage (referring the images nearest the threshold first):\n\n"
+        f"| coverage | {' | '.join(ANSWERED_RATES)} |\n|---|---|---|---|\n{curve_rows}\n"
+    )
+
+
+def referral_summary(
+    is_pneumonia: np.ndarray,
+    p_pneumonia: np.ndarray,
+    threshold: float,
+    band: ReferralBand | None,
+    targets: ReferralTargets,
+) -> dict[str, Any]:
+    """What an evaluation adds: flat `metrics` (coverage, referred, answered_<rate>, coverage_at_target) and
+    their `ci`, the `answered` detail and the `curve`."""
+    answered = answered_metrics(p_pneumonia, is_pneumonia, threshold, band)
+    names = dict(zip(("coverage", *ANSWERED_RATES), REFERRAL_CI_METRICS, strict=True))
+    metrics = {flat: answered[name]["value"] for name, flat in names.items()}
+    metrics["referred"] = answered["referred"]
+    metrics["coverage_at_target"] = coverage_at_target(p_pneumonia, is_pneumonia, threshold, targets)
+    return {
+        "metrics": metrics,
+        "ci": {flat: answered[name]["ci"] for name, flat in names.items()},
+        "answered": answered,
+        "curve": risk_coverage_curve(p_pneumonia, is_pneumonia, threshold),
+    }
