@@ -1,9 +1,10 @@
 """What referral buys: coverage (the share of images answered alone) and the metrics on the answered images.
 
-- `answered_metrics`: coverage and sensitivity, specificity and accuracy on the images answered alone (in
-  domain, outside the model's referral band), each with a 95 % Wilson interval, beside the all-image metrics.
-- `risk_coverage_curve`: the same rates as the least sure images (closest to the threshold in logit space)
-  are referred, from every image answered down to half of them.
+- `answered_metrics`: coverage and sensitivity, specificity and accuracy on the images answered alone
+  (outside the model's referral band, and in domain where the domain verdicts are given), each with a 95 %
+  Wilson interval, beside the all-image metrics.
+- `risk_coverage_curve`: the same rates as more images are referred, from every image answered down to half
+  of them, each coverage with the band around the threshold that best balances the two targets.
 - `coverage_at_target`: the largest coverage of a band around the threshold whose answered images reach the
   targets on these images (the observed rates, no margin): what the gate compares between two models outside.
 """
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from cxr.config.params import ReferralTargets
-from cxr.model.operating_points import logits, wilson_interval
+from cxr.model.operating_points import wilson_interval
 from cxr.model.referral import ReferralBand
-from cxr.model.referral_fit import fit_referral_band
+from cxr.model.referral_fit import best_bands_by_coverage, fit_referral_band
 
 ANSWERED_RATES = ("sensitivity", "specificity", "accuracy")
 # What an evaluation adds to its metrics (`referral_summary`), and those of them with a CI.
@@ -63,28 +64,21 @@ def answered_metrics(
     return {
         **rates,
         "referred": round(float(referred.mean()), 6) if p.size else None,
-        "out_of_domain": round(float((~inside).mean()), 6) if p.size else None,
+        "out_of_domain": None if in_domain is None else round(float((~inside).mean()), 6),
         "answered_n": int(answered.sum()),
         "band": None if band is None else [band.low, band.high],
     }
 
 
 def risk_coverage_curve(
-    p_pneumonia: np.ndarray, is_pneumonia: np.ndarray, threshold: float
-) -> list[dict[str, float | None]]:
-    """Rows {coverage, sensitivity, specificity, accuracy} (answered images), referring the images nearest
-    the threshold in logit space first, at each of CURVE_COVERAGES."""
-    p = np.asarray(p_pneumonia, dtype=np.float64).ravel()
-    y = np.asarray(is_pneumonia, dtype=bool).ravel()
-    margin = np.abs(logits(p) - logits(np.asarray([threshold]))[0])
-    order = np.argsort(-margin, kind="stable")  # the surest first
-    rows = []
-    for coverage in CURVE_COVERAGES:
-        answered = np.zeros(p.size, bool)
-        answered[order[: int(round(coverage * p.size))]] = True
-        rates = _rates(p, y, threshold, answered)
-        rows.append({name: rates[name]["value"] for name in ("coverage", *ANSWERED_RATES)})
-    return rows
+    p_pneumonia: np.ndarray, is_pneumonia: np.ndarray, threshold: float, targets: ReferralTargets
+) -> list[dict[str, float]]:
+    """Rows {coverage, sensitivity, specificity, accuracy, low, high} at each of CURVE_COVERAGES: the band
+    around `threshold` answering at least that share whose worse rate is nearest its target (the trade-off
+    the band's fit makes), with the rates on its answered images."""
+    return best_bands_by_coverage(
+        p_pneumonia, is_pneumonia, threshold, (targets.sensitivity, targets.specificity), CURVE_COVERAGES
+    )
 
 
 def coverage_at_target(
@@ -121,17 +115,17 @@ def referral_markdown(answered: dict[str, Any], curve: list[dict[str, Any]]) -> 
     band = answered["band"]
     where = f"band P(pneumonia) in [{band[0]:.4f}, {band[1]:.4f})" if band else "no referral band"
     rows = "\n".join(f"| {name} | {shown(answered[name])} |" for name in ("coverage", *ANSWERED_RATES))
-    curve_rows = "\n".join(
-        "| " + " | ".join("n/a" if row[key] is None else f"{row[key]:.3f}" for key in row) + " |"
-        for row in curve
-    )
+    columns = ("coverage", *ANSWERED_RATES, "low", "high")
+    curve_rows = "\n".join("| " + " | ".join(f"{row[key]:.3f}" for key in columns) + " |" for row in curve)
+    outside = "" if answered["out_of_domain"] is None else f", out of domain {answered['out_of_domain']:.2%}"
     return (
-        f"## Referral\n\nAnswered alone: in domain and outside the {where}; referred "
-        f"{answered['referred']:.2%}, out of domain {answered['out_of_domain']:.2%}. Rates on the "
-        f"{answered['answered_n']} answered images, 95 % Wilson intervals in brackets.\n\n"
+        f"## Referral\n\nAnswered alone: outside the {where}{' and in domain' if outside else ''}; referred "
+        f"{answered['referred']:.2%}{outside}. Rates on the {answered['answered_n']} answered images, 95 % "
+        "Wilson intervals in brackets.\n\n"
         f"| measure | value |\n|---|---|\n{rows}\n\n"
-        "Risk–coverage (referring the images nearest the threshold first):\n\n"
-        f"| coverage | {' | '.join(ANSWERED_RATES)} |\n|---|---|---|---|\n{curve_rows}\n"
+        "Risk–coverage on these images: at each coverage, the band [low, high) around the threshold whose "
+        "worse rate is nearest its target:\n\n"
+        f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n{curve_rows}\n"
     )
 
 
@@ -153,5 +147,5 @@ def referral_summary(
         "metrics": metrics,
         "ci": {flat: answered[name]["ci"] for name, flat in names.items()},
         "answered": answered,
-        "curve": risk_coverage_curve(p_pneumonia, is_pneumonia, threshold),
+        "curve": risk_coverage_curve(p_pneumonia, is_pneumonia, threshold, targets),
     }

@@ -205,3 +205,41 @@ def describe(band: ReferralBand) -> str:
         "bootstrap resamples"
     )
     return text if fitted.get("reached", True) else f"{text}. {fitted['note']}"
+
+
+def best_bands_by_coverage(
+    p_pneumonia: np.ndarray,
+    is_pneumonia: np.ndarray,
+    threshold: float,
+    targets: tuple[float, float],
+    coverages: tuple[float, ...],
+) -> list[dict[str, float]]:
+    """For each coverage c, the band around `threshold` answering at least c of the images whose worse
+    rate is nearest its target (min(sensitivity - target, specificity - target), the fit's own trade-off):
+    rows {coverage, sensitivity, specificity, accuracy, low, high} on these images."""
+    p = np.asarray(p_pneumonia, dtype=np.float64).ravel()
+    y = np.asarray(is_pneumonia, dtype=bool).ravel()
+    lows, highs = _edges(p, threshold)
+    pos_below, neg_below, pos_above, neg_above = (
+        count[0] for count in _counts(p, y, np.ones((1, p.size)), lows, highs)
+    )
+    sensitivity, specificity, answered = (
+        rate[0] for rate in _rates(*(c[None] for c in (pos_below, neg_below, pos_above, neg_above)))
+    )
+    correct = neg_below[:, None] + pos_above[None, :]
+    shortfall = np.minimum(sensitivity - targets[0], specificity - targets[1])
+    rows = []
+    for coverage in coverages:
+        allowed = answered >= coverage * p.size - 1e-9
+        i, j = np.unravel_index(int(np.argmax(np.where(allowed, shortfall, -np.inf))), shortfall.shape)
+        rows.append(
+            {
+                "coverage": round(float(answered[i, j] / p.size), 6),
+                "sensitivity": round(float(sensitivity[i, j]), 6),
+                "specificity": round(float(specificity[i, j]), 6),
+                "accuracy": round(float(correct[i, j] / max(answered[i, j], 1)), 6),
+                "low": float(lows[i]),
+                "high": float(highs[j]),
+            }
+        )
+    return rows

@@ -8,6 +8,7 @@ import pytest
 from bench.referral import METHODS, Scored, patient_halves, split_half_transfer
 from cxr.config.params import GateParams, ReferralTargets
 from cxr.evaluation.risk_coverage import (
+    CURVE_COVERAGES,
     answered_metrics,
     coverage_at_target,
     referral_markdown,
@@ -33,17 +34,26 @@ def test_answered_metrics_leave_out_the_band_and_the_out_of_domain_images():
     assert answered["accuracy"]["value"] == 3 / 5
     low, high = answered["accuracy"]["ci"]
     assert low < 3 / 5 < high
-    assert answered_metrics(P, Y, 0.5, None)["coverage"]["value"] == 1.0
+    unbanded = answered_metrics(P, Y, 0.5, None)
+    assert unbanded["coverage"]["value"] == 1.0 and unbanded["out_of_domain"] is None
 
 
-def test_the_curve_refers_the_least_sure_images_first():
-    p = np.concatenate([P, P])
-    y = np.concatenate([Y, Y])
-    curve = risk_coverage_curve(p, y, 0.5)
-    assert curve[0]["coverage"] == 1.0 and curve[-1]["coverage"] == 0.5
-    assert [row["coverage"] for row in curve] == sorted((row["coverage"] for row in curve), reverse=True)
-    # At half coverage only the surest images (0.05, 0.1, 0.9, 0.95) remain: all right.
-    assert curve[-1]["accuracy"] == 1.0 and curve[0]["accuracy"] == 12 / 16
+def test_the_curve_gives_each_coverage_the_band_nearest_the_targets():
+    p, y = np.concatenate([P, P]), np.concatenate([Y, Y])
+    curve = risk_coverage_curve(p, y, 0.5, ReferralTargets())
+    assert [row["coverage"] >= level for row, level in zip(curve, CURVE_COVERAGES, strict=True)] == [
+        True
+    ] * 11
+    assert curve[0] == {**curve[0], "coverage": 1.0, "accuracy": 12 / 16, "low": 0.5, "high": 0.5}
+    # Half the images can be answered without an error: 0.05, 0.1 (normal) and 0.9, 0.95 (pneumonia).
+    last = curve[-1]
+    assert (last["coverage"], last["sensitivity"], last["specificity"], last["accuracy"]) == (
+        0.5,
+        1.0,
+        1.0,
+        1.0,
+    )
+    assert 0.1 < last["low"] < 0.3 and 0.7 < last["high"] < 0.9
 
 
 def test_coverage_at_target_is_the_largest_answered_share_reaching_the_targets():
@@ -60,7 +70,8 @@ def test_coverage_at_target_is_the_largest_answered_share_reaching_the_targets()
         "answered_accuracy",
     }
     text = referral_markdown(summary["answered"], summary["curve"])
-    assert "band P(pneumonia) in [0.4000, 0.6000)" in text and "| coverage | 0.7500 [" in text
+    assert "band P(pneumonia) in [0.4000, 0.6000); referred 25.00%. Rates" in text
+    assert "| coverage | 0.7500 [" in text and "| 0.500 | 1.000 | 1.000 | 1.000 |" in text
 
 
 def test_the_gate_refuses_a_challenger_that_answers_less_outside():
