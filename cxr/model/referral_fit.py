@@ -214,9 +214,10 @@ def best_bands_by_coverage(
     targets: tuple[float, float],
     coverages: tuple[float, ...],
 ) -> list[dict[str, float]]:
-    """For each coverage c, the band around `threshold` answering at least c of the images whose worse
-    rate is nearest its target (min(sensitivity - target, specificity - target), the fit's own trade-off):
-    rows {coverage, sensitivity, specificity, accuracy, low, high} on these images."""
+    """For each coverage c (falling), the band around `threshold` answering at least c of the images, and less
+    than the previous coverage where such a band exists, whose worse rate is nearest its target
+    (min(sensitivity - target, specificity - target), the fit's own trade-off): rows {coverage,
+    sensitivity, specificity, accuracy, low, high} on these images."""
     p = np.asarray(p_pneumonia, dtype=np.float64).ravel()
     y = np.asarray(is_pneumonia, dtype=bool).ravel()
     lows, highs = _edges(p, threshold)
@@ -228,9 +229,12 @@ def best_bands_by_coverage(
     )
     correct = neg_below[:, None] + pos_above[None, :]
     shortfall = np.minimum(sensitivity - targets[0], specificity - targets[1])
-    rows = []
-    for coverage in coverages:
+    rows, above = [], np.inf
+    for coverage in coverages:  # from the largest: each takes the bands between it and the previous one
         allowed = answered >= coverage * p.size - 1e-9
+        if (allowed & (answered < above)).any():
+            allowed &= answered < above
+        above = coverage * p.size - 1e-9
         i, j = np.unravel_index(int(np.argmax(np.where(allowed, shortfall, -np.inf))), shortfall.shape)
         rows.append(
             {
