@@ -14,6 +14,7 @@ import pytest
 from cli.main import main
 from cxr.core import mlflow_store
 from cxr.core.atomic_files import sha256_file
+from cxr.model.loading import resolve_model
 from cxr.registry import versions
 from cxr.registry.pyfunc_logging import log_pyfunc_model
 from cxr.registry.site_calibration import site_points, with_site_points
@@ -103,3 +104,19 @@ def test_calibrate_refuses_one_class_folders_and_model_files(champion, tmp_path,
     assert "site name 's:x'" in capsys.readouterr().err
     assert main(["calibrate", "--data", str(two), "--name", "s", "--target-sensitivity", "1.5"]) == 2
     assert "target sensitivity 1.5 must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_make_default_refits_the_referral_band_around_the_sites_threshold(champion, tmp_path, capsys):
+    site = labelled_folder(tmp_path / "site", pneumonia=8, normal=8)
+
+    args = ["calibrate", "--data", str(site), "--name", "site_b", "--make-default", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    band = result["referral"]
+    threshold = result["operating_points"][POINT]["threshold"]
+    assert result["default_operating_point"] == POINT and band["threshold"] == threshold
+    assert band["low"] <= threshold <= band["high"] and band["fitted_on"] == "site site_b"
+    assert band["n"] == 16 and (band["target_sensitivity"], band["target_specificity"]) == (0.95, 0.85)
+    stored = resolve_model(result["model_uri"]).with_name("model.json")
+    assert json.loads(stored.read_text())["referral"] == band
