@@ -160,6 +160,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.evaluation.evaluate_folder import evaluate_folder
+    from cxr.evaluation.risk_coverage import answered_line
 
     result = evaluate_folder(args.model, Path(args.data), operating_point=args.operating_point)
     if args.json:
@@ -168,16 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = result["metrics"]
         print(f"operating point {result['operating_point']}: ", end="")
         print(", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
-        alone = result.get("answered_alone")  # in domain and outside the referral band
-        if alone and alone["answered_n"]:
-            print(
-                f"answered alone {alone['coverage']['value']:.1%} (referred {alone['referred']:.1%}, out of "
-                f"domain {alone['out_of_domain']:.1%}): "
-                + ", ".join(
-                    f"{rate} {'n/a' if alone[rate]['value'] is None else round(alone[rate]['value'], 3)}"
-                    for rate in ("sensitivity", "specificity", "accuracy")
-                )
-            )
+        if result.get("answered_alone"):  # in domain and outside the referral band
+            print(answered_line(result["answered_alone"]))
     return 0
 
 

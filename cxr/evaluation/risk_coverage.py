@@ -102,6 +102,17 @@ def coverage_at_target(
     return round(1.0 - float(band.model_extra["referred_share"]), 6) if band.model_extra["reached"] else 0.0
 
 
+def answered_line(answered: dict[str, Any]) -> str:
+    """One line about the images answered alone (`answered_metrics`), for the terminal."""
+    outside = "" if answered["out_of_domain"] is None else f", out of domain {answered['out_of_domain']:.1%}"
+    rates = ", ".join(
+        f"{rate} {'n/a' if answered[rate]['value'] is None else format(answered[rate]['value'], '.3f')}"
+        for rate in ANSWERED_RATES
+    )
+    coverage = answered["coverage"]["value"] or 0.0
+    return f"answered alone {coverage:.1%} (referred {answered['referred']:.1%}{outside}): {rates}"
+
+
 def referral_markdown(answered: dict[str, Any], curve: list[dict[str, Any]]) -> str:
     """The report section: coverage and answered rates with CIs, and the risk–coverage curve."""
 

@@ -9,6 +9,7 @@ from bench.referral import METHODS, Scored, patient_halves, split_half_transfer
 from cxr.config.params import GateParams, ReferralTargets
 from cxr.evaluation.risk_coverage import (
     CURVE_COVERAGES,
+    answered_line,
     answered_metrics,
     coverage_at_target,
     referral_markdown,
@@ -32,6 +33,10 @@ def test_answered_metrics_leave_out_the_band_and_the_out_of_domain_images():
     assert answered["sensitivity"]["value"] == 1 / 2  # 0.3 missed, 0.9 found
     assert answered["specificity"]["value"] == pytest.approx(2 / 3, abs=1e-6)  # 0.7 a false alarm
     assert answered["accuracy"]["value"] == 3 / 5
+    assert answered_line(answered) == (
+        "answered alone 62.5% (referred 25.0%, out of domain 12.5%): sensitivity 0.500, specificity 0.667, "
+        "accuracy 0.600"
+    )
     low, high = answered["accuracy"]["ci"]
     assert low < 3 / 5 < high
     unbanded = answered_metrics(P, Y, 0.5, None)
