@@ -209,6 +209,18 @@ MEASURES: tuple[Measure, ...] = (
         folders=frozenset({"train"}),
     ),
     Measure(
+        "referral",
+        "bench.referral:measure_referral",
+        (
+            "referral_files",
+            "referral_observed_targets_met",
+            "referral_bootstrap_targets_met",
+            "referral_bootstrap_not_answered",
+        ),
+        requires=("orchestration",),
+        folders=frozenset({"train"}),
+    ),
+    Measure(
         "scale",
         "bench.scale:measure_scale",
         (

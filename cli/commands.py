@@ -160,6 +160,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.evaluation.evaluate_folder import evaluate_folder
+    from cxr.evaluation.risk_coverage import answered_line
 
     result = evaluate_folder(args.model, Path(args.data), operating_point=args.operating_point)
     if args.json:
@@ -169,6 +170,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"operating point {result['operating_point']}: ", end="")
         print(", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
         print("decisions: " + ", ".join(f"{name} {n}" for name, n in result["decisions"].items()))
+        if result.get("answered_alone"):  # in domain and outside the referral band
+            print(answered_line(result["answered_alone"]))
     return 0
 
 

@@ -58,3 +58,8 @@ def _print_calibration(result: dict[str, Any]) -> None:
             f"  {name}: threshold {point['threshold']:.4f}, sensitivity {point['sensitivity']:.3f}, "
             f"specificity {point['specificity']:.3f} on the site's images"
         )
+    if result.get("referral"):
+        from cxr.model.referral import ReferralBand
+        from cxr.model.referral_fit import describe
+
+        print(f"  referral band: {describe(ReferralBand.model_validate(result['referral']))}")

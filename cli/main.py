@@ -161,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="SITE:sensitivity-T: the best specificity with at least this sensitivity on the site's images",
     )
     calibrate.add_argument(
-        "--make-default", action="store_true", help="make SITE:sensitivity-T the new version's default point"
+        "--make-default",
+        action="store_true",
+        help="make SITE:sensitivity-T the new version's default point, with a referral band refitted around "
+        "it on the site's images",
     )
     calibrate.add_argument("--json", action="store_true")
 

@@ -48,6 +48,22 @@ class SplitParams(Params):
         return self
 
 
+class ReferralTargets(Params):
+    """What the images answered alone must reach; the least referral band that reaches it is fitted."""
+
+    sensitivity: float = Field(0.95, gt=0, le=1, description="Target sensitivity on the answered images")
+    specificity: float = Field(0.85, gt=0, le=1, description="Target specificity on the answered images")
+    max_share: float = Field(
+        0.3, ge=0, le=1, description="Refer at most this share of the calibration images"
+    )
+    holds: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Share of bootstrap resamples of the calibration images the band must hold in",
+    )
+
+
 class TrainParams(Params):
     """The model and how it trains; unset size, epochs and batch size come from its `ModelSpec`."""
 
@@ -70,6 +86,10 @@ class TrainParams(Params):
     )
     target_sensitivity: float = Field(
         0.97, gt=0, le=1, description="Validation sensitivity (95 % lower bound) the threshold must reach"
+    )
+    referral: ReferralTargets = Field(
+        ReferralTargets(),
+        description="The referral band's targets, fitted on the calibration images (`cxr.model.referral_fit`)",
     )
 
     @model_validator(mode="before")
@@ -106,6 +126,13 @@ class GateParams(Params):
         ge=0,
         le=1,
         description="Refuse a challenger whose AUC on an external set is this much below the champion's",
+    )
+    external_coverage_margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Refuse a challenger that answers alone, at the referral targets, this much less of an "
+        "external set than the champion",
     )
 
 

@@ -29,8 +29,10 @@ from cxr.evaluation.domain import (
     fit_guard,
 )
 from cxr.evaluation.metrics import classification_metrics
+from cxr.evaluation.risk_coverage import answered_metrics
 from cxr.evaluation.scoring import pneumonia_index
 from cxr.model.loading import METADATA_FILE, load_model_with_metadata
+from cxr.model.referral import referral_band
 
 # Images read from the shards at once: bounds memory for splits of any size.
 READ_CHUNK = 512
@@ -114,7 +116,8 @@ def domain_summary(
     model_path: Path, batches: BatchesResult, split: str, *, threshold: float
 ) -> dict[str, Any]:
     """Images of `split` the model's domain score flags, and the metrics on the others (`threshold`: the
-    operating point's); `out_of_domain_share` None when the model has no domain score."""
+    operating point's), and coverage and rates on the images answered alone (in domain, outside the referral
+    band); `out_of_domain_share` None when the model has no domain score."""
     network, metadata = load_model_with_metadata(model_path)
     guard = DomainGuard.from_metadata(metadata)
     if guard is None:
@@ -132,4 +135,12 @@ def domain_summary(
         )
         if inside.any()
         else None,
+        # Answered alone: in domain and outside the referral band (`cxr.evaluation.risk_coverage`).
+        "answered_alone": answered_metrics(
+            softmax[:, pneumonia_index(metadata)],
+            is_pneumonia,
+            threshold,
+            referral_band(metadata),
+            in_domain=inside,
+        ),
     }

@@ -12,6 +12,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from cxr import CLASSES, NORMAL, PNEUMONIA
+from cxr.config.params import ReferralTargets
 from cxr.core.atomic_files import sha256_file, write_atomically
 from cxr.core.errors import DataError
 from cxr.data.batches import BatchesResult
@@ -19,10 +20,12 @@ from cxr.data.shards import read_labels
 from cxr.data.split_images import resized, split_image_chunks, split_paths
 from cxr.evaluation.metrics import CI_METRICS, bootstrap_ci, classification_metrics
 from cxr.evaluation.plots import write_plots
+from cxr.evaluation.risk_coverage import referral_markdown, referral_summary
 from cxr.evaluation.scoring import PROBABILITY_COLUMNS, ImageScorer, Scores
 from cxr.model.loading import load_model_with_metadata, resolve_model
 from cxr.model.operating_points import operating_points, threshold_in_force
-from cxr.model.referral import decision_counts
+from cxr.model.referral import ReferralBand, decision_counts, referral_band
+from cxr.model.referral_fit import targets_of
 
 
 class EvaluationResult(BaseModel):
@@ -41,6 +44,8 @@ class EvaluationResult(BaseModel):
     # Images per `decision` (cxr.model.referral) at that point, and the per-image table (path, truth, decision...).
     decisions: dict[str, int] = {}
     predictions_path: Path | None = None
+    # Coverage and the rates on the images answered alone, and the risk–coverage curve (`risk_coverage`).
+    referral: dict[str, Any] = {}
 
     def is_intact(self) -> bool:
         """Whether the report, plots and predictions this result points at are still there."""
@@ -130,7 +135,7 @@ def report_markdown(result: EvaluationResult, image_links: dict[str, str]) -> st
         f"# Evaluation on the {result.split} split\n\n"
         f"Model sha256 `{result.model_sha256[:16]}`, {result.n} images, "
         f"operating point `{result.operating_point}`: threshold P(pneumonia) >= {result.metrics['threshold']:.4f}.\n\n"
-        f"{table}\n\n{decisions_markdown(result)}{operating_points_markdown(result)}## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
+        f"{table}\n\n{decisions_markdown(result)}{operating_points_markdown(result)}{referral_section(result)}## Confusion matrix\n\n{confusion_markdown(result.metrics['confusion'])}\n\n{images}\n"
     )
 
 
@@ -158,6 +163,12 @@ def operating_points_markdown(result: EvaluationResult) -> str:
     )
 
 
+def referral_section(result: EvaluationResult) -> str:
+    if not result.referral:
+        return ""
+    return referral_markdown(result.referral["answered"], result.referral["curve"]) + "\n"
+
+
 def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -173,16 +184,22 @@ def evaluate_predictions(
     operating_point: str = "default",
     point_thresholds: dict[str, float] | None = None,
     predictions: pd.DataFrame | None = None,
+    band: ReferralBand | None = None,
+    targets: ReferralTargets | None = None,
 ) -> EvaluationResult:
     """Metrics, CIs, plots and a markdown report (`report.md`) for predictions already made.
 
     `metrics` are at `threshold` (operating point `operating_point`); `point_thresholds` adds the
     rates at every other named point of the model; `predictions` (one row per image with its `decision`) is
-    written to `predictions.csv` and counted per decision.
+    written to `predictions.csv` and counted per decision; `band` (the model's referral band) and `targets` give
+    the coverage and the rates on the images answered alone beside them.
     """
     metrics = classification_metrics(is_pneumonia, prob_pneumonia, threshold)
     metrics["operating_point"] = operating_point
     ci = bootstrap_ci(is_pneumonia, prob_pneumonia, threshold)
+    referral = referral_summary(is_pneumonia, prob_pneumonia, threshold, band, targets or ReferralTargets())
+    metrics |= referral["metrics"]
+    ci |= referral["ci"]
     plots = write_plots(is_pneumonia, prob_pneumonia, metrics, out_dir)
     predictions_path = None
     if predictions is not None:
@@ -208,6 +225,7 @@ def evaluate_predictions(
         },
         decisions=decision_counts(list(predictions["decision"])) if predictions is not None else {},
         predictions_path=predictions_path,
+        referral={key: referral[key] for key in ("answered", "curve")},
     )
     result.report_path.write_text(report_markdown(result, {name: path.name for name, path in plots.items()}))
     return result
@@ -251,6 +269,8 @@ def evaluate_model(
             key: float(point["threshold"]) for key, point in operating_points(metadata)[0].items()
         },
         predictions=predictions_table(scores, is_pneumonia, split_paths(batches, split)),
+        band=referral_band(metadata),
+        targets=targets_of(metadata.get("referral")),
     )
 
 
@@ -287,6 +307,12 @@ def publish_evaluation(result: EvaluationResult) -> None:
     )
     uris = {name: png_data_uri(path) for name, path in result.plots.items()}
     create_markdown_artifact(key="evaluation-report", markdown=report_markdown(result, uris))
+    if result.referral:
+        create_table_artifact(
+            key="risk-coverage",
+            table=result.referral["curve"],
+            description=f"Answered share against the rates on the answered images ({result.split} split)",
+        )
     # The Prefect UI renders data: URIs in image artifacts, so plots need no web server.
     for name, uri in uris.items():
         create_image_artifact(image_url=uri, key=name, description=f"{name} ({result.split} split)")

@@ -23,11 +23,15 @@ from cxr.data.scanning import scan_folder
 from cxr.evaluation.evaluate import format_metric, png_data_uri
 from cxr.evaluation.evaluate_folder import evaluate_folder
 from cxr.evaluation.metrics import CI_METRICS
+from cxr.evaluation.risk_coverage import REFERRAL_CI_METRICS, REFERRAL_METRICS
 
 # What a scored model keeps of `evaluate_folder`'s answer.
 SCORE_KEYS = ("operating_point", "operating_points", "metrics", "ci", "n", "report", "plots")
 # Metrics logged to MLflow and shown side by side (threshold ones at the model's default operating point).
-EXTERNAL_METRICS = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
+EXTERNAL_METRICS = (
+    *("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"),
+    *REFERRAL_METRICS,
+)
 POINT_RATES = ("accuracy", "sensitivity", "specificity")
 TRAINING_SPLITS = ("train", "valid")
 
@@ -144,7 +148,7 @@ def mlflow_metrics(results: dict[str, ExternalResult]) -> dict[str, float]:
             if not score:
                 continue
             flat |= _present({f"{prefix}.{key}": score["metrics"].get(key) for key in EXTERNAL_METRICS})
-            for key in CI_METRICS:
+            for key in (*CI_METRICS, *REFERRAL_CI_METRICS):
                 if score["ci"].get(key):
                     flat[f"{prefix}.{key}_ci_low"], flat[f"{prefix}.{key}_ci_high"] = score["ci"][key]
         for point, rates in result.challenger["operating_points"].items():
@@ -199,7 +203,17 @@ def comparison_markdown(result: ExternalResult) -> str:
         + " |"
         for point, rates in result.challenger["operating_points"].items()
     )
-    return f"{table}\n\n{points}"
+    referral = (
+        "| model | " + " | ".join(REFERRAL_CI_METRICS) + " | coverage_at_target |\n|---|" + "---|" * 5 + "\n"
+    )
+    referral += "\n".join(
+        f"| {label} | "
+        + " | ".join(with_ci(score, key) for key in REFERRAL_CI_METRICS)
+        + f" | {format_metric(score['metrics'].get('coverage_at_target'))} |"
+        for label, score in comparison_rows(result)
+        if "coverage" in score["metrics"]
+    )
+    return f"{table}\n\n{points}\n\nImages answered alone (outside the referral band):\n\n{referral}"
 
 
 def _artifact(result: ExternalResult) -> Artifact:

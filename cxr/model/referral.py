@@ -37,6 +37,11 @@ class ReferralBand(BaseModel):
     def refers(self, p_pneumonia: float) -> bool:
         return self.low <= p_pneumonia < self.high
 
+    def refers_all(self, p_pneumonia: np.ndarray) -> np.ndarray:
+        """`refers` for an array of probabilities."""
+        p = np.asarray(p_pneumonia, dtype=np.float64)
+        return (self.low <= p) & (p < self.high)
+
 
 def says_pneumonia(p_pneumonia: np.ndarray, threshold: float) -> np.ndarray:
     """The label rule, for every reader of a probability: pneumonia where P(pneumonia) >= threshold."""

@@ -43,6 +43,7 @@ from cxr.model.operating_points import (
     fit_temperature,
     metadata_entries,
 )
+from cxr.model.referral_fit import band_for, describe
 from cxr.model.thresholds import DECISION_RULE, ThresholdChoice, binary_metrics
 
 if TYPE_CHECKING:
@@ -147,9 +148,7 @@ def train_model(
     )
     train_seconds = time.perf_counter() - started
 
-    stored, choice, valid_metrics = _validation_points(
-        model, valid_data, valid_labels, params.target_sensitivity
-    )
+    stored, choice, valid_metrics = _validation_points(model, valid_data, valid_labels, params)
 
     history = recorder.history
     metadata = _metadata(batches, params, history, device.model_dump(), stored, valid_metrics)
@@ -318,15 +317,23 @@ def _fit(
         )
 
 
-def _validation_points(model, valid_data, valid_labels: np.ndarray, target_sensitivity: float):
-    """(stored operating points and calibration, the default point's choice, its validation metrics)."""
+def _validation_points(model, valid_data, valid_labels: np.ndarray, params: TrainParams):
+    """(stored operating points, calibration and referral band, the default point's choice, its validation
+    metrics)."""
     from cxr.model.networks import PNEUMONIA_INDEX
 
     p_pneumonia = model.predict(valid_data, verbose=0)[:, PNEUMONIA_INDEX]
     is_pneumonia = valid_labels == PNEUMONIA_INDEX
-    points = choose_operating_points(p_pneumonia, is_pneumonia, target_sensitivity)
+    points = choose_operating_points(p_pneumonia, is_pneumonia, params.target_sensitivity)
     stored = metadata_entries(points, fit_temperature(p_pneumonia, is_pneumonia))
     default = points[DEFAULT_OPERATING_POINT]
+    band = band_for(
+        p_pneumonia, is_pneumonia, default.threshold, params.referral, fitted_on="validation split"
+    )
+    stored["referral"] = band.model_dump()
+    _logger().log(
+        logging.INFO if band.model_extra["reached"] else logging.WARNING, "referral band: %s", describe(band)
+    )
     choice = ThresholdChoice(
         **default.model_dump(include={"threshold", "rule", "sensitivity", "specificity"})
     )

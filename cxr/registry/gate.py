@@ -1,5 +1,6 @@
 """The champion/challenger gate: a challenger replaces the champion only if it is better on the internal test
-split and not worse, beyond a stated margin, on any external set (non-inferiority on AUC)."""
+split and not worse, beyond a stated margin, on any external set (non-inferiority on AUC, and on the share
+of the set it can answer alone at the referral targets)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,30 @@ def decide_outside(
     )
 
 
+def decide_coverage_outside(
+    challenger: dict[str, dict[str, Any]], champion: dict[str, dict[str, Any] | None], margin: float
+) -> tuple[bool, str]:
+    """(promote?, reason) from each external set's coverage at target (`coverage_at_target`: the largest share
+    of the set a referral band answers with the target rates reached): refused on the first set (by name)
+    where the challenger answers more than `margin` less; a set either model lacks it on does not vote (no
+    set compared: an empty reason)."""
+    compared = []
+    for name in sorted(challenger):
+        new, old = (
+            challenger[name].get("coverage_at_target"),
+            (champion.get(name) or {}).get("coverage_at_target"),
+        )
+        if old is None or new is None:
+            continue
+        if new < old - margin:
+            return False, (
+                f"answers less outside on external set {name}: challenger coverage at target {new:.4f} < "
+                f"champion {old:.4f} - margin {margin}"
+            )
+        compared.append(f"{name} coverage at target {new:.4f} vs champion {old:.4f}")
+    return True, f"coverage at target (margin {margin}): {'; '.join(compared)}" if compared else ""
+
+
 def decide_with_outside(
     challenger: dict[str, Any],
     champion: dict[str, Any] | None,
@@ -61,9 +86,15 @@ def decide_with_outside(
     outside: tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any] | None]] | None,
 ) -> tuple[bool, str]:
     """`decide` on the internal test split, then, when it passes against a champion, `decide_outside` on
-    `outside` ((challenger, champion) metrics per external set); the reason names what decided."""
+    `outside` ((challenger, champion) metrics per external set), then `decide_coverage_outside`; the reason
+    names what decided."""
     promoted, reason = decide(challenger, champion, gate)
     if not (promoted and champion is not None and outside and outside[0]):
         return promoted, reason
     passed, outside_reason = decide_outside(*outside, gate.external_auc_margin)
+    if passed:
+        passed, coverage_reason = decide_coverage_outside(*outside, gate.external_coverage_margin)
+        outside_reason = (
+            "; ".join(filter(None, [outside_reason, coverage_reason])) if passed else coverage_reason
+        )
     return passed, f"{reason}; {outside_reason}" if passed else outside_reason

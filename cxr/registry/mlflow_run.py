@@ -17,6 +17,7 @@ import numpy as np
 from cxr.evaluation.evaluate import EvaluationResult
 from cxr.evaluation.external_sets import ExternalResult
 from cxr.evaluation.metrics import CI_METRICS
+from cxr.evaluation.risk_coverage import REFERRAL_CI_METRICS, REFERRAL_METRICS
 from cxr.model.loading import load_model_with_metadata
 from cxr.model.operating_points import mlflow_tags
 from cxr.model.training import TrainResult
@@ -25,7 +26,10 @@ from cxr.registry.run_links import flow_run_tags
 from cxr.registry.versions import MODEL_ARTIFACT
 
 # Test metrics compared in the promotion decision and stored as `test_<metric>` version tags.
-DECISION_METRICS = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
+DECISION_METRICS = (
+    *("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"),
+    *REFERRAL_METRICS,  # coverage and the rates on the images answered alone
+)
 SUMMARY_FILE = "model_summary.txt"
 CARD_FILE = "model_card.md"
 TENSORBOARD_ARTIFACTS = "tensorboard"
@@ -41,7 +45,7 @@ def flat_metrics(train: TrainResult, evaluation: EvaluationResult) -> dict[str, 
     for key, value in rounded(evaluation.metrics).items():
         if value is not None:
             flat[f"test_{key}"] = value
-    for key in CI_METRICS:
+    for key in (*CI_METRICS, *REFERRAL_CI_METRICS):
         if evaluation.ci.get(key):
             flat[f"test_{key}_ci_low"], flat[f"test_{key}_ci_high"] = evaluation.ci[key]
     for key, value in train.valid_metrics.items():
@@ -143,6 +147,7 @@ def model_card(
         default_operating_point=default,
         links=links,
         external={name: result.summary() for name, result in (external or {}).items()},
+        referral={"band": trained.get("referral"), **evaluation.referral},
     )
 
 

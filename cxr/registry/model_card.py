@@ -62,6 +62,10 @@ class ModelCard(BaseModel):
         default_factory=dict,
         description="external set -> `cxr.evaluation.external_sets.ExternalResult.summary()`",
     )
+    referral: dict[str, Any] = Field(
+        default_factory=dict,
+        description="{band: model.json's `referral`, answered, curve: `EvaluationResult.referral`}",
+    )
 
     def markdown(self) -> str:
         sections = [
@@ -70,6 +74,7 @@ class ModelCard(BaseModel):
             f"## Intended use\n\n{INTENDED_USE}",
             self._data(),
             self._metrics(),
+            self._referral(),
             self._shift(),
             self._external(),
             "## Known limits\n\n" + "\n".join(f"- {limit}" for limit in KNOWN_LIMITS),
@@ -125,6 +130,22 @@ class ModelCard(BaseModel):
             + "\n".join([header, *rows])
             + ("\n\nHow each threshold was chosen:\n" + "\n".join(rules) if rules else "")
         )
+
+    def _referral(self) -> str:
+        from cxr.evaluation.risk_coverage import referral_markdown
+        from cxr.model.referral import ReferralBand
+        from cxr.model.referral_fit import describe
+
+        if not self.referral.get("answered"):
+            return "## Referral\n\nThe evaluation of this version recorded no coverage."
+        band = self.referral.get("band")
+        fitted = (
+            f"Fitted band: {describe(ReferralBand.model_validate(band))}."
+            if band
+            else "This model has no referral band: it answers every in-domain image alone."
+        )
+        measured = referral_markdown(self.referral["answered"], self.referral["curve"])
+        return f"{measured.replace('## Referral', f'## Referral (on the `{self.evaluation_split}` split)')}\n{fitted}"
 
     def _shift(self) -> str:
         if not self.shift:

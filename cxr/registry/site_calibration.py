@@ -42,6 +42,7 @@ from cxr.model.operating_points import (
     sensitivity_threshold,
     youden_threshold,
 )
+from cxr.model.referral_fit import band_for, targets_of
 from cxr.model.training import TrainResult
 from cxr.registry.versions import (
     MODEL_ARTIFACT,
@@ -83,7 +84,8 @@ def with_site_points(
 ) -> dict[str, Any]:
     """`model.json` with the site's points replacing any earlier ones of that site, except the point the default
     still names (a site recalibrated at another target keeps answering as before); `default` (a point name or
-    None: unchanged) becomes the default point, and the single `threshold` is always the default point's."""
+    None: unchanged) becomes the default point; the single `threshold` is always the default point's, and the
+    referral band follows a new default."""
     from cxr.model.operating_points import (
         operating_points,  # imported here: loading the flow must not load MLflow
     )
@@ -104,6 +106,12 @@ def with_site_points(
     updated["threshold"] = updated["operating_points"][chosen]["threshold"]
     if "rule" in updated["operating_points"][chosen]:
         updated["threshold_rule"] = updated["operating_points"][chosen]["rule"]
+    if (
+        default is not None
+        and record.get("referral")
+        and record["referral"]["threshold"] == updated["threshold"]
+    ):
+        updated["referral"] = record["referral"]  # the band fitted around this very threshold
     return updated
 
 
@@ -117,15 +125,25 @@ def calibrate_on_folder(
         batches,
     ):
         prob, is_pneumonia = predict_split(network, batches, SPLIT, metadata)
+    points = site_points(prob, is_pneumonia, site, target_sensitivity)
+    # The band the model gets when the site's first point becomes its default: fitted on the site's images.
+    band = band_for(
+        prob,
+        is_pneumonia,
+        next(iter(points.values())).threshold,
+        targets_of(metadata.get("referral")),
+        fitted_on=f"site {site}",
+    )
     record = {
         "data_dir": str(data_dir.resolve()),
         "data_digest": ingested.digest,
         "n": len(prob),
         "per_class": ingested.per_class,
         "target_sensitivity": target_sensitivity,
+        "referral": band.model_dump(),
         "at": now_iso(),
     }
-    return site_points(prob, is_pneumonia, site, target_sensitivity), record
+    return points, record
 
 
 def with_site_default(trained: TrainResult, site: str, data_dir: Path, out_dir: Path) -> TrainResult:
@@ -193,6 +211,7 @@ def calibrate_registered(
         "site": site,
         "operating_points": {name: point.model_dump() for name, point in points.items()},
         "default_operating_point": updated["default_operating_point"],
+        "referral": updated.get("referral"),  # the band in force in the new version
         "champion": champion == version,
         "mlflow_run_id": run_id,
         **{key: record[key] for key in ("data_dir", "data_digest", "n", "per_class")},

@@ -161,6 +161,11 @@ def test_training_saves_a_loadable_model_with_metadata(batches, tmp_path):
         assert metadata["operating_points"][name]["threshold"] == pytest.approx(point.threshold, rel=1e-5)
     assert result.threshold == metadata["operating_points"][DEFAULT_OPERATING_POINT]["threshold"]
     assert metadata["calibration"]["valid_nll_calibrated"] <= metadata["calibration"]["valid_nll"]
+    # The referral band, fitted on the validation split around the default threshold (`cxr.model.referral_fit`).
+    band = metadata["referral"]
+    assert band["low"] <= result.threshold <= band["high"] and band["threshold"] == result.threshold
+    assert band["fitted_on"] == "validation split" and band["n"] == len(labels)
+    assert (band["target_sensitivity"], band["target_specificity"]) == (0.95, 0.85)
 
 
 def test_same_seed_gives_identical_weights_on_cpu(batches, tmp_path):

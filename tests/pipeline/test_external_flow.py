@@ -59,7 +59,15 @@ def test_train_scores_external_sets_with_challenger_and_champion(
     _, metadata = loading.load_model_with_metadata(second["model_uri"], isolated_registry)
     assert metadata["default_operating_point"] == "site:sensitivity-0.95"
     assert metadata["site_calibrations"]["site"]["n"] == scored["n"]
+    # The referral band was refitted on the site's images around the site's threshold.
+    band = metadata["referral"]
+    assert band["fitted_on"] == "site site" and band["threshold"] == metadata["threshold"]
+    assert band["n"] == scored["n"] and band["low"] <= metadata["threshold"] <= band["high"]
+    # The gate saw both models' coverage at target outside.
+    assert {"coverage_at_target"} <= set(decision["external"]["site"]["challenger"])
+    assert {"coverage_at_target"} <= set(decision["external"]["site"]["champion"])
     run = client.get_run(second["mlflow_run_id"])
     assert run.data.metrics["external.site.champion.auc"] == scored["champion"]["metrics"]["auc"]
     card = (Path(client.download_artifacts(run.info.run_id, "model_card.md"))).read_text()
     assert "## External validation" in card and "champion v1" in card
+    assert "## Referral (on the `test` split)" in card and "Fitted band: refer P(pneumonia)" in card

@@ -22,6 +22,7 @@ STAGE_ARTIFACTS = {
     "metrics",
     "evaluation-report",
     "roc-curve",
+    "risk-coverage",
     "promotion-decision",
     "run-summary",
 }

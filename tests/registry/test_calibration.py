@@ -147,3 +147,19 @@ def test_calibrate_at_another_target_without_make_default_then_predict_and_evalu
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (scored["operating_point"], scored["metrics"]["threshold"]) == (POINT, metadata["threshold"])
     assert sum(scored["decisions"].values()) == scored["n"] == 12
+
+
+def test_make_default_refits_the_referral_band_around_the_sites_threshold(champion, tmp_path, capsys):
+    site = labelled_folder(tmp_path / "site", pneumonia=8, normal=8)
+
+    args = ["calibrate", "--data", str(site), "--name", "site_b", "--make-default", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    band = result["referral"]
+    threshold = result["operating_points"][POINT]["threshold"]
+    assert result["default_operating_point"] == POINT and band["threshold"] == threshold
+    assert band["low"] <= threshold <= band["high"] and band["fitted_on"] == "site site_b"
+    assert band["n"] == 16 and (band["target_sensitivity"], band["target_specificity"]) == (0.95, 0.85)
+    stored = loading.resolve_model(result["model_uri"]).with_name("model.json")
+    assert json.loads(stored.read_text())["referral"] == band

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 from prefect import flow
 
+from cxr.config.params import ReferralTargets
+from cxr.model.referral import ReferralBand
 from cxr.registry.model_card import KNOWN_LIMITS, ModelCard, PointResult
 from cxr.registry.run_links import flow_run_tags, mlflow_run_url
 
@@ -133,3 +136,24 @@ def test_card_of_a_model_with_named_points(tmp_path):
     assert "| sensitivity-0.95 (default) | 0.2000 | 0.950 [0.900, 0.990] | 0.800 |" in text
     assert "| balanced | 0.6000 | 0.800 | 0.900 | 0.850 | - |" in text
     assert "`sensitivity-0.95`: sensitivity >= 0.95; validation sensitivity 0.960 [0.930, 0.980]" in text
+
+
+def test_card_shows_the_band_the_answered_rates_and_the_curve():
+    from cxr.evaluation.risk_coverage import referral_summary
+
+    p = np.array([0.05, 0.1, 0.3, 0.45, 0.55, 0.7, 0.9, 0.95])
+    y = np.array([False, False, True, False, True, False, True, True])
+    summary = referral_summary(y, p, 0.5, ReferralBand(low=0.4, high=0.6), ReferralTargets())
+    band = {"low": 0.4, "high": 0.6, "referred_share": 0.25, "n": 8, "fitted_on": "validation split"}
+    text = card(referral={"band": band, **summary}).markdown()
+    assert "## Referral (on the `test` split)" in text and "| coverage | 0.7500 [" in text
+    assert "| coverage | sensitivity | specificity | accuracy | low | high |" in text
+    assert (
+        "Fitted band: refer P(pneumonia) in [0.4000, 0.6000): 25.0% of 8 images of the validation split"
+        in text
+    )
+    unbanded = card(
+        referral={"band": None, **referral_summary(y, p, 0.5, None, ReferralTargets())}
+    ).markdown()
+    assert "no referral band" in unbanded and "answers every in-domain image alone" in unbanded
+    assert "recorded no coverage" in card().markdown()
