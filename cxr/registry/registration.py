@@ -28,7 +28,7 @@ from cxr.registry.versions import (
     champion_version,
     ensure_experiment,
     promote,
-    put_alias_back,
+    undo_half_move,
     version_metrics,
 )
 
@@ -161,14 +161,15 @@ def _apply_gate(
     """Score the current champion, decide, then move the alias and record the decision (`promote`), or
     record the refusal.
 
-    An alias already on this undecided version is a promotion of it that died before recording (a kill -9
-    between the steps): it is decided again against the champion before it, and put back if refused.
+    An alias already on this undecided version is a move of it that did not record its decision (a kill -9
+    between the steps, or a `cxr promote` before any gate): it is decided against the champion before it;
+    refused, a move that was not recorded as a promotion is undone.
     """
     current = champion_version(name, tracking_uri)
-    left_on = current == version and not _top_of_history(name, version, tracking_uri)
+    left_on = current == version
     if left_on:
-        history = champion_history(name, tracking_uri)
-        current = int(history[-1]["version"]) if history else None
+        earlier = [int(entry["version"]) for entry in champion_history(name, tracking_uri)]
+        current = next((number for number in reversed(earlier) if number != version), None)
     champion_metrics = None
     scored_on = None
     if current is not None:
@@ -201,15 +202,10 @@ def _apply_gate(
         decision["alias_moved"] = True
         promote(name, version, reason, tracking_uri, version_tags={DECISION_TAG: json.dumps(decision)})
         return decision
-    if left_on:
-        put_alias_back(name, current, tracking_uri)
+    if left_on and "promoted_at" not in client(tracking_uri).get_model_version(name, str(version)).tags:
+        undo_half_move(name, version, current, tracking_uri)
     client(tracking_uri).set_model_version_tag(name, str(version), DECISION_TAG, json.dumps(decision))
     return decision
-
-
-def _top_of_history(name: str, version: int, tracking_uri: str) -> bool:
-    history = champion_history(name, tracking_uri)
-    return bool(history) and int(history[-1]["version"]) == version
 
 
 def _promotion_unfinished(name: str, model_version: Any, decision: dict[str, Any], tracking_uri: str) -> bool:  # noqa: ANN401

@@ -193,6 +193,15 @@ def put_alias_back(name: str, previous: int | None, tracking_uri: str) -> None:
         mlflow_client.set_registered_model_alias(name, CHAMPION_ALIAS, str(previous))
 
 
+def undo_half_move(name: str, version: int, previous: int | None, tracking_uri: str) -> None:
+    """Undo a move to `version` that died before it was recorded whole: the alias back on `previous`, and
+    `version`'s entry off the top of the history if it got there. Callers hold the registry lock."""
+    put_alias_back(name, previous, tracking_uri)
+    stack = champion_history(name, tracking_uri)
+    if stack and int(stack[-1]["version"]) == version:
+        client(tracking_uri).set_registered_model_tag(name, HISTORY_TAG, json.dumps(stack[:-1]))
+
+
 def _set_tag(mlflow_client: Any, name: str, version: int | None, key: str, value: str | None) -> None:  # noqa: ANN401
     """Set (or, for None, delete) tag `key` of the registered model (`version` None) or of one version."""
     if version is None and value is None:

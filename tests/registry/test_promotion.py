@@ -143,3 +143,25 @@ def test_promote_and_rollback_wait_for_the_registry_lock(tmp_path, tracking_uri,
         assert mover.is_alive() and versions.champion_version(NAME, tracking_uri) == 2
     mover.join(timeout=60)
     assert not mover.is_alive() and versions.champion_version(NAME, tracking_uri) == 1
+
+
+@pytest.mark.parametrize("gate", [None, REFUSE_ALL], ids=["promoted", "refused"])
+def test_an_alias_left_on_an_undecided_version_is_decided_against_the_champion_before_it(
+    tmp_path, tracking_uri, test_split, monkeypatch, gate
+):
+    """What a kill -9 right after the alias move leaves: the alias on v2, nothing recorded. The next attempt
+    decides against v1 (not v2 against itself) and ends whole: promoted and recorded, or v1 champion again."""
+    register(tmp_path, tracking_uri, test_split, gain=0.5)
+    monkeypatch.setenv(faults.ENV_VAR, "registry_alias:1")
+    with pytest.raises(OSError):
+        register(tmp_path, tracking_uri, test_split, gain=30.0)  # v2 registered, undecided
+    before = registry_state(tracking_uri)
+    mlflow_store.client(tracking_uri).set_registered_model_alias(NAME, versions.CHAMPION_ALIAS, "2")
+
+    again = register(tmp_path, tracking_uri, test_split, gain=30.0, gate=gate)
+    assert again.decision["champion_version"] == 1
+    if gate is None:
+        assert registry_state(tracking_uri) == PROMOTED_V2
+    else:
+        assert not again.decision["promoted"]
+        assert registry_state(tracking_uri) == {**before, "records": {**before["records"], 2: [DECISION_TAG]}}
