@@ -119,7 +119,7 @@ def retrain(config: RetrainConfig) -> dict:
     # left (a timeout on the decorator could not follow the config).
     run = StageRunner(limits=config.timeouts, deadline=time.monotonic() + config.timeouts.flow_s)
     ingested = ingest_stage(run, config.data_dir, config.ingest)
-    splits = run(split.split, ingested.manifest_path, ingested.digest, config.split)
+    splits = run(split.split, ingested.manifest_path, ingested.digest, config.split, config.data_dir)
     data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)
     trained = run(train.train, data, config.train)
     # The same network, saved with its domain score: the model every later stage evaluates and registers.
@@ -142,6 +142,7 @@ def retrain(config: RetrainConfig) -> dict:
         **config.lineage_params(),
         "split_counts": splits.counts,
         "images": {"accepted": ingested.accepted, "quarantined": ingested.quarantined},
+        "reviewed": splits.reviewed,
     }
     registered = run(
         register.register,
@@ -180,6 +181,7 @@ def retrain(config: RetrainConfig) -> dict:
         "data_digest": ingested.digest,
         "images": {"accepted": ingested.accepted, "quarantined": ingested.quarantined},
         "split_counts": splits.counts,
+        "reviewed": splits.reviewed,  # images people labelled (cxr review pull): train/valid only
         "flow_run_id": str(flow_run.id),
         "cached_tasks": run.cached,
         "reused": run.reused,  # cached task -> when its result was made
