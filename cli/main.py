@@ -25,6 +25,7 @@ from cli.commands import (
     cmd_watch,
 )
 from cli.external_commands import cmd_calibrate
+from cli.review import add_review
 from cxr.core.native_logs import set_verbose
 from cxr.core.progress import enable_terminal_progress
 from cxr.core.state_folder import configure_environment
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most one event per N s: later files are announced when the window ends (match cxr serve's)",
     )
     add_cluster(command)
+    add_review(command)
     return parser
 
 

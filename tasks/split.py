@@ -115,7 +115,13 @@ def split(
         reviewed=frozenset(records),
         **params.model_dump(),
     )
-    result = result.model_copy(update={"reviewed": reviewed_summary(pd.read_parquet(result.split_path, columns=["sha256", "split"]), records)})
+    result = result.model_copy(
+        update={
+            "reviewed": reviewed_summary(
+                pd.read_parquet(result.split_path, columns=["sha256", "split"]), records
+            )
+        }
+    )
     write_atomically(
         index,
         lambda partial: partial.write_text(

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel
 
+from cxr import CLASSES
+from cxr.data.layouts import SPLIT_FOLDERS
 from cxr.data.scanning import RECORDS_FOLDER
 
 RECORD_SUFFIX = ".json"
@@ -40,6 +42,25 @@ def records_dir(data_dir: Path) -> Path:
     return Path(data_dir) / RECORDS_FOLDER
 
 
+def reviewed_image_path(data_dir: Path, label: str, sha256: str, suffix: str) -> Path:
+    """Where a reviewed image of class `label` goes so that ingest reads that label in the folder's layout:
+    `train/<CLASS>/` (split folders), `<CLASS>/` (class folders, or an empty folder), or, among files
+    named by class (flat), `reviewed-<label>-...` at the top. Named by content: one file per image."""
+    data_dir = Path(data_dir)
+    folders = {path.name.lower(): path for path in data_dir.iterdir() if path.is_dir()}
+    folders.pop(RECORDS_FOLDER, None)
+    name = f"reviewed-{sha256[:16]}{suffix.lower()}"
+    if folders.keys() & SPLIT_FOLDERS.keys():
+        parent = folders.get("train", data_dir / "train")
+        existing = (
+            {path.name.lower(): path for path in parent.iterdir() if path.is_dir()} if parent.is_dir() else {}
+        )
+        return existing.get(label, parent / label.upper()) / name
+    if folders.keys() & set(CLASSES) or not any(path.is_file() for path in data_dir.iterdir()):
+        return folders.get(label, data_dir / label.upper()) / name
+    return data_dir / f"reviewed-{label}-{sha256[:16]}{suffix.lower()}"
+
+
 def write_record(data_dir: Path, record: ReviewRecord) -> bool:
     """Write the image's record unless one exists; False when another pull (or an earlier one) did.
 
@@ -48,7 +69,9 @@ def write_record(data_dir: Path, record: ReviewRecord) -> bool:
     folder = records_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        handle = os.open(folder / f"{record.sha256}{RECORD_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        handle = os.open(
+            folder / f"{record.sha256}{RECORD_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
+        )
     except FileExistsError:
         return False
     with os.fdopen(handle, "w") as out:
