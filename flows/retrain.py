@@ -1,4 +1,5 @@
-"""The `retrain` flow: ingest → split → batches → train → domain → external sets → evaluate → register."""
+"""The `retrain` flow: ingest → split → batches → train → domain → external sets → evaluate → register →
+approve (a person's sign-off, only with `gate.require_approval`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from cxr.core.progress import stage_progress
 from cxr.evaluation.external_sets import ExternalResult
 from cxr.model.training import TrainResult
 from flows.stages import StageRunner
-from tasks import batches, domain, evaluate, external, ingest, register, report, split, train
+from tasks import approve, batches, domain, evaluate, external, ingest, register, report, split, train
 
 # Modules whose source decides a trained model (as its stages declare them): the lineage's code version.
 MODEL_CODE = frozenset({*split.DECIDED_BY, *batches.DECIDED_BY, *train.DECIDED_BY, *domain.DECIDED_BY})
@@ -154,6 +155,7 @@ def retrain(config: RetrainConfig) -> dict:
         config.gate,
         outside,
     )
+    registered = run(approve.approve, trained, registered, config.gate)  # a person's sign-off, when asked for
     # Read live: the alias may have moved (promote, rollback) since a cached registration was made.
     registered = run(register.champion_now, registered)
     drifted = run(domain.report_drift, drift, registered.run_id, registered.model_name)

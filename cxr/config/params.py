@@ -107,6 +107,14 @@ class GateParams(Params):
         le=1,
         description="Refuse a challenger whose AUC on an external set is this much below the champion's",
     )
+    require_approval: bool = Field(
+        False, description="A challenger that passes waits in the Prefect dashboard for a person's sign-off"
+    )
+    approval_timeout_s: float = Field(
+        3600,
+        gt=0,
+        description="No answer within this many seconds: not promoted (keep below timeouts.flow_s)",
+    )
 
 
 SETS_JSON_SCHEMA = {

@@ -181,8 +181,10 @@ def _apply_gate(
             for key in outside
         },
     }
+    if promoted and gate.require_approval:  # a person signs off first (cxr.review.approval moves the alias)
+        decision.update(promoted=False, awaiting_approval=True, reason=f"{reason}; awaiting sign-off")
     client(tracking_uri).set_model_version_tag(name, str(version), DECISION_TAG, json.dumps(decision))
-    if promoted:
+    if decision["promoted"]:
         promote(name, version, reason, tracking_uri)
     return decision
 
