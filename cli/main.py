@@ -206,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder that event-named data folders must lie in (repeatable; default: the --data folder's parent)",
     )
     add_external_arguments(serve)
+    serve.add_argument(
+        "--review-every",
+        type=float,
+        metavar="SECONDS",
+        help="also serve review-sync: push the review queue to Label Studio and pull finished labels this often",
+    )
+    serve.add_argument(
+        "--review-into",
+        metavar="DIR",
+        help="where review-sync puts labelled images (default: the --data folder; use the watched inbox to retrain on them)",
+    )
     notify = serve.add_mutually_exclusive_group()
     notify.add_argument(
         "--notify-webhook",

@@ -38,8 +38,8 @@ def test_no_answer_means_not_promoted_then_a_resumed_approval_promotes(
     prefect_harness, tiny_dataset, isolated_registry
 ):
     from prefect.flow_runs import resume_flow_run
-    from prefect.input.run_input import keyset_from_paused_state
     from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
 
     from cxr.core.mlflow_store import client
     from cxr.ops.status import gather_status
@@ -62,7 +62,9 @@ def test_no_answer_means_not_promoted_then_a_resumed_approval_promotes(
     keyset = keyset_from_paused_state(paused.state)
     description = read_flow_run_input(keyset["description"], flow_run_id=paused.id)
     assert f"v{version}" in description and "auc" in description and "Model card" in description
-    resume_flow_run(paused.id, run_input={"approve": True, "reviewer": "Dr Reader", "comment": "checked the card"})
+    resume_flow_run(
+        paused.id, run_input={"approve": True, "reviewer": "Dr Reader", "comment": "checked the card"}
+    )
     thread.join(timeout=600)
     assert result["champion"] is True and result["model_version"] == version
     answer = json.loads(client(isolated_registry).get_model_version(name, str(version)).tags["approval"])
