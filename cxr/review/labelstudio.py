@@ -16,11 +16,17 @@ CHOICES = (PNEUMONIA_CHOICE, NORMAL_CHOICE, NOT_XRAY_CHOICE, UNSURE_CHOICE)
 CLASS_OF_CHOICE = {PNEUMONIA_CHOICE: "pneumonia", NORMAL_CHOICE: "normal"}
 CHOICE_OF_CLASS = {label: choice for choice, label in CLASS_OF_CHOICE.items()}
 FROM_NAME, TO_NAME = "label", "image"
-LABEL_CONFIG = f"""<View>
-  <Image name="{TO_NAME}" value="$image" zoom="true"/>
-  <Text name="model" value="$summary"/>
-  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single-radio" showInLine="true" required="true">
-{"".join(f'    <Choice value="{choice}"/>{chr(10)}' for choice in CHOICES)}  </Choices>
+LABEL_CONFIG = f"""<View style="display: flex; gap: 1.5em">
+  <View style="flex: 0 0 560px">
+    <Image name="{TO_NAME}" value="$image" maxWidth="560px" zoom="true"/>
+  </View>
+  <View style="flex: 1">
+    <Header value="The model's answer"/>
+    <Text name="model" value="$summary"/>
+    <Header value="Your answer"/>
+    <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single-radio" required="true">
+{"".join(f'      <Choice value="{choice}"/>{chr(10)}' for choice in CHOICES)}    </Choices>
+  </View>
 </View>"""
 # Label Studio's label stream then shows the lowest prediction score (the most uncertain image) first.
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
@@ -48,8 +54,12 @@ class LabelStudio:
         return response.json() if response.content else {}
 
     def project(self, project_id: int | None) -> int:
-        """The review project: `project_id` when it still exists, else one made now."""
-        if project_id is not None and self.call("GET", f"/api/projects/{project_id}") is not None:
+        """The review project: `project_id` when it still exists (its labelling form brought up to date),
+        else one made now."""
+        found = None if project_id is None else self.call("GET", f"/api/projects/{project_id}")
+        if found is not None:
+            if found.get("label_config") != LABEL_CONFIG:
+                self.call("PATCH", f"/api/projects/{project_id}", json={"label_config": LABEL_CONFIG})
             return project_id
         made = self.call(
             "POST",

@@ -23,6 +23,7 @@ from PIL import Image
 from cli.main import main
 from cxr.core.errors import CxrError
 from cxr.data.provenance import read_records
+from cxr.ops.watch import new_or_changed, snapshot
 from cxr.review import queue, server, sync
 from cxr.review.labelstudio import LabelStudio
 from cxr.review.referred import queue_referred
@@ -78,7 +79,7 @@ def _queue(folder: Path, seeds: range) -> dict[str, Path]:
             "decision": ["refer" if index % 2 == 0 else "out_of_domain" for index in range(len(paths))],
         }
     )
-    assert queue_referred(frame, "models:/cxr-pneumonia/1") == len(paths)
+    assert queue_referred(frame, "/models/cxr-v1") == len(paths)
     return {path.name: path for path in paths}
 
 
@@ -146,8 +147,10 @@ def test_queue_push_label_pull_and_retrain(
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
+    announced = snapshot(data)
     pulled = _cli(capsys, "review", "pull", "--into", str(data))
     assert (pulled["added"], pulled["recorded"]) == (6, 2)
+    assert new_or_changed(snapshot(data), announced) == 6  # what `cxr watch` announces: on-new-data retrains
     assert _cli(capsys, "review", "pull", "--into", str(data))["added"] == 0
     records = read_records(data)
     assert sorted(record.label for record in records.values()) == ["normal"] * 3 + ["pneumonia"] * 3
