@@ -132,37 +132,41 @@ def _choice(annotation: dict[str, Any]) -> str | None:
 
 
 def pull(client: LabelStudio, data_dir: Path) -> dict[str, int]:
-    """Bring back finished annotations; counts added (to `data_dir`), recorded, requeued (task deleted)."""
+    """Bring back finished annotations; counts added (to `data_dir`), recorded, requeued (task deleted).
+
+    Images and records are written first, the queue changes last in one transaction: a pull stopped
+    halfway leaves items `sent`, and the next pull finds their files and records already there.
+    """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    project = project_id(client)
+    counts = {"added": 0, "recorded": 0, "requeued": 0, "waiting": 0}
     with file_lock(review_dir() / "pull.lock"):
-        tasks = {task["id"]: task for task in client.tasks(project)}
+        sent = queue.items(queue.SENT)
+        if not sent:
+            return counts
+        tasks = {task["id"]: task for task in client.tasks(project_id(client))}
         users: dict[int, str] = {}
-        counts = {"added": 0, "recorded": 0, "requeued": 0, "waiting": 0}
-        for item in queue.items(queue.SENT):
+        changes: dict[str, dict[str, Any]] = {}
+        for item in sent:
             task = tasks.get(item.task_id)
             if task is None:  # deleted in Label Studio: the image still needs an answer
-                _requeue(item)
+                changes[item.sha256] = {"state": queue.QUEUED, "task_id": None, "sent_at": None}
                 counts["requeued"] += 1
-                continue
-            note = _answer(task)
-            if note is None:
+            elif (note := _answer(task)) is None:
                 counts["waiting"] += 1
-                continue
-            counts[_return(client, item, note, data_dir, users)] += 1
+            else:
+                changes[item.sha256] = _return(client, item, note, data_dir, users)
+                counts[changes[item.sha256]["outcome"]] += 1
+        with queue.connect() as db:
+            for sha256, change in changes.items():
+                queue.update(db, sha256, **change)
     return counts
-
-
-def _requeue(item: QueueItem) -> None:
-    with queue.connect() as db:
-        queue.update(db, item.sha256, state=queue.QUEUED, task_id=None, sent_at=None)
 
 
 def _return(
     client: LabelStudio, item: QueueItem, note: dict[str, Any], data_dir: Path, users: dict[int, str]
-) -> str:
-    """Add the image to `data_dir` (Pneumonia, Normal) or record the answer; the outcome."""
+) -> dict[str, Any]:
+    """Add the image to `data_dir` (Pneumonia, Normal) or only record the answer; the item's new fields."""
     choice = _choice(note)
     author = note.get("completed_by")
     reviewer = author.get("email") if isinstance(author, dict) else client.user_email(int(author or 0), users)
@@ -187,20 +191,15 @@ def _return(
             write_atomically(target, lambda partial: shutil.copyfile(item.image, partial))
         write_record(data_dir, record)
         added_as = str(target)
-    outcome = queue.ADDED if label is not None else queue.RECORDED
-    with queue.connect() as db:
-        queue.update(
-            db,
-            item.sha256,
-            state=queue.RETURNED,
-            answer=choice,
-            reviewer=reviewer,
-            reviewed_at=reviewed_at,
-            outcome=outcome,
-            added_as=added_as,
-            returned_at=queue.now(),
-        )
-    return outcome
+    return {
+        "state": queue.RETURNED,
+        "answer": choice,
+        "reviewer": reviewer,
+        "reviewed_at": reviewed_at,
+        "outcome": queue.ADDED if label is not None else queue.RECORDED,
+        "added_as": added_as,
+        "returned_at": queue.now(),
+    }
 
 
 def labelled_count(client: LabelStudio) -> int:

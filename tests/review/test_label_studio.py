@@ -166,14 +166,21 @@ def test_queue_push_label_pull_and_retrain(
 
 
 def test_a_server_that_is_down_loses_nothing(review_home, tmp_path):
-    _queue(tmp_path / "down", range(100, 103))
+    live = LabelStudio(*server.connection())
     dead = LabelStudio(f"http://127.0.0.1:{_free_port()}", "no-token")
-    with pytest.raises(CxrError, match="did not answer"):
-        sync.push(dead)
+    _queue(tmp_path / "sent", range(100, 102))
+    assert sync.push(live)["sent"] == 2
     with pytest.raises(CxrError, match="did not answer"):
         sync.pull(dead, tmp_path / "data")
-    assert {Path(item.source).name for item in queue.items(queue.QUEUED)} >= {"img100.png", "img101.png"}
-    live = LabelStudio(*server.connection())
+    _queue(tmp_path / "queued", range(110, 113))
+    with pytest.raises(CxrError, match="did not answer"):
+        sync.push(dead)
+    assert {Path(item.source).name for item in queue.items(queue.SENT)} >= {"img100.png", "img101.png"}
+    assert {Path(item.source).name for item in queue.items(queue.QUEUED)} == {
+        "img110.png",
+        "img111.png",
+        "img112.png",
+    }
     assert sync.push(live)["sent"] == 3
 
 
