@@ -11,21 +11,34 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from cxr.config.params import GateParams
+from cxr.core.task_policy import retry_transient
 from cxr.model.referral import referral_band
 from cxr.model.training import TrainResult
-from cxr.registry.approval import recorded_answer, request_sign_off
+from cxr.registry.approval import apply_answer, recorded_answer, request_sign_off
 from cxr.registry.registration import RegistrationResult
 
+# Longer than any sign-off wait: the pause itself ends at `gate.approval_timeout_s`, and the run's limit
+# (`timeouts.flow_s`) cuts this task's like every other's.
+APPROVE_TIMEOUT_S = 7 * 24 * 3600
 
-# NO_CACHE: an answer is a person's, given once per run. No retries: a second pause would ask twice. No
-# timeout of its own: the pause ends at `gate.approval_timeout_s` (the run's limit still applies).
-@task(name="approve", cache_policy=NO_CACHE, retries=0)
+
+# NO_CACHE: an answer is a person's, given once per run. A retry after a transient registry error finds an
+# approval already tagged on the version and applies it without asking again.
+@task(
+    name="approve",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=APPROVE_TIMEOUT_S,
+)
 def approve(trained: TrainResult, registration: RegistrationResult, gate: GateParams) -> RegistrationResult:
     """Wait for a reviewer's sign-off on a challenger the gate passed; the registration with the answer."""
     if not registration.decision.get("awaiting_approval"):
         return registration
     earlier = recorded_answer(registration)
-    if earlier and earlier["approved"]:  # the same model again (a rerun): signed off already
+    if earlier and earlier["approved"]:  # signed off already (a retry, or the same model again)
+        apply_answer(registration, earlier)
         return registration.model_copy(update={"artifacts": []})
     band = referral_band(json.loads(Path(trained.metadata_path).read_text()))
     logger = get_run_logger()
