@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from cxr.core.errors import CxrError
+from cxr.core.locking import file_lock
 from cxr.ops.server import free_port, stop_process_group
 from cxr.review.queue import review_dir
 
@@ -74,11 +75,11 @@ def running() -> dict | None:
         record = json.loads(_server_file().read_text())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(record["pid"], 0)
-    except ProcessLookupError:
+    try:  # alive, and Label Studio (not a process that took the pid of one that died)
+        alive = b"label-studio" in Path(f"/proc/{record['pid']}/cmdline").read_bytes()
+    except OSError:
         return None
-    return record
+    return record if alive else None
 
 
 def answers(url: str, token: str, timeout_s: float = 5.0) -> bool:
@@ -95,13 +96,23 @@ def auth(token: str) -> dict[str, str]:
 
 
 def up(timeout_s: float = START_TIMEOUT_S) -> dict:
-    """Start Label Studio (or reuse the running one); its url, pid and log once its API answers."""
-    record = running()
+    """Start Label Studio (or reuse the running one, or wait for one starting); its url, pid and log once
+    its API answers. Two `up`s at once start one server."""
     token = read_token()
-    if record and answers(record["url"], token):
-        return record
-    if record:  # alive but not answering: a start still in progress, or a hung server
-        stop_process_group(record["pid"])
+    with file_lock(review_dir() / "server.lock", timeout_s=timeout_s):
+        record = running() or _start(token)
+        deadline = time.monotonic() + timeout_s
+        while not answers(record["url"], token):
+            if running() is None or time.monotonic() > deadline:
+                stop_process_group(record["pid"])
+                _server_file().unlink(missing_ok=True)
+                raise ReviewServerError(f"Label Studio did not start; see {log_file()}")
+            time.sleep(1.0)
+    return record
+
+
+def _start(token: str) -> dict:
+    """Spawn Label Studio detached (its own session: it outlives this command); its record."""
     program = label_studio_program()
     if program is None:
         raise ReviewServerError(
@@ -133,13 +144,6 @@ def up(timeout_s: float = START_TIMEOUT_S) -> dict:
         )  # fmt: skip
     record = {"url": f"http://{HOST}:{port}", "port": port, "pid": process.pid, "log": str(log_file())}
     _server_file().write_text(json.dumps(record))  # before waiting: `down` can stop a half-started server
-    deadline = time.monotonic() + timeout_s
-    while not answers(record["url"], token):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process_group(process.pid)
-            _server_file().unlink(missing_ok=True)
-            raise ReviewServerError(f"Label Studio did not start; see {log_file()}")
-        time.sleep(1.0)
     return record
 
 
