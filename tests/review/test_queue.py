@@ -20,6 +20,7 @@ from cxr.data.provenance import (
     reviewed_summary,
     write_record,
 )
+from cxr.data.scanning import scan_folder
 from cxr.review import queue
 from cxr.review.referred import queue_referred
 
@@ -132,6 +133,7 @@ def test_provenance_records_are_written_once_and_counted_by_split(tmp_path):
     write_record(tmp_path, other)
     records = read_records(tmp_path)
     assert records[record.sha256].reviewer == "reader@site"
+    assert scan_folder(tmp_path) == []  # records are no images: ingest and predict never see them
     split = pd.DataFrame({"sha256": ["1" * 64, "2" * 64, "3" * 64], "split": ["train", "valid", "test"]})
     assert reviewed_summary(split, records) == {
         "images": 2,
