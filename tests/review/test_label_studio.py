@@ -213,6 +213,21 @@ def test_two_pulls_at_once_add_each_image_once(review_home, tmp_path, capsys):
     assert len(list(data.glob("PNEUMONIA/reviewed-*.png"))) == 6 and len(read_records(data)) == 6
 
 
+def test_the_review_sync_flow_pushes_then_pulls(review_home, tmp_path, capsys, prefect_harness):
+    from flows.review_sync import review_sync
+
+    _queue(tmp_path / "synced", range(400, 402))
+    first = review_sync(str(tmp_path / "inbox"))
+    assert first["push"]["sent"] == 2 and first["pull"]["added"] == 0
+    reviewer = Reviewer(_cli(capsys, "review", "status"))
+    for name, task in _by_source(reviewer.tasks()).items():
+        if name in {"img400.png", "img401.png"}:
+            reviewer.label(task["id"], "Normal")
+    second = review_sync(str(tmp_path / "inbox"))
+    assert second["push"]["sent"] == 0 and second["pull"]["added"] == 2
+    assert len(list((tmp_path / "inbox" / "NORMAL").glob("reviewed-*.png"))) == 2
+
+
 def test_down_leaves_no_port_open(review_home, capsys):
     port = server.running()["port"]
     assert _cli(capsys, "review", "down") == {"stopped": True}
