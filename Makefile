@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install install-cluster demo test lint bench clean
+.PHONY: install install-cluster install-review demo test lint bench clean
 
 $(BIN)/cxr: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ install: $(BIN)/cxr
 install-cluster: install
 	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+# Label Studio for `cxr review` in its own virtual environment, so its pins never touch the project's.
+# sentry-sdk 3.x stops Label Studio 1.23.2 at start.
+REVIEW_VENV := .venv-review
+install-review:
+	test -x $(REVIEW_VENV)/bin/label-studio || ( \
+		$(PYTHON) -m venv $(REVIEW_VENV) && \
+		$(REVIEW_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+		$(REVIEW_VENV)/bin/python -m pip install --quiet 'label-studio==1.23.2' 'sentry-sdk<3')
 
 # The main job: generate the synthetic demo data, run the retrain flow on it, register the model.
 demo: install

@@ -285,6 +285,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         debounce_s=args.debounce,
         event_roots=args.data_root,
         config_overrides=overrides,
+        review_every_s=args.review_every,
+        review_into=str(Path(args.review_into).resolve()) if args.review_into else None,
     )
     serve_deployments(data_dir, options)
     return 0

@@ -26,6 +26,7 @@ from cli.commands import (
 )
 from cli.examples import START, epilog
 from cli.external_commands import cmd_calibrate
+from cli.review import add_review
 from cxr.core.native_logs import set_verbose
 from cxr.core.progress import enable_terminal_progress
 from cxr.core.state_folder import configure_environment
@@ -223,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder that event-named data folders must lie in (repeatable; default: the --data folder's parent)",
     )
     add_external_arguments(serve)
+    serve.add_argument(
+        "--review-every",
+        type=float,
+        metavar="SECONDS",
+        help="also serve review-sync: push the review queue to Label Studio and pull finished labels this often",
+    )
+    serve.add_argument(
+        "--review-into",
+        metavar="DIR",
+        help="where review-sync puts labelled images (default: the --data folder; use the watched inbox to retrain on them)",
+    )
     notify = serve.add_mutually_exclusive_group()
     notify.add_argument(
         "--notify-webhook",
@@ -256,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most one event per N s: later files are announced when the window ends (match cxr serve's)",
     )
     add_cluster(command)
+    add_review(command)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Serve the `retrain` flow as two deployments: `nightly` (cron) and `on-new-data` (event-triggered).
+"""Serve the `retrain` flow as two deployments: `nightly` (cron) and `on-new-data` (event-triggered), and,
+when asked (`review_every_s`), the `review-sync` flow beside them (Label Studio push and pull on an interval).
 
 `on-new-data` runs when `cxr watch` emits `cxr.data.arrived`; its data folder comes from the event.
 Retraining runs never overlap: each deployment admits one run at a time and queues the rest
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 NIGHTLY = "nightly"
 ON_NEW_DATA = "on-new-data"
+REVIEW_SYNC = "review-sync"
 DEFAULT_CRON = "0 2 * * *"
 # Jinja template the server renders from the triggering event when it creates the flow run.
 EVENT_DATA_DIR = "{{ event.payload.data_dir }}"
@@ -51,6 +53,12 @@ class ServeOptions(BaseModel):
     )
     event_roots: tuple[str, ...] = Field(
         (), description="Folders an event's data_dir must lie in (default: the nightly folder's parent)"
+    )
+    review_every_s: float | None = Field(
+        None, gt=0, description="Also serve `review-sync` every this many seconds (None: not served)"
+    )
+    review_into: str | None = Field(
+        None, description="Where review-sync pulls labelled images (default: the nightly folder)"
     )
 
 
@@ -117,6 +125,27 @@ def build_deployments(data_dir: str, options: ServeOptions | None = None) -> lis
     return [nightly, on_new_data]
 
 
+def build_review_sync(data_dir: str, every_s: float) -> RunnerDeployment:
+    """The `review-sync` deployment: push the review queue and pull finished labels into `data_dir`."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.review_sync import review_sync
+
+    return review_sync.to_deployment(
+        REVIEW_SYNC,
+        schedules=[IntervalSchedule(interval=timedelta(seconds=every_s))],
+        parameters={"data_dir": str(Path(data_dir).resolve())},
+        tags=[REVIEW_SYNC],
+        description=f"Push the review queue to Label Studio and pull finished labels into {data_dir} every {every_s:g} s.",
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+        ),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
 def serve_deployments(
     data_dir: str, options: ServeOptions | Mapping[str, Any] | None = None, *, poll_s: float | None = None
 ) -> None:
@@ -127,7 +156,10 @@ def serve_deployments(
     """
     from prefect import serve
 
-    deployments = build_deployments(data_dir, ServeOptions.model_validate(options or {}))
+    options = ServeOptions.model_validate(options or {})
+    deployments = build_deployments(data_dir, options)
+    if options.review_every_s is not None:
+        deployments.append(build_review_sync(options.review_into or data_dir, options.review_every_s))
     runner_options = {} if poll_s is None else {"query_seconds": poll_s}
     serve(*deployments, pause_on_shutdown=False, limit=1, **runner_options)
 

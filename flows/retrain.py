@@ -1,4 +1,5 @@
-"""The `retrain` flow: ingest → split → batches → train → domain → external sets → evaluate → register."""
+"""The `retrain` flow: ingest → split → batches → train → domain → external sets → evaluate → register →
+approve (a person's sign-off, only with `gate.require_approval`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from cxr.core.progress import stage_progress
 from cxr.evaluation.external_sets import ExternalResult
 from cxr.model.training import TrainResult
 from flows.stages import StageRunner
-from tasks import batches, domain, evaluate, external, ingest, register, report, split, train
+from tasks import approve, batches, domain, evaluate, external, ingest, register, report, split, train
 
 # The stages that make the model: the source their task modules reach (`import_closure`) is the lineage's code version.
 MODEL_STAGES = (split, batches, train, domain)
@@ -120,7 +121,7 @@ def retrain(config: RetrainConfig) -> dict:
     # left (a timeout on the decorator could not follow the config).
     run = StageRunner(limits=config.timeouts, deadline=time.monotonic() + config.timeouts.flow_s)
     ingested = ingest_stage(run, config.data_dir, config.ingest)
-    splits = run(split.split, ingested.manifest_path, ingested.digest, config.split)
+    splits = run(split.split, ingested.manifest_path, ingested.digest, config.split, config.data_dir)
     data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)
     trained = run(train.train, data, config.train)
     # The same network, saved with its domain score: the model every later stage evaluates and registers.
@@ -145,6 +146,7 @@ def retrain(config: RetrainConfig) -> dict:
         **config.lineage_params(),
         "split_counts": splits.counts,
         "images": {"accepted": ingested.accepted, "quarantined": ingested.quarantined},
+        "reviewed": splits.reviewed,
     }
     registered = run(
         register.register,
@@ -156,6 +158,7 @@ def retrain(config: RetrainConfig) -> dict:
         config.gate,
         outside,
     )
+    registered = run(approve.approve, trained, registered, config.gate)  # a person's sign-off, when asked for
     # Read live: the alias may have moved (promote, rollback) since a cached registration was made.
     registered = run(register.champion_now, registered)
     drifted = run(domain.report_drift, drift, registered.run_id, registered.model_name)
@@ -183,6 +186,7 @@ def retrain(config: RetrainConfig) -> dict:
         "data_digest": ingested.digest,
         "images": {"accepted": ingested.accepted, "quarantined": ingested.quarantined},
         "split_counts": splits.counts,
+        "reviewed": splits.reviewed,  # images people labelled (cxr review pull): train/valid only
         "flow_run_id": str(flow_run.id),
         "cached_tasks": run.cached,
         "reused": run.reused,  # cached task -> when its result was made

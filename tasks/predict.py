@@ -13,6 +13,7 @@ from prefect.logging import get_run_logger
 
 from cxr.core.task_policy import PREDICT_TIMEOUT_S, retry_transient
 from cxr.evaluation.predicting import json_rows, predict_to_csv
+from cxr.review.referred import queue_referred
 
 PREVIEW_ROWS = 50
 
@@ -53,11 +54,14 @@ def predict_files(
     heatmaps_dir: str | None = None,
     operating_point: str | None = None,
 ) -> dict[str, Any]:
-    """Score `paths` with the model at `model_uri` into `out_csv` and return a summary; see `predict_to_csv`."""
+    """Score `paths` with the model at `model_uri` into `out_csv` and return a summary; see `predict_to_csv`.
+    Images the model refers or finds out of domain join the review queue (`queued_for_review`: new ones)."""
     frame, summary = predict_to_csv(model_uri, paths, out_csv, heatmaps_dir, operating_point)
+    summary["queued_for_review"] = queue_referred(frame, model_uri)
     _publish(frame, summary, Path(summary["out_csv"]))
     get_run_logger().info(
-        "scored %d of %d files with %s (operating point %s, threshold %.4f): decisions %s; failed %s -> %s",
+        "scored %d of %d files with %s (operating point %s, threshold %.4f): decisions %s; failed %s -> %s; "
+        "%d new image(s) queued for review",
         summary["scored"],
         len(frame),
         model_uri,
@@ -66,5 +70,6 @@ def predict_files(
         summary["by_decision"],
         summary["by_status"] or "none",
         summary["out_csv"],
+        summary["queued_for_review"],
     )
     return summary

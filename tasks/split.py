@@ -2,7 +2,8 @@
 
 Lineage: the task keeps `splits/latest-<params digest>.txt` (params: `SplitParams` but the minimum
 per class) pointing at the last split written with those params and uses it as the
-previous split; its content digest is part of the task's cache key.
+previous split; its content digest is part of the task's cache key. Reviewed images (provenance records
+in the data folder, `cxr.data.provenance`) go to train or valid; the records' contents are part of the key.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
@@ -21,6 +23,7 @@ from cxr.core.atomic_files import sha256_file, write_atomically
 from cxr.core.caching import ContentKey, current_task_key, sha256_text, stable_json
 from cxr.core.state_folder import state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
+from cxr.data.provenance import read_records, records_digest, reviewed_summary
 from cxr.data.splitting import SPLITS, SplitResult, split_manifest
 
 
@@ -60,9 +63,11 @@ def lineage_base(entry: LineageEntry | None, manifest_digest: str) -> str:
     return sha256_file(entry.split_path)
 
 
-def previous_split_digest(inputs: dict[str, Any]) -> str:
-    """Cache fingerprint: the lineage base the task would start from."""
-    return lineage_base(latest_split(latest_split_index(inputs["params"])), inputs["manifest_digest"])
+def split_fingerprint(inputs: dict[str, Any]) -> str:
+    """Cache fingerprint: the lineage base the task would start from and the reviewed images' records."""
+    base = lineage_base(latest_split(latest_split_index(inputs["params"])), inputs["manifest_digest"])
+    data_dir = inputs.get("data_dir")
+    return base if data_dir is None else sha256_text(base + records_digest(read_records(data_dir)))
 
 
 def _summary_table(result: SplitResult) -> list[dict[str, object]]:
@@ -83,15 +88,19 @@ def _summary_table(result: SplitResult) -> list[dict[str, object]]:
 
 @task(
     name="split",
-    cache_policy=ContentKey(fingerprint=previous_split_digest),
+    cache_policy=ContentKey(fingerprint=split_fingerprint),
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,
     retry_condition_fn=retry_transient,
     timeout_seconds=DEFAULT_TIMEOUTS.split_s,
 )
-def split(manifest_path: str, manifest_digest: str, params: SplitParams) -> SplitResult:
-    """Split the manifest with the given digest, keeping the splits of the lineage's previous split."""
+def split(
+    manifest_path: str, manifest_digest: str, params: SplitParams, data_dir: str | None = None
+) -> SplitResult:
+    """Split the manifest with the given digest, keeping the splits of the lineage's previous split;
+    the reviewed images of `data_dir` go to train or valid."""
+    records = read_records(data_dir) if data_dir else {}
     index = latest_split_index(params)
     entry = latest_split(index)
     base = lineage_base(entry, manifest_digest)
@@ -100,7 +109,15 @@ def split(manifest_path: str, manifest_digest: str, params: SplitParams) -> Spli
         Path(manifest_path),
         state_dir("splits", current_task_key()[:16]),
         previous_split=previous,
+        reviewed=frozenset(records),
         **params.model_dump(),
+    )
+    result = result.model_copy(
+        update={
+            "reviewed": reviewed_summary(
+                pd.read_parquet(result.split_path, columns=["sha256", "split"]), records
+            )
+        }
     )
     write_atomically(
         index,
@@ -111,11 +128,12 @@ def split(manifest_path: str, manifest_digest: str, params: SplitParams) -> Spli
         ),
     )
     get_run_logger().info(
-        "split %s: %s images, %s patients (previous split: %s)",
+        "split %s: %s images, %s patients (previous split: %s); reviewed images: %s",
         result.digest[:12],
         result.counts,
         result.patients,
         previous or "none",
+        result.reviewed,
     )
     summary = Artifact(
         key="split-summary",

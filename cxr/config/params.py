@@ -134,6 +134,14 @@ class GateParams(Params):
         description="Refuse a challenger that answers alone, at the referral targets, this much less of an "
         "external set than the champion",
     )
+    require_approval: bool = Field(
+        False, description="A challenger that passes waits in the Prefect dashboard for a person's sign-off"
+    )
+    approval_timeout_s: float = Field(
+        3600,
+        gt=0,
+        description="No answer within this many seconds: not promoted (keep below timeouts.flow_s)",
+    )
 
 
 SETS_JSON_SCHEMA = {

@@ -16,6 +16,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+# Provenance records of reviewed images (`cxr.data.provenance`) inside a data folder: not images, never scanned.
+RECORDS_FOLDER = ".cxr-review"
+
 
 class FoundFile(NamedTuple):
     """One entry of the folder scan; `problem` is a (reason, detail) found without opening it.
@@ -60,7 +63,7 @@ def real_path(text: str) -> str:
 
 
 def scan_folder(root: Path) -> list[FoundFile]:
-    """Every non-directory entry under `root`, sorted by relative path.
+    """Every non-directory entry under `root` (but the `RECORDS_FOLDER`s), sorted by relative path.
 
     Directory symlinks are followed once; a directory reached again (a cycle) is reported as
     `symlink_loop`, dangling links as `broken_symlink`. Paths and relative paths are `path_text`.
@@ -129,6 +132,8 @@ def _walk(directory: Path | str, prefix: str, visited: set[tuple[int, int]], fou
                         stat.st_mtime_ns,
                     )
                 )
+            continue
+        if entry.name == RECORDS_FOLDER:
             continue
         relative = f"{prefix}{entry.name}"
         identity = _dir_identity(entry.path)

@@ -12,6 +12,9 @@ Rules:
   into the deficits. So adding files never moves an existing file, and an old model's training
   images never leak into a new test set. If new files join old groups that sat in different
   splits, the joined group goes to the least held-out of them (train, then valid, then test).
+- Reviewed images (`cxr.data.provenance`: a person labelled them because the model was unsure) go to
+  train or valid only, with their whole group: images chosen for their uncertainty would bias the test
+  split, which stays as it was. (A reviewed image whose group was already in test stays there.)
 
 The `split` stage keeps the lineage: which earlier split a new one starts from.
 """
@@ -22,6 +25,7 @@ import hashlib
 from pathlib import Path
 
 import pandas as pd
+from pydantic import Field
 
 from cxr import CLASSES
 from cxr.core.artifacts import WithArtifacts
@@ -46,6 +50,8 @@ class SplitResult(WithArtifacts):
     counts: dict[str, dict[str, int]]
     patients: dict[str, int]
     previous_split: Path | None = None
+    # Reviewed images in it (`cxr.data.provenance.reviewed_summary`): images, in_train/valid/test, ...
+    reviewed: dict[str, int] = Field(default_factory=dict)
 
     def is_intact(self) -> bool:
         """Whether the split Parquet is still readable and holds the split this result describes."""
@@ -114,13 +120,15 @@ def assign_splits(
     seed: int,
     keep_official_test: bool,
     previous: pd.DataFrame | None = None,
+    reviewed: frozenset[str] = frozenset(),
 ) -> pd.DataFrame:
     """A copy of `manifest` with a `split` column ('train'|'valid'|'test'): grouped, stratified, sticky.
 
     `previous` (columns sha256, patient_id, split) is an earlier split of the same lineage: groups
     found in it keep their split and only new groups are placed. With `keep_official_test`, every
     new group with a file from the source's test folder is test, and the other groups are divided
-    between train and valid (`test_fraction` is unused).
+    between train and valid (`test_fraction` is unused). New groups holding a `reviewed` sha256 are
+    placed between train and valid only.
     """
     if valid_fraction <= 0 or test_fraction <= 0 or valid_fraction + test_fraction >= 1:
         raise ValueError("valid_fraction and test_fraction must be positive and sum to less than 1")
@@ -140,7 +148,13 @@ def assign_splits(
             "train": 1.0 - valid_fraction - test_fraction,
         }
     labels_per_group = pd.crosstab(groups, manifest["label"]).reindex(columns=list(CLASSES), fill_value=0)
-    placed.update(_place_new_groups(labels_per_group, placed, targets, seed))
+    held_reviewed = set(groups[manifest["sha256"].isin(list(reviewed))]) - set(placed)
+    others = labels_per_group[~labels_per_group.index.isin(list(held_reviewed))]
+    placed.update(_place_new_groups(others, placed, targets, seed))
+    if held_reviewed:
+        kept = sum(share for name, share in targets.items() if name != "test")
+        without_test = {name: share / kept for name, share in targets.items() if name != "test"}
+        placed.update(_place_new_groups(labels_per_group, placed, without_test, seed))
     return manifest.assign(split=groups.map(placed))
 
 
@@ -214,10 +228,12 @@ def split_manifest(
     keep_official_test: bool,
     min_images_per_class: int,
     previous_split: Path | None = None,
+    reviewed: frozenset[str] = frozenset(),
 ) -> SplitResult:
     """Read the manifest, assign splits, check every split has every class, and write `split.parquet`.
 
-    `previous_split` is an earlier `split.parquet` of the same lineage whose groups keep their split.
+    `previous_split` is an earlier `split.parquet` of the same lineage whose groups keep their split;
+    `reviewed` the sha256 of reviewed images (train or valid only).
     """
     manifest = pd.read_parquet(manifest_path)
     check_classes(manifest, min_images_per_class)
@@ -233,6 +249,7 @@ def split_manifest(
         seed=seed,
         keep_official_test=keep_official_test,
         previous=previous,
+        reviewed=reviewed,
     )
     counts, patients = summarise(split)
     for name, per_class in counts.items():

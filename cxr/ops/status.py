@@ -177,12 +177,18 @@ def watched_inboxes() -> list[dict[str, Any]]:
 
 def gather_status(model_name: str = REGISTERED_MODEL_NAME, tracking_uri: str | None = None) -> dict[str, Any]:
     """Everything `cxr status` shows, as one JSON-ready dict."""
+    from cxr.core.mlflow_store import store_exists
     from cxr.core.state_folder import default_tracking_uri
 
     notes: list[str] = []
-    current = champion(model_name, tracking_uri or default_tracking_uri())
+    store = tracking_uri or default_tracking_uri()
+    current = champion(model_name, store)
     if current is None:
         notes.append(f"no champion yet: `cxr train` registers the first model of {model_name}")
+    if store_exists(store):  # reading a missing sqlite store would create an empty one
+        from cxr.registry.approval import sign_off_note
+
+        notes += filter(None, [sign_off_note(model_name, store)])
     status: dict[str, Any] = {
         "champion": current,
         "recent_runs": None,

@@ -141,6 +141,7 @@ def model_card(
         data_digest=str(lineage.get("data_digest", "?")),
         images=lineage.get("images") or {},
         split_counts=lineage.get("split_counts") or {},
+        reviewed=lineage.get("reviewed") or {},
         evaluation_split=evaluation.split,
         evaluation_n=evaluation.n,
         operating_points=results,

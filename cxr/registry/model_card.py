@@ -52,6 +52,9 @@ class ModelCard(BaseModel):
     data_digest: str
     images: dict[str, int] = Field(default_factory=dict, description="accepted / quarantined files")
     split_counts: dict[str, dict[str, int]]
+    reviewed: dict[str, int] = Field(
+        default_factory=dict, description="`cxr.data.provenance.reviewed_summary` of the split"
+    )
     evaluation_split: str
     evaluation_n: int
     operating_points: dict[str, PointResult]
@@ -104,6 +107,17 @@ class ModelCard(BaseModel):
             f"## Data and split\n\nImages from `{self.data_dir}` (content digest `{self.data_digest[:16]}`"
             f"{'; files ' + files if files else ''}), split by patient where the file names identify one.\n\n"
             + "\n".join([header, *rows])
+            + self._reviewed()
+        )
+
+    def _reviewed(self) -> str:
+        if not self.reviewed.get("images"):
+            return ""
+        seen = self.reviewed
+        return (
+            f"\n\nLearned from {seen['in_train'] + seen['in_valid']} images that reviewers labelled after a model "
+            f"referred them ({seen['in_train']} train, {seen['in_valid']} valid, {seen['in_test']} test); "
+            f"the referring model had answered {seen['answered_differently']} of them differently."
         )
 
     def _metrics(self) -> str:

@@ -197,7 +197,9 @@ def _apply_gate(
             for key in outside
         },
     }
-    if promoted:
+    if promoted and gate.require_approval:  # a person signs off first (cxr.registry.approval moves the alias)
+        decision.update(promoted=False, awaiting_approval=True, reason=f"{reason}; awaiting sign-off")
+    elif promoted:
         # Marks a decision recorded after its alias move (the order since promotion became all-or-nothing).
         decision["alias_moved"] = True
         promote(name, version, reason, tracking_uri, version_tags={DECISION_TAG: json.dumps(decision)})

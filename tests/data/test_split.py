@@ -105,6 +105,19 @@ def test_adding_files_moves_no_existing_file_and_stays_balanced(manifest, seed):
     assert not assign_splits(grown, **params)["split"].iloc[: len(manifest)].equals(before["split"])
 
 
+def test_reviewed_images_go_to_train_or_valid_and_leave_the_test_split_as_it_was(manifest):
+    before = assign_splits(manifest, **PARAMS)
+    reviewed = _manifest(200, seed=5, prefix="reviewed").assign(patient_id=None)
+    grown = pd.concat([manifest, reviewed], ignore_index=True)
+    after = assign_splits(grown, **PARAMS, previous=before, reviewed=frozenset(reviewed["sha256"]))
+    placed = after.iloc[len(manifest) :]["split"]
+    assert set(placed) == {"train", "valid"}  # both used, in about their proportions
+    assert 0.1 <= (placed == "valid").mean() <= 0.3
+    assert after["split"].iloc[: len(manifest)].equals(before["split"])
+    # Unreviewed, the same new images would fill the test split too.
+    assert "test" in set(assign_splits(grown, **PARAMS, previous=before).iloc[len(manifest) :]["split"])
+
+
 def test_new_file_with_old_content_follows_the_old_file(manifest):
     before = assign_splits(manifest, **PARAMS)
     test_row = before.index[before["split"] == "test"][0]

@@ -24,6 +24,7 @@ TIMEZONE = "Europe/Berlin"
 CRON = "30 3 * * 1-5"
 TINY = {"train": {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16}}
 FLOW_RUN_TIMEOUT_S = 240
+RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +233,7 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
     from deployments.serve import ServeOptions, build_deployments
 
     declared = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
-    yaml_deployments = {item["name"]: item for item in declared}
+    yaml_deployments = {item["name"]: item for item in declared if item["entrypoint"] == RETRAIN_ENTRYPOINT}
     served = {
         deployment.name: deployment
         for deployment in build_deployments(str(tmp_path), ServeOptions(timezone="UTC"))
@@ -262,6 +263,27 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
             item.get("parameters", {}).get("config", {}).get("external", EXTERNAL_FROM_ENV)
             == EXTERNAL_FROM_ENV
         )
+
+
+def test_review_sync_is_declared_as_serve_builds_it(tmp_path):
+    import yaml
+
+    from deployments.serve import REVIEW_SYNC, build_review_sync
+
+    declared = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
+    item = next(item for item in declared if item["name"] == REVIEW_SYNC)
+    deployment = build_review_sync(str(tmp_path), 900)
+    path, attribute = item["entrypoint"].split(":")
+    assert f"{path.removesuffix('.py').replace('/', '.')}.{attribute}" == deployment.entrypoint
+    assert item["tags"] == deployment.tags
+    assert item["concurrency_limit"] == {
+        "limit": deployment.concurrency_limit,
+        "collision_strategy": deployment.concurrency_options.collision_strategy.value,
+    }
+    assert [s["interval"] for s in item["schedules"]] == [
+        s.schedule.interval.total_seconds() for s in deployment.schedules
+    ]
+    assert deployment.parameters == {"data_dir": str(tmp_path.resolve())}
 
 
 def test_both_deployments_carry_the_external_sets(tmp_path):
@@ -303,6 +325,8 @@ def test_prefect_yaml_parameters_pass_the_servers_schema_check(external_sets):
 
     schema = parameter_schema(retrain).model_dump_for_openapi()
     for item in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]:
+        if item["entrypoint"] != RETRAIN_ENTRYPOINT:
+            continue
         config = item.get("parameters", {}).get("config") or item["triggers"][0]["parameters"]["config"]
         config = {**config, "data_dir": "/data/chest_xray", "external": {"sets": external_sets}}
         validate({"config": config}, schema, raise_on_error=True, ignore_required=True)

@@ -56,6 +56,14 @@ def test_card_shows_shift_results_when_given():
     assert "| gamma | 0.910 | 0.880 | 0.700 | - |" in text and "Not measured" not in text
 
 
+def test_card_counts_the_reviewed_images_it_learned_from():
+    assert "reviewers labelled" not in card().markdown()
+    reviewed = {"images": 7, "in_train": 5, "in_valid": 2, "in_test": 0, "answered_differently": 3}
+    text = card(reviewed=reviewed).markdown()
+    assert "Learned from 7 images that reviewers labelled" in text
+    assert "(5 train, 2 valid, 0 test)" in text and "answered 3 of them differently" in text
+
+
 def test_flow_run_tags_name_the_run(prefect_harness):
     @flow(name="links-probe", flow_run_name="probe-run")
     def probe(config: dict) -> dict:
