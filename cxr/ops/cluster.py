@@ -127,6 +127,7 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
     server_env.update(
         PREFECT_HOME=str(root / "prefect-server"),
         PREFECT_API_DATABASE_CONNECTION_URL=db.url("prefect", "postgresql+asyncpg"),
+        PREFECT_UI_API_URL=endpoints["prefect_api_url"],  # else the dashboard calls the default port
         **stack_security.prefect_server_env(root),
     )
     # Secrets in the environment, never on a command line (`ps` shows that to every user).

@@ -101,20 +101,24 @@ def masked_url(url: str) -> str:
 def save_webhook_block(webhook_url: str) -> Any:  # noqa: ANN401 - prefect BlockDocument id (UUID)
     """Store `webhook_url` as the `cxr-notify` Custom Webhook block (replacing an older one); its id.
 
-    The URL sits in the block's secret field (the server stores it encrypted and the API and dashboard show it
-    masked); the block's plain `url` is only the template that names it.
+    The URL sits in the block's secret field, which the API and the dashboard show masked; the block's plain
+    `url` is only the template that names it.
     """
+    return webhook_block(webhook_url).save(WEBHOOK_BLOCK_NAME, overwrite=True)
+
+
+def webhook_block(webhook_url: str) -> Any:  # noqa: ANN401 - CustomWebhookNotificationBlock
+    """The Custom Webhook block posting cxr's JSON to `webhook_url`, which only its secret field holds."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
     if not webhook_url.startswith(("http://", "https://")):
         raise CxrError(f"notification webhook must be an http(s) URL: {masked_url(webhook_url)}")
-    block = CustomWebhookNotificationBlock(
+    return CustomWebhookNotificationBlock(
         name=WEBHOOK_BLOCK_NAME,
         url="{{" + WEBHOOK_SECRET + "}}",
         secrets={WEBHOOK_SECRET: webhook_url},
         json_data=WEBHOOK_JSON,
     )
-    return block.save(WEBHOOK_BLOCK_NAME, overwrite=True)
 
 
 def saved_block_id(block_slug: str) -> Any:  # noqa: ANN401 - UUID
