@@ -72,6 +72,8 @@ def use_stack_if_up() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", endpoints["mlflow_tracking_uri"])
     if not any(os.environ.get(name) for name in DASK_ENV):
         os.environ[DASK_ENV[0]] = endpoints["dask_scheduler"]
+    if not stack_security.secrets_dir(cluster_dir()).exists():
+        return  # a stack started before its services asked for credentials
     # The stack's credentials go only to the stack's own servers (a variable the user set still wins).
     ours = {
         "PREFECT_": os.environ["PREFECT_API_URL"] == endpoints["prefect_api_url"],
@@ -128,6 +130,7 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
         PREFECT_HOME=str(root / "prefect-server"),
         PREFECT_API_DATABASE_CONNECTION_URL=db.url("prefect", "postgresql+asyncpg"),
         PREFECT_UI_API_URL=endpoints["prefect_api_url"],  # else the dashboard calls the default port
+        **postgres.PREFECT_SERVER_DATABASE_ENV,
         **stack_security.prefect_server_env(root),
     )
     # Secrets in the environment, never on a command line (`ps` shows that to every user).
@@ -136,7 +139,7 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
         "MLFLOW_BACKEND_STORE_URI": db.url("mlflow"),
         **stack_security.mlflow_server_env(root),
     }
-    tls = stack_security.dask_tls_args(root)
+    tls, dask_env = stack_security.dask_tls_args(root), {**env, **stack_security.dask_server_env()}
     prefect, dask, mlflow = (_console_script(name) for name in ("prefect", "dask", "mlflow"))
     services = {
         "prefect-server": (
@@ -158,7 +161,7 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
                 "--dashboard-address",
                 f"{HOST}:{ports['dask_http']}",
             ],
-            env,
+            dask_env,
         ),
         "mlflow-server": (
             [
@@ -187,7 +190,7 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
             [dask, "worker", endpoints["dask_scheduler"], "--host", HOST, "--nthreads", "1", *tls,
              "--no-dashboard", "--dashboard-address", f"{HOST}:0", "--name", f"cxr-worker-{index}",
              "--local-directory", str(root / "dask" / f"worker-{index}")],
-            env,
+            dask_env,
         )  # fmt: skip
     return services
 
@@ -321,11 +324,7 @@ def stop_service(name: str) -> None:
 def status() -> dict:
     """What answers now: each field is None (or 0 workers) for a service that is down."""
     endpoints = read_endpoints()
-    credentials = {  # where they are, never what they hold
-        **stack_security.files(cluster_dir()),
-        "postgres_password": str(cluster_dir() / "postgres" / "password"),
-        "mlflow_username": stack_security.MLFLOW_ADMIN,
-    }
+    credentials = stack_security.credentials(cluster_dir())  # where they are, never what they hold
     if endpoints is None:
         down = {**dict.fromkeys(STATUS_KEYS), "dask_workers": 0}
         return {"up": False, **down, "state_dir": str(cluster_dir()), "credentials": credentials}

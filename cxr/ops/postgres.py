@@ -33,6 +33,16 @@ unix_socket_directories = ''
 password_encryption = 'scram-sha-256'
 max_connections = 200
 """
+# How the Prefect server uses this server. Prefect's defaults (a pool of 5 plus 10 overflow connections, closed
+# again after each use; 5 s to connect) make it open a connection (a new backend and a SCRAM handshake) for most
+# requests under load, and on a busy machine asyncpg's connect then times out: a plain TimeoutError, which
+# the server answers with HTTP 500 instead of a 503 its clients retry. A pool that keeps its connections
+# and a longer connect timeout remove both; 40 connections stay well under `max_connections`.
+PREFECT_SERVER_DATABASE_ENV = {
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "30",
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "10",
+    "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30",
+}
 HBA = "# TYPE  DATABASE  USER  ADDRESS       METHOD\nhost    all       all   127.0.0.1/32  scram-sha-256\n"
 
 

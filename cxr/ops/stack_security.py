@@ -51,6 +51,13 @@ def files(cluster_dir: Path) -> dict[str, str]:
     return {name: str(secrets_dir(cluster_dir) / file) for name, file in FILES.items()}
 
 
+def credentials(cluster_dir: Path) -> dict[str, str]:
+    """What `cxr cluster status --json` shows under `credentials`: every file a client may need, PostgreSQL's
+    password (`cxr.ops.postgres`) included, and MLflow's user name."""
+    postgres_password = str(cluster_dir / "postgres" / "password")
+    return {**files(cluster_dir), "postgres_password": postgres_password, "mlflow_username": MLFLOW_ADMIN}
+
+
 def _read(cluster_dir: Path, name: str) -> str:
     return (secrets_dir(cluster_dir) / FILES[name]).read_text().strip()
 
@@ -179,6 +186,12 @@ def client_env(cluster_dir: Path) -> dict[str, str]:
         "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": paths["dask_tls_ca_file"],
         "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": paths["dask_tls_cert"],
         "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": paths["dask_tls_key"],
+    }
+
+
+def dask_server_env() -> dict[str, str]:
+    """The Dask scheduler's and workers' HTTP servers serve their health probe only (no dashboard, no info)."""
+    return {
         "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": DASK_HTTP,
         "DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": DASK_HTTP,
     }
