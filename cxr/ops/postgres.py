@@ -119,7 +119,10 @@ def server_user(server: Postgres) -> str | None:
     if os.geteuid() != 0:
         return None
     data = server.root / "data"
-    uid = data.stat().st_uid if data.exists() else _owner(server.root)
+    state_folder = server.root.parents[
+        1
+    ]  # $CXR_HOME: `root` is its cluster/postgres, maybe made by root just now
+    uid = data.stat().st_uid if data.exists() else _owner(state_folder)
     return SYSTEM_USER if uid == 0 else pwd.getpwuid(uid).pw_name
 
 

@@ -84,6 +84,24 @@ def test_as_root_the_data_folder_moves_where_postgres_can_reach_it():
 
 
 @AS_ROOT
+def test_as_root_a_users_state_folder_keeps_the_data_inside_and_theirs():
+    parent = Path(tempfile.mkdtemp())
+    parent.chmod(0o755)
+    home = parent / "home"
+    home.mkdir()
+    shutil.chown(home, "nobody")
+    server = postgres.Postgres(home / "cluster" / "postgres", 5432)
+    server.root.mkdir(parents=True)  # made by root, as `cxr cluster up` does
+    try:
+        assert postgres.server_user(server) == "nobody"
+        postgres._place_data_folder(server)
+        assert not (server.root / "data").is_symlink()
+        assert server.data_dir == server.root / "data"
+    finally:
+        shutil.rmtree(parent)
+
+
+@AS_ROOT
 def test_as_root_a_state_folder_of_a_user_who_cannot_enter_it_fails_with_what_to_do():
     parent = Path(tempfile.mkdtemp())  # root's, mode 0700
     home = parent / "home"
