@@ -126,3 +126,26 @@ def test_the_webhook_url_lives_in_the_blocks_secret_field_and_prints_masked():
     with pytest.raises(CxrError) as refused:
         webhook_block("ftp://hooks.example.org/s3cr3tt0ken")
     assert "s3cr3tt0ken" not in str(refused.value)
+
+
+def test_up_and_down_take_turns_on_the_state_folders_lock(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from cxr.core.locking import LockTimeout
+    from cxr.ops import cluster
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path))
+    monkeypatch.setattr(cluster, "LOCK_TIMEOUT_S", 0.5)
+    lock = cluster.cluster_dir() / "cluster.lock"
+    holder = subprocess.Popen(  # another `cxr cluster up`, still at work
+        [sys.executable, "-c", f"from pathlib import Path\nfrom cxr.core.locking import file_lock\nwith file_lock(Path({str(lock)!r})):\n print(1, flush=True)\n input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with pytest.raises(LockTimeout, match=f"pid {holder.pid}"):
+            cluster.down()
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert cluster.down() == {"stopped": []}  # the lock is free again
