@@ -50,9 +50,10 @@ print(json.dumps({"seconds": round(seconds, 2), "task_runs_per_s": round(tasks /
 """
 
 
-def _run(api_url: str, storage: Path, tasks: int, threads: int) -> dict:
+def _run(api_url: str, storage: Path, tasks: int, threads: int, auth: dict[str, str]) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env.update(
+        auth,
         PREFECT_API_URL=api_url,
         PREFECT_LOCAL_STORAGE_PATH=str(storage),
         PREFECT_HOME=str(storage.parent / "client-home"),
@@ -68,11 +69,14 @@ def _run(api_url: str, storage: Path, tasks: int, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _both_runs(api_url: str, work: Path, tasks: int, threads: int) -> dict:
+def _both_runs(
+    api_url: str, work: Path, tasks: int, threads: int, auth: dict[str, str] | None = None
+) -> dict:
+    """A computing run then a cached one; `auth`: the client's PREFECT_API_AUTH_STRING where the server asks."""
     storage = work / "results"
     return {
-        "first": _run(api_url, storage, tasks, threads),
-        "cached": _run(api_url, storage, tasks, threads),
+        "first": _run(api_url, storage, tasks, threads, auth or {}),
+        "cached": _run(api_url, storage, tasks, threads, auth or {}),
     }
 
 
@@ -81,18 +85,23 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=400)
     parser.add_argument("--threads", type=int, default=64)
     args = parser.parse_args()
-    from cxr.ops import cluster
+    from cxr.ops import cluster, stack_security
     from cxr.ops.server import temporary_prefect_server
 
     work = Path(tempfile.mkdtemp(prefix="cxr-server-load-", dir="/tmp"))
-    work.chmod(0o755)  # PostgreSQL's user must reach its data folder when this runs as root
+    work.chmod(
+        0o755
+    )  # as root, PostgreSQL's data then stays inside it (not beside ~postgres) and goes with it
     report = {"tasks": args.tasks, "threads": args.threads}
     with temporary_prefect_server(work / "sqlite-server") as api_url:
         report["sqlite"] = _both_runs(api_url, work / "sqlite", args.tasks, args.threads)
     os.environ["CXR_HOME"] = str(work / "cluster-home")
     stack = cluster.up(workers=1)
     try:
-        report["postgresql"] = _both_runs(stack["prefect_api_url"], work / "pg", args.tasks, args.threads)
+        auth = stack_security.client_env(cluster.cluster_dir())["PREFECT_API_AUTH_STRING"]
+        report["postgresql"] = _both_runs(
+            stack["prefect_api_url"], work / "pg", args.tasks, args.threads, {"PREFECT_API_AUTH_STRING": auth}
+        )
     finally:
         cluster.down()
     if '"failed"' in json.dumps(report):  # keep the servers' logs (cluster-home/cluster/logs) to read why

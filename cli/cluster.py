@@ -43,5 +43,9 @@ def _print(result: dict[str, Any]) -> None:
         return
     print("cluster: " + ("up" if result["up"] else "down or incomplete"))
     for key, value in result.items():
-        if key != "up":
+        if key == "credentials":  # the files that hold them, never the secrets
+            print("  credentials:")
+            for name, path in value.items():
+                print(f"    {name}: {path}")
+        elif key != "up":
             print(f"  {key}: {value if value not in (None, 0) else '-'}")

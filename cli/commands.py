@@ -270,10 +270,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     task_runner_from_env()  # served runs use it too: without prefect-dask, fail now rather than per run
     data_dir = str(Path(args.data).resolve()) if args.data else str(_demo_data_dir())
     if args.notify_webhook or args.notify_block:
-        from cxr.ops.notify import configure_notifications
+        from cxr.ops.notify import configure_notifications, masked_url
 
         names = configure_notifications(webhook_url=args.notify_webhook, block_slug=args.notify_block)
-        print(f"notifications ({', '.join(names)}) -> {args.notify_block or args.notify_webhook}", flush=True)
+        target = args.notify_block or masked_url(args.notify_webhook)
+        print(f"notifications ({', '.join(names)}) -> {target}", flush=True)
     overrides = {"external": {"sets": args.external}} if args.external else {}
     if args.external:
         from cxr.evaluation.external_sets import check_external_sets

@@ -32,3 +32,23 @@ def sha256_file(path: Path | str) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_secret(path: Path, data: str | bytes) -> Path:
+    """Write a secret readable by its owner only: the file is mode 600 from its first byte (no chmod window
+    under the umask), written beside `path` and renamed over it, so no reader ever sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

@@ -4,31 +4,31 @@ PostgreSQL (cxr.ops.postgres) holds the Prefect server's and the MLflow tracking
 scheduler with N worker processes runs the mapped tasks; a Prefect worker on the `cxr` pool runs the
 deployments. Every service listens on 127.0.0.1, on free ports chosen by the first `up` and kept in
 `cluster/endpoints.json` until `down`, so a service restarted by a later `up` comes back where its
-clients look. While that file exists every `cxr` command uses the stack (`use_stack_if_up`).
+clients look. While that file exists every `cxr` command uses the stack (`use_stack_if_up`), with the
+credentials `cxr.ops.stack_security` generated at the first `up`: no service answers a caller without them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from cxr.core.atomic_files import write_atomically
 from cxr.core.errors import CxrError
+from cxr.core.locking import file_lock
 from cxr.core.state_folder import cxr_home
-from cxr.ops import postgres
+from cxr.ops import postgres, stack_probes, stack_security
 from cxr.ops.server import _console_script, free_port, is_healthy, stop_process_group
+from cxr.ops.stack_probes import HOST, POOL, WORKER_NAME, dask_worker_count, prefect_worker_status
 
-HOST = "127.0.0.1"
-POOL = "cxr"
-WORKER_NAME = "cxr-cluster"
 START_TIMEOUT_S = 150.0
+LOCK_TIMEOUT_S = 2 * START_TIMEOUT_S  # another `up` or `down` of the same state folder finishes first
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The variables a `cxr` command takes from the endpoints file unless the user set them.
 DASK_ENV = ("CXR_DASK_ADDRESS", "CXR_DASK_SCHEDULER")  # the flow reads the first; the second is documented
@@ -72,18 +72,28 @@ def use_stack_if_up() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", endpoints["mlflow_tracking_uri"])
     if not any(os.environ.get(name) for name in DASK_ENV):
         os.environ[DASK_ENV[0]] = endpoints["dask_scheduler"]
+    if not stack_security.secrets_dir(cluster_dir()).exists():
+        return  # a stack started before its services asked for credentials
+    # The stack's credentials go only to the stack's own servers (a variable the user set still wins).
+    ours = {
+        "PREFECT_": os.environ["PREFECT_API_URL"] == endpoints["prefect_api_url"],
+        "MLFLOW_": os.environ["MLFLOW_TRACKING_URI"] == endpoints["mlflow_tracking_uri"],
+        "DASK_": any(os.environ.get(name) == endpoints["dask_scheduler"] for name in DASK_ENV),
+    }
+    for name, value in stack_security.client_env(cluster_dir()).items():
+        if ours[name.split("_")[0] + "_"]:
+            os.environ.setdefault(name, value)
 
 
 def _new_endpoints(workers: int) -> dict:
-    ports = {name: free_port() for name in ("postgres", "prefect", "dask", "dask_dashboard", "mlflow")}
+    ports = {name: free_port() for name in ("postgres", "prefect", "dask", "dask_http", "mlflow")}
     return {
         "ports": ports,
         "workers": workers,
         "pids": {},
         "prefect_api_url": f"http://{HOST}:{ports['prefect']}/api",
-        "dask_scheduler": f"tcp://{HOST}:{ports['dask']}",
+        "dask_scheduler": f"tls://{HOST}:{ports['dask']}",
         "mlflow_tracking_uri": f"http://{HOST}:{ports['mlflow']}",
-        "dask_dashboard": f"http://{HOST}:{ports['dask_dashboard']}/status",
     }
 
 
@@ -107,6 +117,7 @@ def _client_env(endpoints: dict) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
     )
+    env.update(stack_security.client_env(cluster_dir()))
     return env
 
 
@@ -118,8 +129,17 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
     server_env.update(
         PREFECT_HOME=str(root / "prefect-server"),
         PREFECT_API_DATABASE_CONNECTION_URL=db.url("prefect", "postgresql+asyncpg"),
+        PREFECT_UI_API_URL=endpoints["prefect_api_url"],  # else the dashboard calls the default port
+        **postgres.PREFECT_SERVER_DATABASE_ENV,
+        **stack_security.prefect_server_env(root),
     )
-    mlflow_env = {**env, "MLFLOW_BACKEND_STORE_URI": db.url("mlflow")}  # not on a command line
+    # Secrets in the environment, never on a command line (`ps` shows that to every user).
+    mlflow_env = {
+        **env,
+        "MLFLOW_BACKEND_STORE_URI": db.url("mlflow"),
+        **stack_security.mlflow_server_env(root),
+    }
+    tls, dask_env = stack_security.dask_tls_args(root), {**env, **stack_security.dask_server_env()}
     prefect, dask, mlflow = (_console_script(name) for name in ("prefect", "dask", "mlflow"))
     services = {
         "prefect-server": (
@@ -134,15 +154,21 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
                 HOST,
                 "--port",
                 str(ports["dask"]),
+                "--protocol",
+                "tls",
+                *tls,
+                "--no-dashboard",
                 "--dashboard-address",
-                f"{HOST}:{ports['dask_dashboard']}",
+                f"{HOST}:{ports['dask_http']}",
             ],
-            env,
+            dask_env,
         ),
         "mlflow-server": (
             [
                 mlflow,
                 "server",
+                "--app-name",
+                "basic-auth",
                 "--host",
                 HOST,
                 "--port",
@@ -161,10 +187,10 @@ def _services(endpoints: dict) -> dict[str, tuple[list[str], dict[str, str]]]:
     }
     for index in range(1, endpoints["workers"] + 1):
         services[f"dask-worker-{index}"] = (
-            [dask, "worker", endpoints["dask_scheduler"], "--host", HOST, "--nthreads", "1",
-             "--dashboard-address", f"{HOST}:0", "--name", f"cxr-worker-{index}",
+            [dask, "worker", endpoints["dask_scheduler"], "--host", HOST, "--nthreads", "1", *tls,
+             "--no-dashboard", "--dashboard-address", f"{HOST}:0", "--name", f"cxr-worker-{index}",
              "--local-directory", str(root / "dask" / f"worker-{index}")],
-            env,
+            dask_env,
         )  # fmt: skip
     return services
 
@@ -195,57 +221,15 @@ def is_running(pid: int | None) -> bool:
     )
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def prefect_worker_status(api_url: str) -> dict | None:
-    """The `cxr` pool's worker as the Prefect server sees it (name, status, last heartbeat), if any."""
-    request = urllib.request.Request(
-        f"{api_url}/work_pools/{POOL}/workers/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=3.0) as response:
-            workers = json.loads(response.read())
-    except (OSError, ValueError):
-        return None
-    ours = [worker for worker in workers if worker["name"] == WORKER_NAME]
-    if not ours:
-        return None
-    return {"pool": POOL, "name": WORKER_NAME, "status": ours[0]["status"]}
-
-
-def dask_worker_count(scheduler: str, timeout_s: float = 5.0) -> int:
-    """How many workers the scheduler has right now (0 when it does not answer)."""
-    from distributed import Client
-
-    try:
-        with Client(scheduler, timeout=timeout_s) as client:
-            return len(client.scheduler_info(n_workers=-1)["workers"])
-    except OSError:
-        return 0
-
-
 def _ready_checks(endpoints: dict) -> dict[str, Callable[[], bool]]:
     """name -> a check that the service answers (not only that its process lives)."""
+    root = cluster_dir()
     return {
         "prefect-server": lambda: is_healthy(endpoints["prefect_api_url"]),
-        "dask-scheduler": lambda: _port_open(endpoints["ports"]["dask"]),
-        "mlflow-server": lambda: _http_ok(f"{endpoints['mlflow_tracking_uri']}/health"),
-        "dask-workers": lambda: dask_worker_count(endpoints["dask_scheduler"]) >= endpoints["workers"],
-        "prefect-worker": lambda: prefect_worker_status(endpoints["prefect_api_url"]) is not None,
+        "dask-scheduler": lambda: stack_probes.port_open(endpoints["ports"]["dask"]),
+        "mlflow-server": lambda: stack_probes.http_ok(f"{endpoints['mlflow_tracking_uri']}/health"),
+        "dask-workers": lambda: dask_worker_count(endpoints["dask_scheduler"], root) >= endpoints["workers"],
+        "prefect-worker": lambda: prefect_worker_status(endpoints["prefect_api_url"], root) is not None,
     }
 
 
@@ -268,17 +252,30 @@ def _start_missing(endpoints: dict, services: dict, names: list[str]) -> None:
     _write_endpoints(endpoints)  # before waiting: `down` can stop a half-started stack
 
 
+def _lock() -> AbstractContextManager[Path]:
+    """One `up` or `down` at a time per state folder (two `up`s could renew a half-made folder's secrets)."""
+    return file_lock(cluster_dir() / "cluster.lock", LOCK_TIMEOUT_S)
+
+
 def up(workers: int = 2) -> dict:
     """Start whatever part of the stack is not running (all of it the first time) and wait until it answers."""
     if not postgres.is_available():
         raise CxrError(postgres.INSTALL_HINT)
+    stack_security.check_installed()
+    with _lock():
+        _up(workers)
+    return status()
+
+
+def _up(workers: int) -> None:
     recorded = read_endpoints()
     endpoints = recorded or _new_endpoints(workers)
     endpoints["workers"] = max(workers, endpoints["workers"]) if recorded else workers
     database = _database(endpoints)
     postgres.initialise(database)
     postgres.start(database)
-    postgres.ensure_databases(database, "prefect", "mlflow")
+    postgres.ensure_databases(database, "prefect", "mlflow", stack_security.MLFLOW_AUTH_DATABASE)
+    stack_security.ensure_secrets(cluster_dir(), database.url(stack_security.MLFLOW_AUTH_DATABASE))
     deadline = time.monotonic() + START_TIMEOUT_S
     checks = _ready_checks(endpoints)
     services = _services(endpoints)
@@ -288,11 +285,15 @@ def up(workers: int = 2) -> dict:
     _start_missing(endpoints, services, ["prefect-worker"])
     for name in ("dask-scheduler", "dask-workers", "mlflow-server", "prefect-worker"):
         _wait_ready(name, checks[name], endpoints, deadline)
-    return status()
 
 
 def down() -> dict:
     """Stop every process of the stack (the Prefect worker first, PostgreSQL last); the data stays."""
+    with _lock():
+        return _down()
+
+
+def _down() -> dict:
     endpoints = read_endpoints()
     if endpoints is None:
         return {"stopped": []}
@@ -323,19 +324,24 @@ def stop_service(name: str) -> None:
 def status() -> dict:
     """What answers now: each field is None (or 0 workers) for a service that is down."""
     endpoints = read_endpoints()
+    credentials = stack_security.credentials(cluster_dir())  # where they are, never what they hold
     if endpoints is None:
-        return {"up": False, **dict.fromkeys(STATUS_KEYS), "dask_workers": 0, "state_dir": str(cluster_dir())}
+        down = {**dict.fromkeys(STATUS_KEYS), "dask_workers": 0}
+        return {"up": False, **down, "state_dir": str(cluster_dir()), "credentials": credentials}
+    root = cluster_dir()
     checks = _ready_checks(endpoints)
     database = _database(endpoints)
     report = {
         "prefect_api_url": endpoints["prefect_api_url"] if checks["prefect-server"]() else None,
         "database": database.public_url() if postgres.is_running(database) else None,
         "dask_scheduler": endpoints["dask_scheduler"] if checks["dask-scheduler"]() else None,
-        "dask_workers": dask_worker_count(endpoints["dask_scheduler"]) if checks["dask-scheduler"]() else 0,
+        "dask_workers": dask_worker_count(endpoints["dask_scheduler"], root)
+        if checks["dask-scheduler"]()
+        else 0,
         "mlflow_tracking_uri": endpoints["mlflow_tracking_uri"] if checks["mlflow-server"]() else None,
-        "prefect_worker": prefect_worker_status(endpoints["prefect_api_url"])
+        "prefect_worker": prefect_worker_status(endpoints["prefect_api_url"], root)
         if is_running(endpoints["pids"].get("prefect-worker"))
         else None,
     }
     complete = all(value for value in report.values()) and report["dask_workers"] >= endpoints["workers"]
-    return {"up": complete, **report, "state_dir": str(cluster_dir())}
+    return {"up": complete, **report, "state_dir": str(root), "credentials": credentials}

@@ -25,6 +25,7 @@ from cxr.registry.model_events import CHAMPION_CHANGED_EVENT, DATA_DRIFT_EVENT, 
 
 RETRAIN_FLOW = "retrain"
 WEBHOOK_BLOCK_NAME = "cxr-notify"
+WEBHOOK_SECRET = "webhook_url"  # the key of the block's secret field that holds the URL
 RUN_FAILED_AUTOMATION = "cxr-retrain-failed"
 CHAMPION_AUTOMATION = "cxr-champion-changed"
 DRIFT_AUTOMATION = "cxr-data-drift"
@@ -88,14 +89,36 @@ def _ui_url(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
+def masked_url(url: str) -> str:
+    """`url` as people may see it: scheme and host only (a webhook's path or query often is its token)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}/***"
+
+
 def save_webhook_block(webhook_url: str) -> Any:  # noqa: ANN401 - prefect BlockDocument id (UUID)
-    """Store `webhook_url` as the `cxr-notify` Custom Webhook block (replacing an older one); its id."""
+    """Store `webhook_url` as the `cxr-notify` Custom Webhook block (replacing an older one); its id.
+
+    The URL sits in the block's secret field, which the API and the dashboard show masked; the block's plain
+    `url` is only the template that names it.
+    """
+    return webhook_block(webhook_url).save(WEBHOOK_BLOCK_NAME, overwrite=True)
+
+
+def webhook_block(webhook_url: str) -> Any:  # noqa: ANN401 - CustomWebhookNotificationBlock
+    """The Custom Webhook block posting cxr's JSON to `webhook_url`, which only its secret field holds."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
     if not webhook_url.startswith(("http://", "https://")):
-        raise CxrError(f"notification webhook must be an http(s) URL: {webhook_url}")
-    block = CustomWebhookNotificationBlock(name=WEBHOOK_BLOCK_NAME, url=webhook_url, json_data=WEBHOOK_JSON)
-    return block.save(WEBHOOK_BLOCK_NAME, overwrite=True)
+        raise CxrError(f"notification webhook must be an http(s) URL: {masked_url(webhook_url)}")
+    return CustomWebhookNotificationBlock(
+        name=WEBHOOK_BLOCK_NAME,
+        url="{{" + WEBHOOK_SECRET + "}}",
+        secrets={WEBHOOK_SECRET: webhook_url},
+        json_data=WEBHOOK_JSON,
+    )
 
 
 def saved_block_id(block_slug: str) -> Any:  # noqa: ANN401 - UUID

@@ -2,19 +2,24 @@
 
 `initdb` creates it once (superuser `cxr` with a generated password, scram-sha-256 only), `pg_ctl` starts
 and stops it. It listens on 127.0.0.1 only, with no unix socket, so every client logs in with the password.
-PostgreSQL refuses to run as root: as root, the data folder belongs to Debian's `postgres` user and the
-binaries run as that user (the state folder's parents must let it through).
+PostgreSQL refuses to run as root. As root it runs as the state folder's owner when that is not root, else as
+Debian's `postgres` user; the data folder belongs to that user. When that user cannot enter the state folder (a
+0700 parent such as a container's /root or a `mktemp -d` folder), the data folder and its log live in
+`~postgres/cxr/<key>/` instead and `cluster/postgres/data` is a link there; the password stays in the state folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.core.atomic_files import write_secret
 from cxr.core.errors import CxrError
 
 USER = "cxr"
@@ -28,6 +33,16 @@ unix_socket_directories = ''
 password_encryption = 'scram-sha-256'
 max_connections = 200
 """
+# How the Prefect server uses this server. Prefect's defaults (a pool of 5 plus 10 overflow connections, closed
+# again after each use; 5 s to connect) make it open a connection (a new backend and a SCRAM handshake) for most
+# requests under load, and on a busy machine asyncpg's connect then times out: a plain TimeoutError, which
+# the server answers with HTTP 500 instead of a 503 its clients retry. A pool that keeps its connections
+# and a longer connect timeout remove both; 40 connections stay well under `max_connections`.
+PREFECT_SERVER_DATABASE_ENV = {
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "30",
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "10",
+    "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30",
+}
 HBA = "# TYPE  DATABASE  USER  ADDRESS       METHOD\nhost    all       all   127.0.0.1/32  scram-sha-256\n"
 
 
@@ -35,16 +50,17 @@ HBA = "# TYPE  DATABASE  USER  ADDRESS       METHOD\nhost    all       all   127
 class Postgres:
     """Where one server lives and how clients reach it."""
 
-    root: Path  # holds `data/`, `password` and `postgres.log`
+    root: Path  # holds `password` and `data/` (or a link to it where the server's user cannot enter `root`)
     port: int
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        """The real data folder (the link resolved: the server's user may not be able to follow it)."""
+        return (self.root / "data").resolve()
 
     @property
     def log_path(self) -> Path:
-        return self.root / "postgres.log"
+        return self.data_dir.parent / "postgres.log"
 
     @property
     def password(self) -> str:
@@ -71,40 +87,93 @@ def bin_dir() -> Path:
 
 
 def is_available() -> bool:
-    """True when the PostgreSQL binaries (and, as root, the `postgres` user) are installed."""
+    """True when the PostgreSQL binaries (and, as root, `runuser` and the `postgres` user) are installed."""
     try:
         bin_dir()
     except CxrError:
         return False
-    return os.geteuid() != 0 or shutil.which("runuser") is not None and _system_user_exists()
+    return os.geteuid() != 0 or shutil.which("runuser") is not None and _user_exists(SYSTEM_USER)
 
 
-def _system_user_exists() -> bool:
-    import pwd
-
+def _user_exists(name: str) -> bool:
     try:
-        pwd.getpwnam(SYSTEM_USER)
+        pwd.getpwnam(name)
     except KeyError:
         return False
     return True
 
 
-def _run(*command: str) -> subprocess.CompletedProcess:
-    """Run a PostgreSQL binary, as `postgres` when we are root; raise CxrError with its output on failure."""
+def _owner(path: Path) -> int:
+    """The owner of `path`, or of its nearest existing parent."""
+    while not path.exists():
+        path = path.parent
+    return path.stat().st_uid
+
+
+def server_user(server: Postgres) -> str | None:
+    """Whom the server runs as: None (this process's user) unless we are root, which PostgreSQL refuses.
+
+    As root: the data folder's owner once it exists; before that the state folder's owner when that is not
+    root (their files stay theirs), else Debian's `postgres`.
+    """
+    if os.geteuid() != 0:
+        return None
+    data = server.root / "data"
+    state_folder = server.root.parents[
+        1
+    ]  # $CXR_HOME: `root` is its cluster/postgres, maybe made by root just now
+    uid = data.stat().st_uid if data.exists() else _owner(state_folder)
+    return SYSTEM_USER if uid == 0 else pwd.getpwuid(uid).pw_name
+
+
+def _can_enter(user: str | None, folder: Path) -> bool:
+    """True when `user` may reach `folder` (search permission on it and on every parent)."""
+    if user is None:
+        return os.access(folder, os.X_OK)
+    check = ["runuser", "-u", user, "--", "test", "-x", str(folder)]
+    return subprocess.run(check, capture_output=True, stdin=subprocess.DEVNULL, cwd="/").returncode == 0
+
+
+def _run(server: Postgres, *command: str) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL binary as the server's user; raise CxrError with its output on failure."""
     argv = [str(bin_dir() / command[0]), *command[1:]]
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", SYSTEM_USER, "--", *argv]
-    # From "/": the `postgres` user may not be allowed into the caller's working folder.
+    user = server_user(server)
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
+    # From "/": the server's user may not be allowed into the caller's working folder.
     result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd="/")
     if result.returncode != 0:
         raise CxrError(f"{command[0]} failed: {(result.stderr or result.stdout).strip()[-400:]}")
     return result
 
 
-def _own(path: Path) -> None:
-    """Hand `path` to the `postgres` user when we are root (PostgreSQL checks its data folder's owner)."""
-    if os.geteuid() == 0:
-        shutil.chown(path, SYSTEM_USER, SYSTEM_USER)
+def _own(server: Postgres, path: Path) -> None:
+    """Hand `path` to the server's user (PostgreSQL checks its data folder's owner)."""
+    user = server_user(server)
+    if user is not None:
+        shutil.chown(path, user, user)
+
+
+def _place_data_folder(server: Postgres) -> None:
+    """Where the server's user cannot enter `server.root`, make `root/data` a link into `~postgres/cxr/`."""
+    link = server.root / "data"
+    user = server_user(server)
+    if link.is_symlink() or _can_enter(user, server.root):
+        return
+    outside = Path(pwd.getpwnam(SYSTEM_USER).pw_dir) / "cxr"
+    if user != SYSTEM_USER or not _can_enter(user, outside.parent):
+        raise CxrError(
+            f"PostgreSQL refuses to run as root and runs as `{user}`, which cannot enter {server.root}: "
+            f"let it through each parent folder (`chmod o+x`), set CXR_HOME to a folder it may enter, "
+            "or run `cxr cluster` as a user other than root"
+        )
+    key = hashlib.sha256(str(server.root.resolve()).encode()).hexdigest()[:16]
+    for folder in (outside, outside / key):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        _own(server, folder)
+    if link.exists():
+        shutil.rmtree(link)  # a half-made folder from an interrupted initdb
+    link.symlink_to(outside / key / "data", target_is_directory=True)
 
 
 def initialise(server: Postgres) -> None:
@@ -112,19 +181,26 @@ def initialise(server: Postgres) -> None:
     if (server.data_dir / "PG_VERSION").exists():
         return
     server.root.mkdir(parents=True, exist_ok=True)
-    secret = server.root / "password"
-    secret.write_text(secrets.token_urlsafe(24))
-    secret.chmod(0o600)
+    write_secret(server.root / "password", secrets.token_urlsafe(24))
+    _place_data_folder(server)
     if server.data_dir.exists():
         shutil.rmtree(server.data_dir)  # a half-made folder from an interrupted initdb
     server.data_dir.mkdir(mode=0o700)
-    _own(server.data_dir)
-    pwfile = server.root / ".initdb-password"  # readable by the server's user only, removed at once
-    pwfile.write_text(server.password)
-    pwfile.chmod(0o600)
-    _own(pwfile)
+    _own(server, server.data_dir)
+    # Beside the data folder, where the server's user can read it; mode 600 from its first byte, removed at once.
+    pwfile = write_secret(server.data_dir.parent / ".initdb-password", server.password)
+    _own(server, pwfile)
     try:
-        _run("initdb", "-D", str(server.data_dir), "-U", USER, f"--pwfile={pwfile}", "--auth=scram-sha-256")
+        _run(
+            server,
+            "initdb",
+            "-D",
+            str(server.data_dir),
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+        )
     finally:
         pwfile.unlink(missing_ok=True)
     with (server.data_dir / "postgresql.conf").open("a") as conf:
@@ -136,7 +212,7 @@ def is_running(server: Postgres) -> bool:
     if not (server.data_dir / "PG_VERSION").exists():
         return False
     try:
-        _run("pg_ctl", "status", "-D", str(server.data_dir))
+        _run(server, "pg_ctl", "status", "-D", str(server.data_dir))
     except CxrError:
         return False
     return True
@@ -148,9 +224,9 @@ def start(server: Postgres) -> None:
         return
     if not server.log_path.exists():
         server.log_path.touch()
-        _own(server.log_path)
+        _own(server, server.log_path)
     _run(
-        "pg_ctl", "start", "-D", str(server.data_dir), "-l", str(server.log_path),
+        server, "pg_ctl", "start", "-D", str(server.data_dir), "-l", str(server.log_path),
         "-w", "-t", str(START_TIMEOUT_S), "-o", f"-p {server.port}",
     )  # fmt: skip
 
@@ -158,7 +234,7 @@ def start(server: Postgres) -> None:
 def stop(server: Postgres) -> None:
     """Fast shutdown: open sessions are closed, the data is consistent."""
     if is_running(server):
-        _run("pg_ctl", "stop", "-D", str(server.data_dir), "-m", "fast", "-w")
+        _run(server, "pg_ctl", "stop", "-D", str(server.data_dir), "-m", "fast", "-w")
 
 
 def ensure_databases(server: Postgres, *names: str) -> None:

@@ -91,20 +91,21 @@ def test_train_json_contract(prefect_harness, tiny_dataset, tmp_path, monkeypatc
 
 
 def test_a_stack_that_is_up_points_commands_at_it_unless_the_user_chose(tmp_path, monkeypatch):
-    from cxr.ops import cluster
+    from cxr.ops import cluster, stack_security
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path))
-    for name in cluster.STACK_ENV:
+    stack_security.ensure_secrets(cluster.cluster_dir(), "postgresql://x")
+    credentials = list(stack_security.client_env(cluster.cluster_dir()))
+    for name in [*cluster.STACK_ENV, *credentials]:
         monkeypatch.setenv(name, "")  # recorded, so teardown also removes what use_stack_if_up sets
         monkeypatch.delenv(name)
     cluster.use_stack_if_up()  # no stack: nothing set
-    assert not [name for name in cluster.STACK_ENV if name in os.environ]
+    assert not [name for name in [*cluster.STACK_ENV, *credentials] if name in os.environ]
     endpoints = {
         "prefect_api_url": "http://127.0.0.1:1/api",
         "mlflow_tracking_uri": "http://127.0.0.1:2",
         "dask_scheduler": "tcp://127.0.0.1:3",
     }
-    cluster.endpoints_path().parent.mkdir(parents=True)
     cluster.endpoints_path().write_text(json.dumps(endpoints))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mine.db")
     monkeypatch.setenv("CXR_DASK_SCHEDULER", "tcp://elsewhere:8786")
@@ -112,3 +113,10 @@ def test_a_stack_that_is_up_points_commands_at_it_unless_the_user_chose(tmp_path
     assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:1/api"
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///mine.db"
     assert "CXR_DASK_ADDRESS" not in os.environ  # the flow reads the user's CXR_DASK_SCHEDULER
+    # The stack's credentials go to the stack's servers only: here its Prefect server, not the user's others.
+    assert (
+        os.environ["PREFECT_API_AUTH_STRING"]
+        == stack_security.client_env(cluster.cluster_dir())["PREFECT_API_AUTH_STRING"]
+    )
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY" not in os.environ
