@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from typing import Any
+
+from cli.output import print_json
 
 CLUSTER_HELP = "start, stop or show this machine's stack: PostgreSQL, Prefect server and worker, Dask, MLflow"
 
@@ -31,7 +32,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     else:
         result = cluster.status()
     if args.json:
-        print(json.dumps(result, separators=(",", ":")))
+        print_json(result)
     else:
         _print(result)
     return 0 if args.action != "status" or result["up"] else 1

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cli.external_commands import external_options, print_external
+from cli.output import print_json, show
 from cxr.core.state_folder import state_dir
 
 DEMO_SIZE = 256
-
-
-def _print_json(payload: dict[str, Any]) -> None:
-    print(json.dumps(payload, default=str, allow_nan=False, separators=(",", ":")))
-
-
-def _show(result: dict[str, Any], as_json: bool, print_text: Callable[[dict[str, Any]], None]) -> int:
-    """Print `result` as one JSON line or as text; the exit status of a command that succeeded."""
-    if as_json:
-        _print_json(result)
-    else:
-        print_text(result)
-    return 0
 
 
 def _peak_rss_mib() -> float | None:
@@ -57,7 +43,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     counts = write_demo_dataset(Path(args.out), n=args.n, size=args.size, seed=args.seed)
     if args.json:
-        _print_json({"out": str(Path(args.out).resolve()), "counts": counts})
+        print_json({"out": str(Path(args.out).resolve()), "counts": counts})
     else:
         print(f"wrote synthetic dataset to {Path(args.out).resolve()}: {counts}")
     return 0
@@ -104,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = retrain(config)
     summary["duration_s"] = round(time.perf_counter() - started, 2)
     summary["peak_rss_mib"] = _peak_rss_mib()
-    return _show(summary, args.json, _print_training_summary)
+    return show(summary, args.json, _print_training_summary)
 
 
 def _print_training_summary(summary: dict[str, Any]) -> None:
@@ -149,7 +135,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     result = ingest_folder(data_dir, out_dir, min_side=args.min_side)
     payload = result.model_dump(mode="json")
     if args.json:
-        _print_json(payload)
+        print_json(payload)
     else:
         print(
             f"{result.files_found} files: {result.accepted} accepted, {result.quarantined} quarantined "
@@ -164,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_folder(args.model, Path(args.data), operating_point=args.operating_point)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         metrics = result["metrics"]
         print(f"operating point {result['operating_point']}: ", end="")
@@ -186,62 +172,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         operating_point=args.operating_point,
     )
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(f"scored {summary['scored']} files ({summary['failed']} failed) -> {summary['out_csv']}")
         print("decisions: " + ", ".join(f"{name} {n}" for name, n in summary["by_decision"].items()))
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from cxr.core.mlflow_store import store_exists
-    from cxr.core.state_folder import default_tracking_uri
-    from cxr.registry.versions import list_versions, registered_model_names
-
-    tracking_uri = default_tracking_uri()
-    exists = store_exists(tracking_uri)  # listing a missing sqlite store would create an empty one
-    versions = list_versions(args.name, tracking_uri) if exists else []
-    if args.json:
-        _print_json(
-            {
-                "model_name": args.name,
-                "versions": versions,
-                "tracking_uri": tracking_uri,
-                "registry_exists": exists,
-            }
-        )
-        return 0
-    if not exists:
-        print(f"no MLflow registry at {tracking_uri} (nothing registered yet; `cxr train` creates it)")
-    elif not versions:
-        others = registered_model_names(tracking_uri)
-        held = f"it holds {', '.join(others)}" if others else "it holds no registered models"
-        print(f"no versions of {args.name} in the registry at {tracking_uri}; {held}")
-    for row in versions:
-        metrics = row.get("metrics", {})
-        print(
-            f"v{row['version']:<3} {','.join(row.get('aliases', [])) or '-':<10} "
-            f"auc={metrics.get('auc')} acc={metrics.get('accuracy')} data={row.get('data_digest', '')[:12]} "
-            f"created={row.get('created')}"
-        )
-    return 0
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    from cxr.core.state_folder import default_tracking_uri
-    from cxr.registry.versions import promote
-
-    promote(args.name, int(args.version), args.reason, default_tracking_uri())
-    print(f"{args.name} v{args.version} is now champion ({args.reason})")
-    return 0
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from cxr.core.state_folder import default_tracking_uri
-    from cxr.registry.versions import rollback
-
-    version = rollback(args.name, args.reason, default_tracking_uri())
-    print(f"{args.name} champion rolled back to v{version} ({args.reason})")
     return 0
 
 
@@ -296,7 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from cxr.ops.status import gather_status
 
-    return _show(gather_status(args.name), args.json, _print_status)
+    return show(gather_status(args.name), args.json, _print_status)
 
 
 def _print_status(status: dict[str, Any]) -> None:

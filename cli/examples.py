@@ -41,6 +41,7 @@ EXAMPLES = {
     "status": "cxr status --json   # champion, recent runs, next scheduled run, local server, inbox backlog",
     "watch": "cxr watch /data/inbox --settle 30 --debounce 600   # one event per quiet inbox, at most one per 10 min",
     "cluster": "cxr cluster up --workers 2   # then: cxr cluster status --json; cxr cluster down",
+    "review": "cxr review up   # then: cxr review push; label in Label Studio; cxr review pull --into /data/chest_xray",
 }
 
 

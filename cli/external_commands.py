@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from cli.output import print_json
 
 
 def external_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         make_default=args.make_default,
     )
     if args.json:
-        print(json.dumps(result, default=str, allow_nan=False, separators=(",", ":")))
+        print_json(result)
     else:
         _print_calibration(result)
     return 0

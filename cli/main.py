@@ -15,10 +15,7 @@ from cli.commands import (
     cmd_evaluate,
     cmd_ingest,
     cmd_mlflow_ui,
-    cmd_models,
     cmd_predict,
-    cmd_promote,
-    cmd_rollback,
     cmd_serve,
     cmd_status,
     cmd_train,
@@ -26,6 +23,7 @@ from cli.commands import (
 )
 from cli.examples import START, epilog
 from cli.external_commands import cmd_calibrate
+from cli.registry_commands import cmd_models, cmd_promote, cmd_rollback
 from cli.review import add_review
 from cxr.core.native_logs import set_verbose
 from cxr.core.progress import enable_terminal_progress

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cli.output import print_json
 
 REVIEW_HELP = (
     "the review loop: queue referred images, label them in Label Studio, pull the labels back as data"
@@ -50,7 +51,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     }
     result = handlers[args.action](args)
     if args.json:
-        print(json.dumps(result, default=str, separators=(",", ":")))
+        print_json(result)
     else:
         for key, value in result.items():
             print(f"{key}: {'-' if value is None else value}")
