@@ -49,8 +49,8 @@ def fit_domain(
         Path(trained.model_path), batches, params, seed=seed, min_image_side=min_image_side, out_dir=out_dir
     )
     get_run_logger().info(
-        "domain score on %s features and image descriptors: threshold %.3f (%.1f %% of %d calibration images); "
-        "flagged %.1f %% of valid, %.1f %% of test",
+        "domain score on %s features (channel means and maxima) and image descriptors: threshold %.3f "
+        "(%.1f %% of %d calibration images); flagged %.1f %% of valid, %.1f %% of test",
         guard.layer,
         guard.threshold,
         100 * params.quantile,

@@ -1,16 +1,19 @@
 """Is an image like those the model was trained on? A domain score per image, stored in `model.json`.
 
-Two Gaussian models of the training images, one per component:
+Three Gaussian models of the training images, one per component:
 - `network`: the network's own features, the global average of its last feature map before the head (what
   the classifier "sees");
+- `network_peak`: the global maximum of the same map, per channel: how strongly each feature fires anywhere
+  (an average hides a strong local response; adult anatomy and other sources' films set off other peaks);
 - `image`: cheap image descriptors, a 4x4 thumbnail, 16 row and 16 column mean profiles (where the body and
   the lungs lie) and 16 statistics (intensity quantiles, dark/bright shares, centre-vs-border and
   top/bottom/left/right contrasts, edge energy): blank, noise, inverted, rotated or cropped images stand out.
 Each component's distance is the squared Mahalanobis distance per dimension to the training images under a
 Ledoit-Wolf shrinkage covariance of the standardised features, divided by its own validation quantile; the
 image's `domain_score` is their weighted sum (`COMPONENTS`). Scores above `threshold` (the same quantile of the
-validation images' scores) are out of domain. The network's features are averages of rectified maps: many near
-zero with a long right tail, far from Gaussian; a signed log brings them closer, and the distance is taken on it.
+validation images' scores) are out of domain. The network's features are averages and maxima of rectified maps,
+far from Gaussian (many near zero, a long right tail); a signed log brings them closer. Each component reads its
+features by name (`FEATURES`): a guard stored with fewer components (before `network_peak`) scores as it did.
 
 This module travels with the registered pyfunc (`cxr.registry.pyfunc_model`): numpy only, Keras imported lazily.
 """
@@ -33,14 +36,20 @@ MIN_SIDE_KEY = "min_image_side"
 class Component:
     """One part of the score: the features it reads, how they are transformed, its weight in the sum."""
 
-    name: str
+    name: str  # also the features it reads: a key of FEATURES
     transform: str  # a key of TRANSFORMS
     weight: float
 
 
-# Weights: the network's features tell adult and other-source X-rays from the training images better than the
-# image descriptors do (measured on held-out sets, docs/model.md, the domain score); both stay in.
-COMPONENTS = (Component("network", "signed_log", 0.6), Component("image", "identity", 0.4))
+# Features per component name, in the order `_forward_pass` returns them after the softmax.
+FEATURES = ("network", "network_peak", "image")
+# Weights chosen on paediatric development images and a design part of adult X-rays (docs/domain-score.md):
+# each component alone flags 80-86 % of adults, their sum more than any of them.
+COMPONENTS = (
+    Component("network", "signed_log", 0.4),
+    Component("network_peak", "signed_log", 0.3),
+    Component("image", "identity", 0.3),
+)
 TRANSFORMS = {
     "identity": lambda values: values,
     "signed_log": lambda values: np.sign(values) * np.log1p(np.abs(values)),
@@ -182,6 +191,11 @@ class DomainGuard:
     quantile: float
     summary: dict[str, Any]
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The features each component reads, in order (what `DomainScorer.features` returns for the guard)."""
+        return tuple(part.name for part in self.components)
+
     def scores(self, features: list[np.ndarray]) -> np.ndarray:
         """Domain score per image from its per-component features (in `DomainScorer.features` order)."""
         distances = [
@@ -276,11 +290,12 @@ class DomainScorer:
     def __init__(self, network, guard: DomainGuard | None = None, layer: str | None = None):  # noqa: ANN001
         self.network, self.guard = network, guard
         self.layer = layer or (guard.layer if guard else None)
+        self.feature_names = guard.feature_names if guard else tuple(part.name for part in COMPONENTS)
         self._forward = _forward_pass(network, self.layer)
 
     def features(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(softmax (N, classes), per-component features: pooled network features, image descriptors) of
-        raw 0..255 images (N, S, S, 1); no features without a layer."""
+        """(softmax (N, classes), per-component features in `feature_names` order: the guard's components,
+        else `COMPONENTS`) of raw 0..255 images (N, S, S, 1); no features without a layer."""
         images = np.asarray(images, dtype=np.float32)
         outputs = [
             [np.asarray(part) for part in self._forward(images[start : start + FEATURE_BATCH])]
@@ -291,7 +306,8 @@ class DomainScorer:
         columns = [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
         if not self.layer:
             return columns[0], []
-        return columns[0], [columns[1], image_descriptors(columns[2])]
+        available = dict(zip(FEATURES, [*columns[1:-1], image_descriptors(columns[-1])], strict=True))
+        return columns[0], [available[name] for name in self.feature_names]
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(softmax, domain score per image; None for a model without a guard)."""
@@ -307,8 +323,8 @@ _FORWARD_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _forward_pass(network, layer: str | None):  # noqa: ANN001, ANN202 - a keras.Model; a tf.function
-    """`[softmax, pooled features of layer, the image reduced to at most 32 px]` (just `[softmax]` without a
-    layer) as one graph for any batch: the reduction runs in TensorFlow, much faster than in numpy."""
+    """`[softmax, per-channel mean and maximum of layer, the image reduced to at most 32 px]` (just `[softmax]`
+    without a layer) as one graph for any batch: the reduction runs in TensorFlow, much faster than in numpy."""
     import keras
     import tensorflow as tf
 
@@ -317,8 +333,12 @@ def _forward_pass(network, layer: str | None):  # noqa: ANN001, ANN202 - a keras
         extra = []
         if layer:
             image, side = network.inputs[0], min(STATISTICS_SIDE, network.input_shape[1])
-            pooled = keras.ops.mean(network.get_layer(layer).output, axis=(1, 2))
-            extra = [pooled, keras.ops.image.resize(image, (side, side), interpolation="area")]
+            feature_map = network.get_layer(layer).output
+            extra = [
+                keras.ops.mean(feature_map, axis=(1, 2)),
+                keras.ops.max(feature_map, axis=(1, 2)),
+                keras.ops.image.resize(image, (side, side), interpolation="area"),
+            ]
         extractor = keras.Model(network.inputs, [network.output, *extra])
         passes[layer] = tf.function(
             # A list even with no pooled layer (a one-output model returns a bare tensor).

@@ -76,7 +76,7 @@ def test_threshold_flags_the_chosen_share_of_validation_images(fitted):
     _, guard = fitted
     assert guard.layer == "block4_dropout"  # the last feature map before the head
     assert tuple(part.name for part in guard.components) == tuple(component.name for component in COMPONENTS)
-    assert [len(part.mean) for part in guard.components] == [256, 64]
+    assert [len(part.mean) for part in guard.components] == [256, 256, 64]
     assert guard.summary["calibration_flagged_share"] <= 1 - QUANTILE + 1e-9
     assert guard.summary["fit_images"] == 140 and guard.summary["calibration_images"] == 50
 
@@ -113,6 +113,40 @@ def test_guard_stored_without_transforms_scores_as_before(chests, fitted):
     )
     assert np.allclose(restored.scores(features), expected)
     assert not np.allclose(restored.scores(features), guard.scores(features))
+
+
+def test_network_features_are_the_channel_means_and_maxima_of_the_feature_map(chests, fitted):
+    import keras
+
+    scorer, _ = fitted
+    images = chests["test"][:4, ..., None].astype(np.float32)
+    feature_map = np.asarray(
+        keras.Model(scorer.network.inputs, scorer.network.get_layer(scorer.layer).output)(images)
+    )
+    features = dict(zip(scorer.feature_names, scorer.features(images)[1], strict=True))
+    assert np.allclose(features["network"], feature_map.mean(axis=(1, 2)), atol=1e-5)
+    assert np.allclose(features["network_peak"], feature_map.max(axis=(1, 2)), atol=1e-5)
+    assert (features["network_peak"] >= features["network"] - 1e-6).all()
+
+
+def test_guard_stored_with_two_components_reads_only_their_features(chests, fitted):
+    """Models registered before `network_peak`: their scorer gives the two features their guard reads."""
+    scorer, guard = fitted
+    stored = guard.to_json()
+    stored["components"] = [part for part in stored["components"] if part["name"] != "network_peak"]
+    restored = DomainGuard.from_metadata({"domain": stored})
+    old_scorer = DomainScorer(scorer.network, restored)
+    assert old_scorer.feature_names == ("network", "image")
+    features = old_scorer.features(chests["test"][..., None])[1]
+    network, _, image = scorer.features(chests["test"][..., None])[1]
+    assert [part.shape for part in features] == [network.shape, image.shape]
+    parts = {part.name: part for part in guard.components}
+    expected = sum(
+        parts[name].weight * parts[name].distance(values) / parts[name].reference
+        for name, values in (("network", network), ("image", image))
+    )
+    assert np.allclose(restored.scores(features), expected)
+    assert np.allclose(old_scorer.predict(chests["test"][..., None])[1], expected)
 
 
 def test_signed_log_features_take_any_sign():
