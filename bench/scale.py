@@ -2,11 +2,17 @@
 
 Per size N: a folder of N distinct synthetic X-rays, one `cxr train` (one epoch) and the same run
 again, fully cached. Reported per N: ingest, shard-building and training images/s, the run's peak
-resident memory, the cached rerun's wall time; then how the largest N compares with the smallest.
+resident memory and each task's (`peak_rss_mib_by_task` of `cxr train --json`), the cached rerun's
+wall time; then how the largest N compares with the smallest.
 Ingest is also timed alone (`cxr.data.ingesting.ingest_folder`, CPU seconds included), which tells its
 own cost per image from the load of a shared machine:
 
     python -m bench.scale --ingest-only 2000 10000 40000 [--repeats 3] [--work DIR] [--json]
+
+The memory part alone, without a bench server (each size in a fresh state folder, as an operator's
+first run):
+
+    python -m bench.scale --memory 2000 16000 [--image-size 224] [--work DIR] [--json]
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,8 +52,8 @@ def measure_scale(context: Context) -> dict[str, Any]:
         write_scaled_dataset(data_dir, count, seed=count)
         ingest = ingest_cost(data_dir, context.work / f"ingest-{count}", workers=context.workers)
         arguments = ["--image-size", str(sizes.scale_image_size), "--epochs", "1", "--model", SCALE_MODEL]
-        first, first_s, peak_mib = train_measured(data_dir, context.api_url, arguments)
-        rerun, rerun_s, _ = train_measured(data_dir, context.api_url, arguments)
+        first, first_s, peak_mib = train_measured(data_dir, arguments, api_url=context.api_url)
+        rerun, rerun_s, _ = train_measured(data_dir, arguments, api_url=context.api_url)
         spans = stage_seconds(context.api_url, first["flow_run_id"])
         accepted = first["images"]["accepted"]
         train_images = first["split_counts"]["train"]
@@ -58,6 +65,7 @@ def measure_scale(context: Context) -> dict[str, Any]:
                 "train_img_s": first["train_images_per_second"],
                 "train_images": sum(train_images.values()),
                 "peak_rss_mib": peak_mib,
+                "peak_rss_mib_by_task": first["peak_rss_mib_by_task"],
                 "first_run_s": round(first_s, 1),
                 "cached_rerun_s": round(rerun_s, 2),
                 "cached_tasks": len(rerun["cached_tasks"]),
@@ -136,10 +144,17 @@ def write_scaled_dataset(out: Path, count: int, *, seed: int, base_images: int =
         Image.fromarray(shifted).save(out / "train" / folder / name, quality=90)
 
 
-def train_measured(data_dir: Path, api_url: str | None, arguments: list[str]) -> tuple[dict, float, float]:
-    """`cxr train --data DIR ARGUMENTS --json`: its JSON summary, wall seconds and peak RSS (MiB)."""
+def train_measured(
+    data_dir: Path, arguments: list[str], *, api_url: str | None = None, home: Path | None = None
+) -> tuple[dict, float, float]:
+    """`cxr train --data DIR ARGUMENTS --json` against the Prefect server at `api_url`, or (`home`) alone in
+    that state folder: its JSON summary, wall seconds and peak RSS (MiB)."""
     command = [*cxr_command(), "train", "--data", str(data_dir), *arguments, "--json"]
-    env = {**os.environ, **({"PREFECT_API_URL": api_url} if api_url else {})}
+    env = (
+        state_folder_env(home)
+        if home
+        else {**os.environ, **({"PREFECT_API_URL": api_url} if api_url else {})}
+    )
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall_s = time.perf_counter() - started
@@ -149,6 +164,14 @@ def train_measured(data_dir: Path, api_url: str | None, arguments: list[str]) ->
     # Reported by `cxr train` itself: the rusage of a child started from this (large) process would
     # include this process's own peak.
     return summary, wall_s, summary["peak_rss_mib"]
+
+
+def state_folder_env(home: Path) -> dict[str, str]:
+    """This environment for a `cxr` command on its own state folder `home` (its server, registry, caches)."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_", "CXR_"))
+    }
+    return {**env, "CXR_HOME": str(home)}
 
 
 def stage_seconds(api_url: str | None, flow_run_id: str) -> dict[str, float]:
@@ -178,23 +201,80 @@ def stage_seconds(api_url: str | None, flow_run_id: str) -> dict[str, float]:
     return {stage: (max(times) - min(times)).total_seconds() for stage, times in spans.items()}
 
 
+def scaled_folder(work: Path, count: int) -> Path:
+    """The synthetic folder of `count` images under `work`, written on first use."""
+    data_dir = work / f"images-{count}" / "chest_xray"
+    if not data_dir.exists():
+        write_scaled_dataset(data_dir, count, seed=count)
+    return data_dir
+
+
+def memory_by_size(counts: list[int], work: Path, image_size: int, *, echo: bool = False) -> dict[str, Any]:
+    """Per folder size: `cxr train` (one epoch) in a fresh state folder, then the same run fully cached; the
+    peak RSS of the run and of each task, the cached rerun's wall time; each peak's growth to the largest."""
+    arguments = ["--image-size", str(image_size), "--epochs", "1", "--model", SCALE_MODEL]
+    runs = []
+    for count in sorted(counts):
+        data_dir, home = scaled_folder(work, count), work / f"home-{count}"
+        shutil.rmtree(home, ignore_errors=True)
+        try:
+            first, _, peak_mib = train_measured(data_dir, arguments, home=home)
+            _, rerun_s, _ = train_measured(data_dir, arguments, home=home)
+        finally:  # the state folder's Prefect server, which the first run started
+            subprocess.run(
+                [*cxr_command(), "dashboard", "--stop"],
+                env=state_folder_env(home),
+                capture_output=True,
+                check=False,
+            )
+        runs.append(
+            {
+                "images": first["images"]["accepted"],
+                "peak_rss_mib": peak_mib,
+                "peak_rss_mib_by_task": first["peak_rss_mib_by_task"],
+                "cached_rerun_s": round(rerun_s, 2),
+                "load_average_1m": round(os.getloadavg()[0], 2),
+            }
+        )
+        if echo:
+            print(runs[-1], flush=True)
+    smallest, largest = runs[0], runs[-1]
+    return {
+        "runs": runs,
+        "workload": {"model": SCALE_MODEL, "image_size": image_size, "epochs": 1},
+        "rss_growth": round(largest["peak_rss_mib"] / smallest["peak_rss_mib"], 3),
+        "task_rss_growth": {
+            task: round(largest["peak_rss_mib_by_task"][task] / peak, 3)
+            for task, peak in smallest["peak_rss_mib_by_task"].items()
+            if peak and largest["peak_rss_mib_by_task"].get(task)
+        },
+        "cached_rerun_max_s": max(run["cached_rerun_s"] for run in runs),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Ingest alone on synthetic folders of the given sizes: the per-image cost without a training run."""
+    """Ingest alone (`--ingest-only`: the per-image cost without a training run) or `cxr train`'s memory
+    (`--memory`: peak RSS per task and the cached rerun) on synthetic folders of the given sizes."""
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=main.__doc__)
-    parser.add_argument("--ingest-only", type=int, nargs="+", required=True, metavar="N")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--ingest-only", type=int, nargs="+", metavar="N")
+    mode.add_argument("--memory", type=int, nargs="+", metavar="N")
     parser.add_argument(
         "--work", type=Path, help="folder for the synthetic images (kept; default: temporary)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="ingests per size; the cheapest is kept")
+    parser.add_argument("--image-size", type=int, default=224, help="--memory: the model's input size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
+        if args.memory:
+            result = memory_by_size(args.memory, work, args.image_size, echo=not args.json)
+            print(json.dumps(result) if args.json else f"peak RSS growth: {result['rss_growth']}")
+            return 0
         runs = []
         for count in sorted(args.ingest_only):
-            data_dir = work / f"images-{count}" / "chest_xray"
-            if not data_dir.exists():
-                write_scaled_dataset(data_dir, count, seed=count)
+            data_dir = scaled_folder(work, count)
             load = os.getloadavg()[0]
             # Other load only ever adds time, so the cheapest of the repeats is the ingest's own cost.
             costs = [ingest_cost(data_dir, work / "out") for _ in range(args.repeats)]

@@ -9,23 +9,10 @@ from typing import Any
 
 from cli.external_commands import external_options, print_external
 from cli.output import print_json, show
+from cxr.core.memory import peak_rss_mib
 from cxr.core.state_folder import state_dir
 
 DEMO_SIZE = 256
-
-
-def _peak_rss_mib() -> float | None:
-    """This process's peak resident memory since it started its program (None off Linux).
-
-    `VmHWM` belongs to the memory of this program only; `ru_maxrss` would also count the parent
-    that started it, which is what a benchmark running `cxr train` from a large process would see.
-    """
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return round(int(kib) / 1024, 1) if kib else None
 
 
 def _demo_data_dir() -> Path:
@@ -89,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with tags(args.trigger):
         summary = retrain(config)
     summary["duration_s"] = round(time.perf_counter() - started, 2)
-    summary["peak_rss_mib"] = _peak_rss_mib()
+    summary["peak_rss_mib"] = peak_rss_mib()
     return show(summary, args.json, _print_training_summary)
 
 

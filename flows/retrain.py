@@ -191,6 +191,7 @@ def retrain(config: RetrainConfig) -> dict:
         "cached_tasks": run.cached,
         "reused": run.reused,  # cached task -> when its result was made
         "data_drift": drifted,  # new images out of the serving model's domain
+        "peak_rss_mib_by_task": run.peak_rss_mib,  # what each stage holds at its peak (archive-scale runs)
     }
     run.limited(report.report)[0](evaluation, summary)
     return {**summary, "flow_seconds": round(time.perf_counter() - started, 2)}

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import State, Task, get_run_logger
 from prefect.futures import as_completed
 
+from cxr.core.memory import PeakMemory
 from cxr.core.task_policy import StageTimeout, TimeoutParams
 
 
@@ -27,10 +28,14 @@ class StageRunner:
 
     Every task runs under its stage's limit from `limits`, cut to what is left before `deadline` (a
     `time.monotonic()` value: the run's own limit); a task that overruns ends the run with `StageTimeout`.
+
+    `peak_rss_mib` keeps the process's peak resident memory while each task ran (a mapped task: all its
+    runs together; a task called more than once: the highest), by task name, in the order they ran.
     """
 
     cached: list[str] = field(default_factory=list)
     reused: dict[str, str | None] = field(default_factory=dict)
+    peak_rss_mib: dict[str, float | None] = field(default_factory=dict)
     limits: TimeoutParams = field(default_factory=TimeoutParams)
     deadline: float = math.inf
 
@@ -62,9 +67,15 @@ class StageRunner:
             "reused the cached %s result made %s", task.name, self.reused[task.name] or "earlier"
         )
 
+    def _record_peak(self, name: str, peak: PeakMemory) -> None:
+        earlier = self.peak_rss_mib.get(name)
+        self.peak_rss_mib[name] = peak.mib if earlier is None or peak.mib is None else max(earlier, peak.mib)
+
     def __call__(self, task: Task, *args: Any, **kwargs: Any) -> Any:
         """Run `task` and publish the artifacts its result carries: a cached stage shows them too."""
-        result = self._run(task, *args, **kwargs)
+        with PeakMemory() as peak:
+            result = self._run(task, *args, **kwargs)
+        self._record_peak(task.name, peak)
         for artifact in getattr(result, "artifacts", ()):
             artifact.publish()
         return result
@@ -93,7 +104,12 @@ class StageRunner:
         when every mapped run was (also when there was nothing to map: then every item it could have
         had was reused upstream).
         """
-        items = list(items)
+        with PeakMemory() as peak:
+            results = self._map(task, list(items), on_done)
+        self._record_peak(task.name, peak)
+        return results
+
+    def _map(self, task: Task, items: list[Any], on_done: Callable[[Any], None] | None) -> list[Any]:
         task, setting, seconds = self.limited(task)
         futures = task.map(items)
         if on_done is not None:

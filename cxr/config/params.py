@@ -203,7 +203,10 @@ class DomainParams(Params):
         "images like the training ones are flagged)",
     )
     fit_images: int = Field(
-        2000, ge=10, description="At most this many training images (a seeded sample) fit the score"
+        2000,
+        ge=10,
+        description="At most this many training images (a seeded sample) fit the score; as many other training "
+        "images and at most this many of the validation and of the test split (seeded samples) calibrate and check it",
     )
     drift_share: float = Field(
         0.1, ge=0, le=1, description="Alert when more than this share of a run's new images is out of domain"

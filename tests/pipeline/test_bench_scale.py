@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from bench.scale import cpu_per_image_spread, main, time_per_image_spread, write_scaled_dataset
 from cxr.data.layouts import label_for, parse_patient_id
 
@@ -42,3 +44,22 @@ def test_ingest_alone_reports_its_cpu_cost_per_image_for_each_folder_size(tmp_pa
         assert run["ingest_alone_img_s"] > 0 and run["ingest_cpu_ms_per_image"] > 0
     assert result["ingest_cpu_spread"] == cpu_per_image_spread(result["runs"]) >= 0
     assert (tmp_path / "out" / "manifest.parquet").exists()  # the larger folder's manifest, written last
+
+
+@pytest.mark.slow
+def test_memory_mode_reports_each_tasks_peak_and_the_cached_rerun_per_folder_size(tmp_path, capsys):
+    """`--memory` at a tiny size: two folder sizes, each trained in its own state folder and rerun cached."""
+    assert main(["--memory", "48", "40", "--image-size", "32", "--work", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [run["images"] for run in result["runs"]] == [40, 48]
+    for run in result["runs"]:
+        peaks = run["peak_rss_mib_by_task"]
+        assert {"ingest-check", "batches-shard", "train", "domain", "evaluate", "register"} <= set(peaks)
+        assert 100 < max(peaks.values()) <= run["peak_rss_mib"]  # TensorFlow loaded; no task above the run
+        assert run["cached_rerun_s"] > 0
+    smallest, largest = result["runs"]
+    assert result["rss_growth"] == round(largest["peak_rss_mib"] / smallest["peak_rss_mib"], 3)
+    assert result["task_rss_growth"]["domain"] > 0
+    assert result["cached_rerun_max_s"] == max(run["cached_rerun_s"] for run in result["runs"])
+    for count in (40, 48):  # each state folder's Prefect server was stopped again
+        assert not (tmp_path / f"home-{count}" / "prefect" / "server.pid").exists()

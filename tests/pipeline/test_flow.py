@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from cxr.config.params import RetrainConfig
+from cxr.core.memory import peak_rss_mib
 from tests.helpers.prefect_artifacts import artifact_keys
 
 INGEST_STEPS = ["ingest-plan", "ingest-check", "ingest-assemble"]
@@ -66,7 +67,12 @@ def test_retrain_registers_a_champion_then_reuses_every_task(
     split = {name: sum(counts.values()) for name, counts in first["split_counts"].items()}
     assert domain["summary"]["fit_images"] == 20
     assert json.loads(registered.read_text())["min_image_side"] == config.ingest.min_image_side
-    assert domain["summary"]["calibration_images"] == split["valid"] + min(split["train"] - 20, 20)
+    assert domain["summary"]["calibration_images"] == min(split["valid"], 20) + min(split["train"] - 20, 20)
+    # Each stage's peak memory is reported, none above the process's.
+    assert {"ingest-check", "batches-shard", "train", "domain", "evaluate", "register"} <= set(
+        first["peak_rss_mib_by_task"]
+    )
+    assert 0 < max(first["peak_rss_mib_by_task"].values()) <= peak_rss_mib()
     # A folder's first ingest has nothing earlier to drift from: no new images, no alert.
     drift = first["data_drift"]
     assert drift["new_images"] == 0 and drift["share"] is None and not drift["alert"]
