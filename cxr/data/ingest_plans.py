@@ -26,7 +26,8 @@ from cxr.data.manifests import CHECK_DTYPES, STAMP_COLUMNS, checks_frame, quaran
 MAP_CHUNK_SIZE = 256
 # Past MAP_CHUNK_SIZE x this, chunks grow instead: every task run is several writes to the Prefect
 # server, and 157 of them at once (a cached rerun on 40k images) kept its SQLite database busy
-# enough to answer 503, and the run waited out the client's 2-6 s back-off.
+# enough to answer 503, and the run waited out the client's 2-6 s back-off. On PostgreSQL the lifted cap
+# completed but ran slower (docs/scale.md): chunks past the worker threads only add API calls.
 MAX_MAP_CHUNKS = 64
 
 # A candidate: a file with a label and no problem found without opening it.
