@@ -57,8 +57,9 @@ def _round(seconds: float) -> float:
 class Soak:
     """One stack, one data folder, the cycles run on them."""
 
-    def __init__(self, home: Path, data: Path, logs: Path, train_args: list[str]) -> None:
+    def __init__(self, home: Path, data: Path, logs: Path, train_args: list[str], train_pause_s: int) -> None:
         self.home, self.data, self.logs, self.train_args = home, data, logs, train_args
+        self.train_pause_s = train_pause_s
         self.status: dict = {}
         self.api: PrefectApi | None = None
 
@@ -103,7 +104,7 @@ class Soak:
         """One `cxr train` with `fault` injected; what happened."""
         assert self.api is not None
         planned = {
-            "prefect_restarted": f"pause_in_train:{TRAIN_PAUSE_S}",
+            "prefect_restarted": f"pause_in_train:{self.train_pause_s}",
             "mlflow_down": f"hang_registry:{REGISTER_HANG_S}",
         }
         stage = {"prefect_restarted": "train", "mlflow_down": "register"}.get(fault or "")
@@ -164,12 +165,15 @@ class Soak:
         return result
 
 
-def soak(cycles: int, faults: list[str], initial: int, new_images: int, train_args: list[str],
-         image_size: int) -> dict[str, Any]:  # fmt: skip
+def soak(args: argparse.Namespace, faults: list[str]) -> dict[str, Any]:
+    """Up, `args.cycles` cycles, down; the report."""
+    cycles, new_images, image_size = args.cycles, args.new_images, args.image_size
     parent, home, data = new_soak_folder()
     os.environ["CXR_HOME"] = str(home)  # the in-process restarts (`cxr.ops.cluster`) act on this stack
-    write_demo_dataset(data, n=initial, size=image_size, seed=0)
-    stack = Soak(home, data, parent / "logs", train_args)
+    write_demo_dataset(data, n=args.images, size=image_size, seed=0)
+    train_args = ["--model", args.model, "--image-size", str(image_size), "--epochs", str(args.epochs),
+                  "--batch-size", "16", "--json"]  # fmt: skip
+    stack = Soak(home, data, parent / "logs", train_args, args.train_pause)
     report: dict[str, Any] = {"cycles": cycles, "state_dir": str(home)}
     results: list[dict[str, Any]] = []
     try:
@@ -223,14 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--model", default="seed")
+    parser.add_argument(
+        "--train-pause", type=int, default=TRAIN_PAUSE_S,
+        help=f"seconds `train` waits first in a prefect_restarted cycle (default {TRAIN_PAUSE_S}: the server "
+        "restarts within them; less: it is down as training ends and the next stages report)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
     faults = [name.strip() for name in args.faults.split(",") if name.strip()]
     if unknown := set(faults) - set(FAULTS):
         parser.error(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
-    train_args = ["--model", args.model, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-                  "--batch-size", "16", "--json"]  # fmt: skip
-    report = soak(args.cycles, faults, args.images, args.new_images, train_args, args.image_size)
+    report = soak(args, faults)
     if args.json:
         print(json.dumps(report, separators=(",", ":")))
     else:
