@@ -160,11 +160,10 @@ class PrefectApi:
         return [run for run in runs if run["name"].split("-")[0] == name]
 
     def wait_for_stage(self, name: str, known: set[str], process: subprocess.Popen) -> bool:
-        """Wait until a task run `name` not in `known` runs; False when `process` ended first."""
+        """Wait until a task run `name` not in `known` has started (a short stage may have ended by the next
+        poll); False when `process` ended first."""
         while process.poll() is None:
-            if any(
-                run["id"] not in known and run["state_type"] == "RUNNING" for run in self._task_runs(name)
-            ):
+            if any(run["id"] not in known and run["start_time"] for run in self._task_runs(name)):
                 return True
             time.sleep(POLL_S)
         return False
