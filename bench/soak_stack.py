@@ -19,9 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from cxr import REGISTERED_MODEL_NAME
-from cxr.core.caching import sha256_text
 from cxr.data.demo_data import write_demo_dataset
-from cxr.data.manifests import MANIFEST_NAME, QUARANTINE_NAME
+from cxr.data.manifests import MANIFEST_NAME, QUARANTINE_NAME, latest_manifest_index
 from cxr.registry.versions import CHAMPION_ALIAS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +119,7 @@ def add_images(data: Path, cycle: int, count: int, size: int) -> list[Path]:
 
 def images_lost(home: Path, data: Path) -> list[str]:
     """Files in `data` that are neither in the state folder's latest manifest of it nor in its quarantine list."""
-    # The index `tasks.ingest` keeps per data folder: manifests/latest-<digest of the folder's path>.txt.
-    index = home / "manifests" / f"latest-{sha256_text(str(data.resolve()))[:16]}.txt"
+    index = latest_manifest_index(home / "manifests", data)
     files = {str(path.resolve()) for path in data.rglob("*") if path.is_file()}
     if not index.is_file():
         return sorted(files)

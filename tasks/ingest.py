@@ -20,13 +20,13 @@ from cxr.config.params import IngestParams
 from cxr.core import faults
 from cxr.core.artifacts import Artifact
 from cxr.core.atomic_files import write_atomically
-from cxr.core.caching import ContentKey, current_task_key, sha256_text
+from cxr.core.caching import ContentKey, current_task_key
 from cxr.core.state_folder import cxr_home, state_dir
 from cxr.core.task_policy import DEFAULT_TIMEOUTS, retry_transient
 from cxr.data.filelists import FileList
 from cxr.data.ingest_plans import StoredPlan, read_checks, store_plan, write_checks
 from cxr.data.ingesting import assemble_manifest, check_paths, plan_folder
-from cxr.data.manifests import IngestResult, write_new_files
+from cxr.data.manifests import IngestResult, latest_manifest_index, write_new_files
 from cxr.data.scanning import data_dir_fingerprint
 
 QUARANTINE_TABLE_ROWS = 500
@@ -61,8 +61,7 @@ def data_report_markdown(result: IngestResult) -> str:
 
 
 def _latest_index(data_dir: Path) -> Path:
-    key = sha256_text(str(data_dir.resolve()))[:16]
-    return state_dir("manifests") / f"latest-{key}.txt"
+    return latest_manifest_index(state_dir("manifests"), data_dir)
 
 
 def _fingerprint_inputs(inputs: dict[str, Any]) -> str:

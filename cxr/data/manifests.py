@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from cxr.core.artifacts import WithArtifacts
+from cxr.core.caching import sha256_text
 from cxr.data.filelists import FileList, write_file_list
 from cxr.data.imaging import FileCheck
 from cxr.data.scanning import FoundFile
@@ -183,3 +184,8 @@ def manifest_frame(accepted: pd.DataFrame) -> pd.DataFrame:
     """The manifest of `accepted` (candidate columns + check columns), sorted by path."""
     frame = accepted.sort_values("path", kind="stable", ignore_index=True)
     return with_dtypes(frame[MANIFEST_COLUMNS], MANIFEST_DTYPES)
+
+
+def latest_manifest_index(manifests_dir: Path, data_dir: Path) -> Path:
+    """The file in a state folder's `manifests/` that names the latest manifest of `data_dir`."""
+    return manifests_dir / f"latest-{sha256_text(str(data_dir.resolve()))[:16]}.txt"
