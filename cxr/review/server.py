@@ -31,6 +31,11 @@ LABEL_STUDIO_ENV = "CXR_LABEL_STUDIO"
 START_TIMEOUT_S = 300.0
 
 
+# Label Studio reports errors (its server's and the reviewers' browsers') to its vendor's Sentry unless
+# these DSNs are empty. It reads LABEL_STUDIO_NAME before NAME, so the prefixed names win over any setting.
+NO_ERROR_REPORTS = {"LABEL_STUDIO_SENTRY_DSN": "", "LABEL_STUDIO_FRONTEND_SENTRY_DSN": ""}
+
+
 class ReviewServerError(CxrError):
     """Label Studio is not installed, does not start, or does not answer."""
 
@@ -111,6 +116,25 @@ def up(timeout_s: float = START_TIMEOUT_S) -> dict:
     return record
 
 
+def label_studio_environment(password: str, token: str, data: Path) -> dict[str, str]:
+    """Label Studio's environment: this process's, with the admin user, token, data folder and settings
+    that keep it local (no version check, analytics or error reports leave the machine)."""
+    return {
+        **os.environ,
+        "LABEL_STUDIO_USERNAME": ADMIN_EMAIL,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+        "LATEST_VERSION_CHECK": "false",  # no call to pypi.org on every start
+        "COLLECT_ANALYTICS": "false",
+        "DISABLE_SIGNUP_WITHOUT_LINK": "true",  # reviewers are invited by the admin, nobody signs up alone
+        **NO_ERROR_REPORTS,
+        # Tasks show the queue's own image copies (cxr.review.sync.task_of), served from the state folder.
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(review_dir()),
+    }
+
+
 def _start(token: str) -> dict:
     """Spawn Label Studio detached (its own session: it outlives this command); its record."""
     program = label_studio_program()
@@ -122,19 +146,7 @@ def _start(token: str) -> dict:
     data = review_dir() / "label-studio"
     data.mkdir(exist_ok=True)
     port = free_port(HOST)
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_USERNAME": ADMIN_EMAIL,
-        "LABEL_STUDIO_PASSWORD": password,
-        "LABEL_STUDIO_USER_TOKEN": token,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-        "LATEST_VERSION_CHECK": "false",  # no call to pypi.org on every start
-        "COLLECT_ANALYTICS": "false",
-        "DISABLE_SIGNUP_WITHOUT_LINK": "true",  # reviewers are invited by the admin, nobody signs up alone
-        # Tasks show the queue's own image copies (cxr.review.sync.task_of), served from the state folder.
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(review_dir()),
-    }
+    env = label_studio_environment(password, token, data)
     command = [str(program), "start", "--no-browser", "--internal-host", HOST, "--port", str(port)]
     command += ["--data-dir", str(data), "--enable-legacy-api-token"]
     with log_file().open("ab") as log:

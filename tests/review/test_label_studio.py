@@ -241,3 +241,24 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_label_studio_sends_no_error_reports_off_the_machine(tmp_path, monkeypatch):
+    """Its own settings, read under the environment `cxr review up` gives it: both Sentry DSNs empty, even
+    where this process's environment names some."""
+    python = server.label_studio_program().parent / "python"
+    if not python.is_file():
+        pytest.skip(f"no python beside {server.label_studio_program()}")
+    monkeypatch.setenv("SENTRY_DSN", "https://key@example.invalid/1")
+    environment = server.label_studio_environment("password", "token", tmp_path)
+    read_settings = (
+        "import json, os, sys, label_studio; sys.path.insert(0, os.path.dirname(label_studio.__file__)); "
+        "os.environ['DJANGO_SETTINGS_MODULE'] = 'core.settings.label_studio'; "
+        "from django.conf import settings; "
+        "print(json.dumps([settings.SENTRY_DSN, settings.FRONTEND_SENTRY_DSN]))"
+    )
+    done = subprocess.run(
+        [str(python), "-c", read_settings], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["", ""]
