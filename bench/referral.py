@@ -51,19 +51,28 @@ def score_folder(model: str, data_dir: Path) -> Scored:
     from cxr.evaluation.domain import DomainGuard, DomainScorer
     from cxr.evaluation.domain_fit import split_outputs
     from cxr.evaluation.evaluate_folder import SPLIT, labelled_batches
+    from cxr.evaluation.scoring import min_image_side, pneumonia_index
     from cxr.model.loading import load_model_with_metadata, resolve_model
-    from cxr.model.networks import PNEUMONIA_INDEX
+    from cxr.model.networks import PNEUMONIA_INDEX  # the shards' label of pneumonia
 
     network, metadata = load_model_with_metadata(resolve_model(model))
     guard = DomainGuard.from_metadata(metadata)
     if guard is None:
         raise RuntimeError(f"{model} has no domain score")
-    with labelled_batches(Path(data_dir), int(metadata["image_size"])) as (ingested, batches):
+    with labelled_batches(Path(data_dir), int(metadata["image_size"]), min_image_side(metadata)) as (
+        ingested,
+        batches,
+    ):
         softmax, features = split_outputs(DomainScorer(network, guard), batches, SPLIT)
         labels = read_labels(batches.shards(SPLIT))
     manifest = pd.read_parquet(ingested.manifest_path).sort_values("sha256", kind="stable")
     patients = manifest["patient_id"].fillna(manifest["path"]).astype(str).to_numpy()
-    return Scored(softmax[:, 0], labels == PNEUMONIA_INDEX, guard.in_domain(guard.scores(features)), patients)
+    return Scored(
+        softmax[:, pneumonia_index(metadata)],
+        labels == PNEUMONIA_INDEX,
+        guard.in_domain(guard.scores(features)),
+        patients,
+    )
 
 
 def patient_halves(scored: Scored, rng: np.random.Generator) -> np.ndarray:

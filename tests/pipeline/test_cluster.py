@@ -243,9 +243,12 @@ def test_a_tracking_server_down_at_register_fails_clearly_after_retries_with_not
     finally:
         assert _cxr(stack.home, "cluster", "up", "--json").returncode == 0
     assert run.returncode == 1, run.stderr[-3000:]
-    assert run.stderr.count("Task run failed with") >= 3  # register's retries
+    # The first stage that reads the registry (the drift check asks for the champion) fails as transient and is
+    # retried; a registry that does not answer never reads as "no champion yet".
+    assert run.stderr.count("Task run failed with") >= 2, run.stderr[-6000:]
     error = run.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: model registry:") and stack.endpoints["mlflow_tracking_uri"] in error
+    assert error.startswith("error:") and "registry" in error, error
+    assert stack.endpoints["mlflow_tracking_uri"] in error
     assert _versions(stack.home, stack.endpoints["mlflow_tracking_uri"]) == before
 
 
