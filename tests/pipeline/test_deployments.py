@@ -242,13 +242,7 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
 
     for name, item in yaml_deployments.items():
         deployment = served[name]
-        path, attribute = item["entrypoint"].split(":")
-        assert f"{path.removesuffix('.py').replace('/', '.')}.{attribute}" == deployment.entrypoint
-        assert item["tags"] == deployment.tags
-        assert item["concurrency_limit"] == {
-            "limit": deployment.concurrency_limit,
-            "collision_strategy": deployment.concurrency_options.collision_strategy.value,
-        }
+        _assert_declared_as_built(item, deployment)
         assert [
             _without_roots(DeploymentEventTrigger.model_validate(trigger))
             for trigger in item.get("triggers", [])
@@ -265,6 +259,17 @@ def test_prefect_yaml_declares_the_same_deployments_as_serve(tmp_path):
         )
 
 
+def _assert_declared_as_built(item: dict, deployment) -> None:  # noqa: ANN001 - a RunnerDeployment
+    """The YAML entry's entrypoint, tags and concurrency limit are those of the deployment serve builds."""
+    path, attribute = item["entrypoint"].split(":")
+    assert f"{path.removesuffix('.py').replace('/', '.')}.{attribute}" == deployment.entrypoint
+    assert item["tags"] == deployment.tags
+    assert item["concurrency_limit"] == {
+        "limit": deployment.concurrency_limit,
+        "collision_strategy": deployment.concurrency_options.collision_strategy.value,
+    }
+
+
 def test_review_sync_is_declared_as_serve_builds_it(tmp_path):
     import yaml
 
@@ -273,13 +278,7 @@ def test_review_sync_is_declared_as_serve_builds_it(tmp_path):
     declared = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
     item = next(item for item in declared if item["name"] == REVIEW_SYNC)
     deployment = build_review_sync(str(tmp_path), 900)
-    path, attribute = item["entrypoint"].split(":")
-    assert f"{path.removesuffix('.py').replace('/', '.')}.{attribute}" == deployment.entrypoint
-    assert item["tags"] == deployment.tags
-    assert item["concurrency_limit"] == {
-        "limit": deployment.concurrency_limit,
-        "collision_strategy": deployment.concurrency_options.collision_strategy.value,
-    }
+    _assert_declared_as_built(item, deployment)
     assert [s["interval"] for s in item["schedules"]] == [
         s.schedule.interval.total_seconds() for s in deployment.schedules
     ]
