@@ -4,6 +4,7 @@ data folder placed where its user can reach it (as root), the webhook URL kept o
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import ssl
 import stat
@@ -97,6 +98,26 @@ def test_as_root_a_users_state_folder_keeps_the_data_inside_and_theirs():
         postgres._place_data_folder(server)
         assert not (server.root / "data").is_symlink()
         assert server.data_dir == server.root / "data"
+    finally:
+        shutil.rmtree(parent)
+
+
+@AS_ROOT
+def test_as_root_initdb_runs_as_the_owner_of_a_users_state_folder():
+    """The data folder root makes is handed to the state folder's owner, not to `postgres` (whom
+    `server_user` would name once root's fresh folder exists), and by ids: `nobody`'s group is `nogroup`."""
+    parent = Path(tempfile.mkdtemp())
+    parent.chmod(0o755)
+    home = parent / "home"
+    home.mkdir()
+    shutil.chown(home, "nobody")
+    server = postgres.Postgres(home / "cluster" / "postgres", 5432)
+    try:
+        postgres.initialise(server)  # initdb only: no server starts
+        assert server.data_dir.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert (server.data_dir / "PG_VERSION").is_file()
+        assert postgres.server_user(server) == "nobody"
+        assert not (server.data_dir.parent / ".initdb-password").exists()
     finally:
         shutil.rmtree(parent)
 
