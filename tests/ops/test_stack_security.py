@@ -147,6 +147,8 @@ def test_the_webhook_url_lives_in_the_blocks_secret_field_and_prints_masked():
     with pytest.raises(CxrError) as refused:
         webhook_block("ftp://hooks.example.org/s3cr3tt0ken")
     assert "s3cr3tt0ken" not in str(refused.value)
+    with pytest.raises(CxrError, match="http"):  # a port that is no number: the same clear refusal
+        webhook_block("ftp://hooks.example.org:99999999/s3cr3tt0ken")
 
 
 def test_up_and_down_take_turns_on_the_state_folders_lock(tmp_path, monkeypatch):

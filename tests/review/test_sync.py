@@ -48,7 +48,10 @@ class MemoryLabelStudio:
         with self._guard:
             ids = list(range(len(self.held) + 1, len(self.held) + 1 + len(tasks)))
             self.held.update(
-                {i: {"id": i, "data": task["data"], "annotations": []} for i, task in zip(ids, tasks)}
+                {
+                    i: {"id": i, "data": task["data"], "annotations": []}
+                    for i, task in zip(ids, tasks, strict=True)
+                }
             )
         return ids
 
