@@ -95,7 +95,11 @@ def masked_url(url: str) -> str:
 
     parts = urlsplit(url)
     host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}/***"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a port number: the message about the URL must not fail on it
+        port = ""
+    return f"{parts.scheme}://{host}{port}/***"
 
 
 def save_webhook_block(webhook_url: str) -> Any:  # noqa: ANN401 - prefect BlockDocument id (UUID)

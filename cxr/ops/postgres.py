@@ -147,11 +147,12 @@ def _run(server: Postgres, *command: str) -> subprocess.CompletedProcess:
     return result
 
 
-def _own(server: Postgres, path: Path) -> None:
-    """Hand `path` to the server's user (PostgreSQL checks its data folder's owner)."""
-    user = server_user(server)
+def _own(user: str | None, path: Path) -> None:
+    """Hand `path` to the server's `user` and that user's group (PostgreSQL checks its data folder's owner);
+    None: this process's user keeps it. By ids: a user's group need not bear their name (`nobody`)."""
     if user is not None:
-        shutil.chown(path, user, user)
+        account = pwd.getpwnam(user)
+        os.chown(path, account.pw_uid, account.pw_gid)
 
 
 def _place_data_folder(server: Postgres) -> None:
@@ -170,7 +171,7 @@ def _place_data_folder(server: Postgres) -> None:
     key = hashlib.sha256(str(server.root.resolve()).encode()).hexdigest()[:16]
     for folder in (outside, outside / key):
         folder.mkdir(mode=0o700, exist_ok=True)
-        _own(server, folder)
+        _own(user, folder)
     if link.exists():
         shutil.rmtree(link)  # a half-made folder from an interrupted initdb
     link.symlink_to(outside / key / "data", target_is_directory=True)
@@ -185,11 +186,14 @@ def initialise(server: Postgres) -> None:
     _place_data_folder(server)
     if server.data_dir.exists():
         shutil.rmtree(server.data_dir)  # a half-made folder from an interrupted initdb
+    # Asked before the folder exists: made by root, it would be root's, and `server_user` would then answer
+    # `postgres` instead of the state folder's owner.
+    user = server_user(server)
     server.data_dir.mkdir(mode=0o700)
-    _own(server, server.data_dir)
+    _own(user, server.data_dir)
     # Beside the data folder, where the server's user can read it; mode 600 from its first byte, removed at once.
     pwfile = write_secret(server.data_dir.parent / ".initdb-password", server.password)
-    _own(server, pwfile)
+    _own(user, pwfile)
     try:
         _run(
             server,
@@ -224,7 +228,7 @@ def start(server: Postgres) -> None:
         return
     if not server.log_path.exists():
         server.log_path.touch()
-        _own(server, server.log_path)
+        _own(server_user(server), server.log_path)
     _run(
         server, "pg_ctl", "start", "-D", str(server.data_dir), "-l", str(server.log_path),
         "-w", "-t", str(START_TIMEOUT_S), "-o", f"-p {server.port}",

@@ -144,7 +144,8 @@ def _start(token: str) -> dict:
         )
     password = _secret(review_dir() / "admin-password", secrets.token_urlsafe(18))
     data = review_dir() / "label-studio"
-    data.mkdir(exist_ok=True)
+    data.mkdir(mode=0o700, exist_ok=True)
+    data.chmod(0o700)  # its database holds the API token in plain text (and the reviewers' answers)
     port = free_port(HOST)
     env = label_studio_environment(password, token, data)
     command = [str(program), "start", "--no-browser", "--internal-host", HOST, "--port", str(port)]

@@ -3,9 +3,11 @@
 Push sends every queued item as a task whose pre-annotation is the model's answer, scored by the model's
 confidence (max(p, 1 - p)): Label Studio's uncertainty sampling shows the least confident first. Pull
 writes Pneumonia and Normal answers into the data folder's class folders with a provenance record
-(`cxr.data.provenance`) and records the rest. Both are safe to repeat and to run at once: a pull holds
-the queue's pull lock, each image's record is written exclusively, and the queue changes only after
-Label Studio answered, so a server that is down loses nothing.
+(`cxr.data.provenance`) and records the rest. Both are safe to repeat and to run at once: a push holds
+the queue's push lock (two pushes would each send the same image), a pull its pull lock, each image's
+record is written exclusively, and the queue changes only after Label Studio answered, so a server that
+is down loses nothing. A task is an item's only while it shows the item's image: task ids start again
+in a new Label Studio database.
 """
 
 from __future__ import annotations
@@ -92,16 +94,17 @@ def task_of(item: QueueItem) -> dict[str, Any]:
 def push(client: LabelStudio) -> dict[str, int]:
     """Send every queued item as a task; an image Label Studio already holds (an earlier push that
     stopped halfway) is adopted, not sent twice. Returns counts sent and adopted."""
-    project = project_id(client)
-    waiting = queue.items(queue.QUEUED)
-    held = {task["data"].get("sha256"): task["id"] for task in client.tasks(project)} if waiting else {}
-    adopted = [item for item in waiting if item.sha256 in held]
-    _mark_sent({item.sha256: held[item.sha256] for item in adopted})
-    fresh = [item for item in waiting if item.sha256 not in held]
-    for start in range(0, len(fresh), IMPORT_BATCH):
-        batch = fresh[start : start + IMPORT_BATCH]
-        ids = client.import_tasks(project, [task_of(item) for item in batch])
-        _mark_sent({item.sha256: task_id for item, task_id in zip(batch, ids, strict=True)})
+    with file_lock(review_dir() / "push.lock"):
+        project = project_id(client)
+        waiting = queue.items(queue.QUEUED)
+        held = {task["data"].get("sha256"): task["id"] for task in client.tasks(project)} if waiting else {}
+        adopted = [item for item in waiting if item.sha256 in held]
+        _mark_sent({item.sha256: held[item.sha256] for item in adopted})
+        fresh = [item for item in waiting if item.sha256 not in held]
+        for start in range(0, len(fresh), IMPORT_BATCH):
+            batch = fresh[start : start + IMPORT_BATCH]
+            ids = client.import_tasks(project, [task_of(item) for item in batch])
+            _mark_sent({item.sha256: task_id for item, task_id in zip(batch, ids, strict=True)})
     return {"sent": len(fresh), "adopted": len(adopted), "project_id": project}
 
 
@@ -148,7 +151,7 @@ def pull(client: LabelStudio, data_dir: Path) -> dict[str, int]:
         users: dict[int, str] = {}
         changes: dict[str, dict[str, Any]] = {}
         for item in sent:
-            task = tasks.get(item.task_id)
+            task = _task_of(item, tasks)
             if task is None:  # deleted in Label Studio: the image still needs an answer
                 changes[item.sha256] = {"state": queue.QUEUED, "task_id": None, "sent_at": None}
                 counts["requeued"] += 1
@@ -161,6 +164,13 @@ def pull(client: LabelStudio, data_dir: Path) -> dict[str, int]:
             for sha256, change in changes.items():
                 queue.update(db, sha256, **change)
     return counts
+
+
+def _task_of(item: QueueItem, tasks: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The item's task, if Label Studio still holds it: the task of its id that shows its image (in a new
+    Label Studio database the id may name another image's task)."""
+    task = tasks.get(item.task_id)
+    return task if task is not None and task["data"].get("sha256") == item.sha256 else None
 
 
 def _return(
@@ -207,5 +217,5 @@ def labelled_count(client: LabelStudio) -> int:
     project = remembered_project_id()
     if project is None:
         return 0
-    answered = {task["id"] for task in client.tasks(project) if _answer(task) is not None}
-    return sum(1 for item in queue.items(queue.SENT) if item.task_id in answered)
+    answered = {task["id"]: task for task in client.tasks(project) if _answer(task) is not None}
+    return sum(1 for item in queue.items(queue.SENT) if _task_of(item, answered) is not None)

@@ -4,6 +4,7 @@ data folder placed where its user can reach it (as root), the webhook URL kept o
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import ssl
 import stat
@@ -102,6 +103,26 @@ def test_as_root_a_users_state_folder_keeps_the_data_inside_and_theirs():
 
 
 @AS_ROOT
+def test_as_root_initdb_runs_as_the_owner_of_a_users_state_folder():
+    """The data folder root makes is handed to the state folder's owner, not to `postgres` (whom
+    `server_user` would name once root's fresh folder exists), and by ids: `nobody`'s group is `nogroup`."""
+    parent = Path(tempfile.mkdtemp())
+    parent.chmod(0o755)
+    home = parent / "home"
+    home.mkdir()
+    shutil.chown(home, "nobody")
+    server = postgres.Postgres(home / "cluster" / "postgres", 5432)
+    try:
+        postgres.initialise(server)  # initdb only: no server starts
+        assert server.data_dir.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert (server.data_dir / "PG_VERSION").is_file()
+        assert postgres.server_user(server) == "nobody"
+        assert not (server.data_dir.parent / ".initdb-password").exists()
+    finally:
+        shutil.rmtree(parent)
+
+
+@AS_ROOT
 def test_as_root_a_state_folder_of_a_user_who_cannot_enter_it_fails_with_what_to_do():
     parent = Path(tempfile.mkdtemp())  # root's, mode 0700
     home = parent / "home"
@@ -126,6 +147,8 @@ def test_the_webhook_url_lives_in_the_blocks_secret_field_and_prints_masked():
     with pytest.raises(CxrError) as refused:
         webhook_block("ftp://hooks.example.org/s3cr3tt0ken")
     assert "s3cr3tt0ken" not in str(refused.value)
+    with pytest.raises(CxrError, match="http"):  # a port that is no number: the same clear refusal
+        webhook_block("ftp://hooks.example.org:99999999/s3cr3tt0ken")
 
 
 def test_up_and_down_take_turns_on_the_state_folders_lock(tmp_path, monkeypatch):
