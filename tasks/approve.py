@@ -1,4 +1,4 @@
-"""Stage `approve`: a person signs off a challenger that passed the gate (`cxr.review.approval`), when
+"""Stage `approve`: a person signs off a challenger that passed the gate (`cxr.registry.approval`), when
 `gate.require_approval` asks for it; otherwise it returns the registration as it is."""
 
 from __future__ import annotations
