@@ -1,4 +1,4 @@
-"""Stage `approve`: a person signs off a challenger that passed the gate (`cxr.review.approval`), when
+"""Stage `approve`: a person signs off a challenger that passed the gate (`cxr.registry.approval`), when
 `gate.require_approval` asks for it; otherwise it returns the registration as it is."""
 
 from __future__ import annotations
@@ -38,8 +38,15 @@ def approve(trained: TrainResult, registration: RegistrationResult, gate: GatePa
         return registration
     earlier = recorded_answer(registration)
     if earlier and earlier["approved"]:  # signed off already (a retry, or the same model again)
-        apply_answer(registration, earlier)
-        return registration.model_copy(update={"artifacts": []})
+        answer = apply_answer(registration, earlier)
+    else:
+        answer = _ask(trained, registration, gate)
+    decision = {**registration.decision, "approval": answer, "promoted": answer["approved"]}
+    return registration.model_copy(update={"decision": decision, "artifacts": []})
+
+
+def _ask(trained: TrainResult, registration: RegistrationResult, gate: GateParams) -> dict:
+    """Pause for a reviewer's answer (`request_sign_off`), with the referral band in the evidence."""
     band = referral_band(json.loads(Path(trained.metadata_path).read_text()))
     logger = get_run_logger()
     logger.info(
@@ -56,5 +63,4 @@ def approve(trained: TrainResult, registration: RegistrationResult, gate: GatePa
         "promoted to champion" if answer["approved"] else "NOT promoted",
         answer["outcome"] + (f" by {answer['reviewer']}" if answer["reviewer"] else ""),
     )
-    decision = {**registration.decision, "approval": answer, "promoted": answer["approved"]}
-    return registration.model_copy(update={"decision": decision, "artifacts": []})
+    return answer

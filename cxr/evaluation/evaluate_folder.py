@@ -24,7 +24,7 @@ from cxr.data.manifests import MANIFEST_NAME, IngestResult
 from cxr.evaluation.domain_fit import domain_summary
 from cxr.evaluation.evaluate import evaluate_model
 from cxr.evaluation.scoring import min_image_side
-from cxr.model.loading import load_model_with_metadata, resolve_model
+from cxr.model.loading import METADATA_FILE, load_model_with_metadata, resolve_model
 from cxr.model.operating_points import select
 
 # Every accepted file of the folder is scored as this split.
@@ -46,12 +46,17 @@ def evaluate_folder(
     """
     model_path = resolve_model(model_uri_or_path)
     _, metadata = load_model_with_metadata(model_path)  # fail on a bad model before the slow ingest
-    select(metadata, operating_point)  # and on an unknown operating point
+    point, _ = select(metadata, operating_point)  # and on an unknown operating point
     with labelled_batches(Path(data_dir), int(metadata["image_size"]), min_image_side(metadata)) as (
         ingested,
         batches,
     ):
-        report_dir = state_dir("reports", f"folder-{ingested.digest[:12]}-{sha256_file(model_path)[:12]}")
+        # Named by what decides the numbers: the network, its model.json (a calibrated version shares the
+        # network) and the operating point, so no evaluation overwrites the files another one points at.
+        scored_by = sha256_text(f"{sha256_file(model_path.with_name(METADATA_FILE))}|{point}")[:8]
+        report_dir = state_dir(
+            "reports", f"folder-{ingested.digest[:12]}-{sha256_file(model_path)[:12]}-{scored_by}"
+        )
         result = evaluate_model(
             model_path, batches, split=SPLIT, out_dir=report_dir, operating_point=operating_point
         )

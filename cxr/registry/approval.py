@@ -23,7 +23,7 @@ from pydantic import Field
 from cxr.core.mlflow_store import client
 from cxr.registry.mlflow_run import CARD_FILE
 from cxr.registry.registration import RegistrationResult, decision_markdown
-from cxr.registry.versions import champion_version, now_iso, promote
+from cxr.registry.versions import now_iso, promote, was_champion
 
 APPROVAL_TAG = "approval"
 POLL_S = 5
@@ -81,10 +81,14 @@ def request_sign_off(
 
 
 def apply_answer(registration: RegistrationResult, record: dict[str, Any]) -> dict[str, Any]:
-    """Tag the answer on the version and, for an approval, move the alias there (both idempotent)."""
+    """Tag the answer on the version and, for an approval, move the alias there (both idempotent).
+
+    An approval moves the alias once: a version that was champion and left (rolled back, or replaced by a
+    later champion) stays where it is when the same answer is applied again (a rerun of the same model).
+    """
     name, version, store = registration.model_name, registration.version, registration.tracking_uri
     client(store).set_model_version_tag(name, str(version), APPROVAL_TAG, json.dumps(record))
-    if record["approved"] and champion_version(name, store) != version:
+    if record["approved"] and not was_champion(name, version, store):
         comment = f": {record['comment']}" if record["comment"] else ""
         promote(name, version, f"signed off by {record['reviewer']}{comment}", store)
     return record

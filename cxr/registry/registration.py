@@ -30,6 +30,7 @@ from cxr.registry.versions import (
     promote,
     undo_half_move,
     version_metrics,
+    was_champion,
 )
 
 LINEAGE_TAGS = ("data_digest", "config_digest", "code_version")
@@ -213,13 +214,9 @@ def _apply_gate(
 def _promotion_unfinished(name: str, model_version: Any, decision: dict[str, Any], tracking_uri: str) -> bool:  # noqa: ANN401
     """Whether a recorded "promoted" decision never got its alias: recorded before the move (the order of
     earlier releases) and the version neither champion now nor ever left by a rollback or a later champion."""
-    version = int(model_version.version)
     if not decision["promoted"] or decision.get("alias_moved"):
         return False
-    if champion_version(name, tracking_uri) == version or "rolled_back_at" in model_version.tags:
-        return False
-    earlier = [int(entry["version"]) for entry in champion_history(name, tracking_uri)[:-1]]
-    return version not in earlier
+    return not was_champion(name, int(model_version.version), tracking_uri)
 
 
 def register_model(

@@ -85,7 +85,7 @@ def with_site_points(
     """`model.json` with the site's points replacing any earlier ones of that site, except the point the default
     still names (a site recalibrated at another target keeps answering as before); `default` (a point name or
     None: unchanged) becomes the default point; the single `threshold` is always the default point's, and the
-    referral band follows a new default."""
+    referral band follows it when it is one of the site's new points."""
     from cxr.model.operating_points import (
         operating_points,  # imported here: loading the flow must not load MLflow
     )
@@ -106,12 +106,14 @@ def with_site_points(
     updated["threshold"] = updated["operating_points"][chosen]["threshold"]
     if "rule" in updated["operating_points"][chosen]:
         updated["threshold_rule"] = updated["operating_points"][chosen]["rule"]
+    # The site's band follows whenever the threshold in force is the site point it was fitted around: a new
+    # default, or the point the default names recalibrated at its own target.
     if (
-        default is not None
+        chosen in points
         and record.get("referral")
         and record["referral"]["threshold"] == updated["threshold"]
     ):
-        updated["referral"] = record["referral"]  # the band fitted around this very threshold
+        updated["referral"] = record["referral"]
     return updated
 
 

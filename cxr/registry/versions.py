@@ -88,6 +88,19 @@ def champion_version(name: str, tracking_uri: str) -> int | None:
         ) from error
 
 
+def was_champion(name: str, version: int, tracking_uri: str) -> bool:
+    """Whether `version` is champion now or was one and left (by a rollback, or for a later champion).
+
+    The top of the history does not count without the alias: releases before the alias moved first
+    recorded the history before moving it, so a run that died in between left the version there.
+    """
+    if champion_version(name, tracking_uri) == version:
+        return True
+    if "rolled_back_at" in client(tracking_uri).get_model_version(name, str(version)).tags:
+        return True
+    return version in [int(entry["version"]) for entry in champion_history(name, tracking_uri)[:-1]]
+
+
 def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
     """Every version of `name`, newest first, with its aliases, headline test metrics and lineage."""
     mlflow_client = client(tracking_uri)

@@ -60,3 +60,26 @@ def test_evaluate_folder_needs_both_classes(model_dir, tmp_path):
 def test_evaluate_folder_reports_a_missing_folder(model_dir, tmp_path):
     with pytest.raises(DataError, match="not found"):
         evaluate_folder(str(model_dir), tmp_path / "nowhere")
+
+
+def test_two_evaluations_of_one_network_keep_their_own_reports(model_dir, tmp_path):
+    """Checked: before, the report folder was named after the folder and the network file only, so the same
+    network with another model.json (a calibrated version) or at another operating point overwrote the
+    report, plots and predictions an earlier answer (or a cached external-set result) points at."""
+    import json
+
+    import pandas as pd
+
+    folder = labelled_folder(tmp_path / "data", pneumonia=4, normal=4)
+    strict = tmp_path / "strict"
+    shutil.copytree(model_dir, strict)
+    metadata = json.loads((strict / "model.json").read_text())
+    (strict / "model.json").write_text(json.dumps({**metadata, "threshold": 0.999999}))
+
+    first = evaluate_folder(str(model_dir), folder)
+    second = evaluate_folder(str(strict), folder)
+
+    assert first["metrics"]["threshold"] == 0.5 and second["metrics"]["threshold"] == 0.999999
+    assert first["report"] != second["report"] and first["predictions"] != second["predictions"]
+    assert "threshold P(pneumonia) >= 0.5000" in Path(first["report"]).read_text()
+    assert set(pd.read_csv(first["predictions"])["label"]) == {"pneumonia", "normal"}

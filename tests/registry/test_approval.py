@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from cxr.config.params import RetrainConfig
+from cxr.config.params import GateParams, RetrainConfig
 from tests.helpers.servers import wait_for
 
 TRAIN = {"model": "seed", "image_size": 32, "epochs": 1, "batch_size": 16, "seed": 23}
@@ -71,3 +71,38 @@ def test_no_answer_means_not_promoted_then_a_resumed_approval_promotes(
     assert answer["approved"] is True and answer["reviewer"] == "Dr Reader"
     assert champion_version(name, isolated_registry) == version
     assert not any("NOT promoted" in note for note in gather_status(name, isolated_registry)["notes"])
+
+
+def _approved(reviewer: str = "Dr Reader") -> dict:
+    return {"approved": True, "reviewer": reviewer, "comment": "", "outcome": "approved", "at": "2026-12-07"}
+
+
+def test_a_recorded_approval_completes_a_promotion_once_and_never_undoes_a_rollback(
+    tmp_path, tracking_uri, test_split
+):
+    """Checked: before, `approve` re-applied a recorded approval whenever the version was not champion, so a
+    rerun of the same model (a nightly run on unchanged data) promoted a rolled-back version again with no
+    person asked; and that path returned the decision without `approval` and with `promoted` false."""
+    from cxr.core.mlflow_store import client
+    from cxr.registry.approval import APPROVAL_TAG
+    from cxr.registry.versions import champion_version, rollback
+    from tasks.approve import approve
+    from tests.helpers.registering import NAME, register, trained
+
+    gate = GateParams(require_approval=True)
+    register(tmp_path, tracking_uri, test_split, gain=0.5)
+    waiting = register(tmp_path, tracking_uri, test_split, gain=30.0, gate=gate)
+    assert waiting.decision["awaiting_approval"] and champion_version(NAME, tracking_uri) == 1
+    # The answer was tagged, then the run died before the alias moved: the retry completes the promotion.
+    client(tracking_uri).set_model_version_tag(
+        NAME, str(waiting.version), APPROVAL_TAG, json.dumps(_approved())
+    )
+    train, _ = trained(tmp_path, 30.0)
+    completed = approve.fn(train, waiting, gate)
+    assert champion_version(NAME, tracking_uri) == waiting.version
+    assert completed.decision["promoted"] is True and completed.decision["approval"] == _approved()
+
+    rollback(NAME, "worse in the clinic", tracking_uri)
+    rerun = approve.fn(train, waiting, gate)
+    assert champion_version(NAME, tracking_uri) == 1
+    assert set(rerun.decision) == set(completed.decision)

@@ -122,6 +122,28 @@ def test_recalibrating_a_site_at_another_target_keeps_the_point_the_default_name
     assert threshold_in_force(again) == again["threshold"]
 
 
+def test_recalibrating_the_default_point_moves_its_referral_band_with_its_threshold():
+    """Checked: before, recalibrating a site at the target of the point the default names (without
+    `--make-default`) replaced that point, so the threshold in force moved, but kept the band fitted around the
+    old threshold: the new version referred images around a threshold it no longer used."""
+    y = np.array([False, False, True, False, True, True])
+    first = site_points(np.array([0.1, 0.2, 0.35, 0.6, 0.7, 0.9]), y, "a", 0.95)
+    second = site_points(np.array([0.05, 0.5, 0.55, 0.6, 0.7, 0.9]), y, "a", 0.95)
+    assert first["a:sensitivity-0.95"].threshold != second["a:sensitivity-0.95"].threshold
+
+    def record(points: dict) -> dict:
+        threshold = points["a:sensitivity-0.95"].threshold
+        return {
+            "n": 6,
+            "referral": {"low": threshold - 0.01, "high": threshold + 0.01, "threshold": threshold},
+        }
+
+    made_default = with_site_points({"threshold": 0.5}, "a", first, record(first), "a:sensitivity-0.95")
+    again = with_site_points(made_default, "a", second, record(second), None)
+    assert again["default_operating_point"] == "a:sensitivity-0.95"
+    assert again["referral"]["threshold"] == again["threshold"] == threshold_in_force(again)
+
+
 def test_calibrate_at_another_target_without_make_default_then_predict_and_evaluate_use_the_default(
     champion, isolated_registry, tmp_path, capsys
 ):
