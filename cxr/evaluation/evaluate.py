@@ -197,7 +197,9 @@ def evaluate_predictions(
     metrics = classification_metrics(is_pneumonia, prob_pneumonia, threshold)
     metrics["operating_point"] = operating_point
     ci = bootstrap_ci(is_pneumonia, prob_pneumonia, threshold)
-    referral = referral_summary(is_pneumonia, prob_pneumonia, threshold, band, targets or ReferralTargets())
+    referral = referral_summary(
+        is_pneumonia, prob_pneumonia, threshold, band, targets or ReferralTargets(), _in_domain(predictions)
+    )
     metrics |= referral["metrics"]
     ci |= referral["ci"]
     plots = write_plots(is_pneumonia, prob_pneumonia, metrics, out_dir)
@@ -229,6 +231,13 @@ def evaluate_predictions(
     )
     result.report_path.write_text(report_markdown(result, {name: path.name for name, path in plots.items()}))
     return result
+
+
+def _in_domain(predictions: pd.DataFrame | None) -> np.ndarray | None:
+    """The domain verdict per image (None for a model without a domain score): what `decision` read."""
+    if predictions is None or predictions["in_domain"].isna().all():
+        return None
+    return predictions["in_domain"].fillna(True).astype(bool).to_numpy()
 
 
 def predictions_table(scores: Scores, is_pneumonia: np.ndarray, paths: list[str] | None) -> pd.DataFrame:

@@ -146,10 +146,12 @@ def referral_summary(
     threshold: float,
     band: ReferralBand | None,
     targets: ReferralTargets,
+    in_domain: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """What an evaluation adds: flat `metrics` (coverage, referred, answered_<rate>, coverage_at_target) and
-    their `ci`, the `answered` detail and the `curve`."""
-    answered = answered_metrics(p_pneumonia, is_pneumonia, threshold, band)
+    their `ci`, the `answered` detail and the `curve`. With `in_domain` (the domain verdicts), an image out of
+    domain is not answered, as its `decision` says."""
+    answered = answered_metrics(p_pneumonia, is_pneumonia, threshold, band, in_domain)
     names = dict(zip(("coverage", *ANSWERED_RATES), REFERRAL_CI_METRICS, strict=True))
     metrics = {flat: answered[name]["value"] for name, flat in names.items()}
     metrics["referred"] = answered["referred"]

@@ -110,3 +110,41 @@ def test_split_half_transfer_checks_each_method_on_the_other_patients():
         assert 0 <= summary["not_answered"] <= 1 and 0 <= summary["targets_met"] <= 1
         assert 0.5 < summary["accuracy"] <= 1
     assert results["bootstrap-0.8"]["not_answered"] >= results["observed"]["not_answered"]
+
+
+def test_an_evaluation_counts_out_of_domain_images_as_not_answered_as_their_decisions_do(tmp_path):
+    import pandas as pd
+
+    from cxr.evaluation.evaluate import evaluate_predictions
+    from cxr.model.referral import SCORED, decide
+
+    band = ReferralBand(low=0.4, high=0.6)
+    inside = np.array([True] * 6 + [False, True])
+    decisions = [decide(SCORED, float(p), 0.5, bool(ok), band) for p, ok in zip(P, inside, strict=True)]
+    predictions = pd.DataFrame({"decision": decisions, "in_domain": inside})
+    result = evaluate_predictions(
+        Y,
+        P,
+        threshold=0.5,
+        split="test",
+        model_sha256="0" * 64,
+        out_dir=tmp_path,
+        predictions=predictions,
+        band=band,
+    )
+    answered = sum(decision in ("pneumonia", "normal") for decision in decisions)
+    assert result.metrics["coverage"] == answered / len(P) == 5 / 8
+    assert result.referral["answered"]["out_of_domain"] == 1 / 8
+    # Without domain verdicts (a model saved without a domain score) only the band is left out.
+    unguarded = predictions.assign(in_domain=None)
+    result = evaluate_predictions(
+        Y,
+        P,
+        threshold=0.5,
+        split="test",
+        model_sha256="0" * 64,
+        out_dir=tmp_path,
+        predictions=unguarded,
+        band=band,
+    )
+    assert result.metrics["coverage"] == 6 / 8 and result.referral["answered"]["out_of_domain"] is None
