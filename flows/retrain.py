@@ -29,7 +29,8 @@ DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
 DASK_SCHEDULER_ENV = "CXR_DASK_SCHEDULER"  # the same, under the name docs/operating.md documents
 # Mapped task runs per core on the thread runner: enough that cores stay busy while runs finish unevenly.
 # Each run is several calls to the Prefect server even when cached, so more runs than that only add calls: a
-# cached rerun at 16,000 images made 80 (63 ingest chunks, 17 shards) and waited on the server (docs/scale.md).
+# cached rerun at 16,000 images made 80 (63 ingest chunks, 17 shards) and waited on the server
+# (docs/scale-memory.md).
 MAPPED_RUNS_PER_CORE = 4
 
 
