@@ -12,15 +12,15 @@ from bench.suite import Context
 from cxr.data.imaging import MIN_IMAGE_SIDE
 from cxr.data.ingest_plans import read_checks, store_plan
 from cxr.data.ingesting import assemble_manifest, plan_folder
-from tasks.ingest import check_chunk
+from tasks.ingest import check_chunks
 
 DASK_WORKERS = 2
 
 
 def measure_scaleout(context: Context) -> dict[str, Any]:
-    """Wall time of `check_chunk` mapped over the same folder's chunks, as `retrain` maps it, on the
-    local thread pool and on a `DaskTaskRunner` at a running cluster's address (as $CXR_DASK_ADDRESS
-    gives it); best of `repeats` alternating runs, every chunk recomputed (no cache hits).
+    """Wall time of `check_chunks` mapped over the same folder's chunks, a chunk per run (as `retrain` maps
+    them on Dask), on the local thread pool and on a `DaskTaskRunner` at a running cluster's address (as
+    $CXR_DASK_ADDRESS gives it); best of `repeats` alternating runs, every chunk recomputed (no cache hits).
     """
     from distributed import LocalCluster
     from prefect_dask import DaskTaskRunner
@@ -56,10 +56,11 @@ def measure_scaleout(context: Context) -> dict[str, Any]:
 
 @flow(name="bench-mapped-ingest", persist_result=False)
 def mapped_ingest(data_dir: str, out_dir: str) -> int:
-    """plan -> `check_chunk` mapped on the flow's runner -> assemble; the number of accepted files."""
+    """plan -> `check_chunks` mapped on the flow's runner, a chunk per run -> assemble; the number of accepted
+    files."""
     plan = store_plan(
         plan_folder(Path(data_dir), Path(out_dir), min_side=MIN_IMAGE_SIDE), Path(out_dir) / "plan"
     )
-    futures = check_chunk.with_options(refresh_cache=True).map(plan.chunks())
-    checks = read_checks([future.result() for future in futures])
+    futures = check_chunks.with_options(refresh_cache=True).map([[chunk] for chunk in plan.chunks()])
+    checks = read_checks([check for future in futures for check in future.result()])
     return assemble_manifest(plan.load(), checks).accepted

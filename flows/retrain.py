@@ -27,6 +27,11 @@ MODEL_STAGES = (split, batches, train, domain)
 # A Dask scheduler (tcp://host:8786): ingest's checks then run on its workers (they must see the data folder).
 DASK_ADDRESS_ENV = "CXR_DASK_ADDRESS"
 DASK_SCHEDULER_ENV = "CXR_DASK_SCHEDULER"  # the same, under the name docs/operating.md documents
+# Mapped task runs per core on the thread runner: enough that cores stay busy while runs finish unevenly.
+# Each run is several calls to the Prefect server even when cached, so more runs than that only add calls: a
+# cached rerun at 16,000 images made 80 (63 ingest chunks, 17 shards) and waited on the server
+# (docs/scale-memory.md).
+MAPPED_RUNS_PER_CORE = 4
 
 
 def local_task_runner() -> ThreadPoolTaskRunner:
@@ -52,8 +57,10 @@ def ingest_stage(run: StageRunner, data_dir: str, params: IngestParams) -> inges
     """Plan, check the planned chunks in parallel on the flow's task runner, and assemble the manifest."""
     plan = run(ingest.plan_ingest, data_dir, params)
     with stage_progress("ingest: check files", plan.todo, "files") as progress:
-        checks = run.map(
-            ingest.check_chunk, plan.chunks(), on_done=lambda chunk: progress.advance(chunk.rows)
+        checks = run.map_groups(
+            ingest.check_chunks,
+            plan.chunks(),
+            on_done=lambda chunks: progress.advance(sum(chunk.rows for chunk in chunks)),
         )
     return run(ingest.assemble_ingest, plan, checks)
 
@@ -63,7 +70,7 @@ def batches_stage(
 ) -> batches.BatchesResult:
     """Plan the shards, decode them in parallel on the flow's task runner, and index them."""
     plan = run(batches.plan_batches, split_path, split_digest, image_size)
-    shards = run.map(batches.build_batch_shard, plan.chunks())
+    shards = run.map_groups(batches.build_batch_shards, plan.chunks())
     return run(batches.assemble_batches, plan, shards)
 
 
@@ -71,6 +78,12 @@ def executor() -> str:
     """Where this run's mapped tasks run: its Dask scheduler's address, or "threads" (in this process)."""
     runner = FlowRunContext.get().task_runner
     return getattr(runner, "address", None) or "threads"
+
+
+def mapped_width() -> int | None:
+    """At most how many task runs a mapped stage makes: on threads, MAPPED_RUNS_PER_CORE per core of this
+    machine; on a Dask cluster (whose size the flow does not know) one per planned chunk or shard."""
+    return MAPPED_RUNS_PER_CORE * (os.cpu_count() or 1) if executor() == "threads" else None
 
 
 def external_stage(
@@ -119,7 +132,9 @@ def retrain(config: RetrainConfig) -> dict:
     started = time.perf_counter()
     # The run's limit is `config.timeouts.flow_s`, applied by cutting every task's limit to the time
     # left (a timeout on the decorator could not follow the config).
-    run = StageRunner(limits=config.timeouts, deadline=time.monotonic() + config.timeouts.flow_s)
+    run = StageRunner(
+        limits=config.timeouts, deadline=time.monotonic() + config.timeouts.flow_s, width=mapped_width()
+    )
     ingested = ingest_stage(run, config.data_dir, config.ingest)
     splits = run(split.split, ingested.manifest_path, ingested.digest, config.split, config.data_dir)
     data = batches_stage(run, splits.split_path, splits.digest, config.train.image_size)

@@ -31,6 +31,8 @@ class StageRunner:
 
     `peak_rss_mib` keeps the process's peak resident memory while each task ran (a mapped task: all its
     runs together; a task called more than once: the highest), by task name, in the order they ran.
+
+    `width` caps the task runs of `map_groups` (None: one run per item).
     """
 
     cached: list[str] = field(default_factory=list)
@@ -38,6 +40,7 @@ class StageRunner:
     peak_rss_mib: dict[str, float | None] = field(default_factory=dict)
     limits: TimeoutParams = field(default_factory=TimeoutParams)
     deadline: float = math.inf
+    width: int | None = None
 
     def limited(self, task: Task) -> tuple[Task, str, float]:
         """`task` with its time limit, and the setting that decided it (`register_s`, `flow_s`, ...)."""
@@ -87,7 +90,7 @@ class StageRunner:
         result = state.result()  # re-raises the task's exception when it failed
         if state.name != "Cached":
             return result
-        if getattr(result, "is_intact", lambda: True)():
+        if _intact(result):
             self._reused(task, [state])
             return result
         get_run_logger().warning(
@@ -121,7 +124,7 @@ class StageRunner:
         self._raise_if_timed_out(task, states, setting, seconds)
         results = [state.result() for state in states]  # re-raises the first failure
         for index, (state, result) in enumerate(zip(states, results, strict=True)):
-            if state.name == "Cached" and not getattr(result, "is_intact", lambda: True)():
+            if state.name == "Cached" and not _intact(result):
                 get_run_logger().warning(
                     "cached %s result points at missing or damaged files; recomputing", task.name
                 )
@@ -130,6 +133,31 @@ class StageRunner:
         if all(state.name == "Cached" for state in states):
             self._reused(task, states)
         return results
+
+    def map_groups(
+        self, task: Task, items: Iterable[Any], *, on_done: Callable[[list[Any]], None] | None = None
+    ) -> list[Any]:
+        """`task` over consecutive groups of `items`, at most `width` runs; results flattened, in item order.
+
+        `task` takes a list of items and returns one result per item. Every run is several calls to the
+        Prefect server, cached or not, so a cached rerun costs the number of runs, not of items.
+        `on_done(group)` is called as each group's run finishes.
+        """
+        results = self.map(task, groups_of(list(items), self.width), on_done=on_done)
+        return [result for group in results for result in group]
+
+
+def groups_of(items: list[Any], count: int | None) -> list[list[Any]]:
+    """`items` cut into at most `count` consecutive groups of near-equal size (None: one group per item)."""
+    count = len(items) if count is None else min(count, len(items))
+    return [items[len(items) * index // count : len(items) * (index + 1) // count] for index in range(count)]
+
+
+def _intact(result: Any) -> bool:
+    """Whether a cached result's files are still as written (`is_intact()`; a list: every item's)."""
+    if isinstance(result, list):
+        return all(_intact(item) for item in result)
+    return getattr(result, "is_intact", lambda: True)()
 
 
 def _made_at(state: State) -> str | None:

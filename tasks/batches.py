@@ -1,8 +1,9 @@
 """Stage `batches`: decode the split into shards that training and evaluation stream (`cxr.data.batches`).
 
 Three tasks, as ingest: `batches-plan` lists each shard's files (Parquet), `batches-shard` decodes
-one shard (mapped over the plan's chunks on the flow's task runner: threads, or a Dask cluster),
-`batches-assemble` indexes them. Each result is a path plus digests, whatever the number of images.
+shards one after another (mapped over groups of the plan's chunks on the flow's task runner: threads, or a
+Dask cluster), `batches-assemble` indexes them. Each result is a path plus digests, whatever the number of
+images.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ def plan_batches(split_path: str, split_digest: str, image_size: int) -> ShardPl
     return plan
 
 
-# One shard is ~1000 images: minutes even on a slow share; a hung read fails the stage.
+# A shard is ~1000 images: minutes even on a slow share; a hung read fails the stage.
 @task(name="batches-shard", cache_policy=ContentKey(), **_RETRIES)
-def build_batch_shard(chunk: ShardChunk) -> ShardRef:
-    """Decode one chunk's files into its shard (kept when an intact one is already there)."""
-    return build_shard(chunk)
+def build_batch_shards(chunks: list[ShardChunk]) -> list[ShardRef]:
+    """Decode each chunk's files into its shard, one shard after another (an intact one already there is kept)."""
+    return [build_shard(chunk) for chunk in chunks]
 
 
 @task(name="batches-assemble", cache_policy=ContentKey(), **_RETRIES)

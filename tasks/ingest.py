@@ -1,7 +1,7 @@
 """Stage `ingest`: scan an image folder, label and check every file, and write the manifest.
 
-The work is `cxr.data.ingesting`'s; here it runs as three tasks: `plan_ingest` -> `check_chunk` mapped
-over the plan's chunks (on the flow's task runner: threads, or a Dask cluster) -> `assemble_ingest`.
+The work is `cxr.data.ingesting`'s; here it runs as three tasks: `plan_ingest` -> `check_chunks` mapped
+over groups of the plan's chunks (on the flow's task runner: threads, or a Dask cluster) -> `assemble_ingest`.
 They pass Parquet file lists by path and digest (`cxr.data.ingest_plans`), never the lists themselves.
 """
 
@@ -104,13 +104,19 @@ def plan_ingest(data_dir: str, params: IngestParams) -> StoredPlan:
 
 
 @task(name="ingest-check", cache_policy=ContentKey(), **_TRANSIENT_IO_RETRIES)
-def check_chunk(files: FileList) -> FileList:
-    """Decode and hash one chunk's files; its list's digest (paths, sizes, mtimes) makes the cache key."""
+def check_chunks(chunks: list[FileList]) -> list[FileList]:
+    """Decode and hash each chunk's files, one chunk after another; the lists' digests (paths, sizes, mtimes)
+    make the cache key. One check table per chunk, named by its list's digest."""
     faults.kill_once(
         "ingest_check", cxr_home() / "faults"
     )  # a Dask worker lost mid-ingest (tests/pipeline/test_cluster.py)
-    checks = check_paths(files.read(columns=["path"])["path"].tolist(), workers=1)
-    return write_checks(checks, state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet")
+    return [
+        write_checks(
+            check_paths(files.read(columns=["path"])["path"].tolist(), workers=1),
+            state_dir("ingest-checks") / f"{files.sha256[:16]}.parquet",
+        )
+        for files in chunks
+    ]
 
 
 @task(name="ingest-assemble", cache_policy=ContentKey(), **_TRANSIENT_IO_RETRIES)

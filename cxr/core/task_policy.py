@@ -28,10 +28,12 @@ class TimeoutParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ingest_s: float = Field(
-        1800, gt=0, description="Each ingest task: folder scan, a chunk's checks, assembly"
+        1800, gt=0, description="Each ingest task: folder scan, a group of chunks' checks, assembly"
     )
     split_s: float = Field(600, gt=0)
-    batches_s: float = Field(1800, gt=0, description="Each batches task: plan, a shard's decoding, assembly")
+    batches_s: float = Field(
+        1800, gt=0, description="Each batches task: plan, a group of shards' decoding, assembly"
+    )
     train_s: float = Field(4 * 3600, gt=0)
     evaluate_s: float = Field(1800, gt=0)
     domain_s: float = Field(1800, gt=0, description="Fitting the domain score; scoring a run's new images")

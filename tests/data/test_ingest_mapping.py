@@ -77,7 +77,7 @@ def test_assemble_refuses_a_plan_with_unchecked_files(folder, tmp_path):
         assemble_manifest(plan, [])
 
 
-def _ingest_flow(task_runner=None):
+def _ingest_flow(task_runner=None, width: int | None = None):
     """A flow running only the retrain flow's ingest wiring; returns the result and the reused steps."""
     from prefect import flow
 
@@ -86,7 +86,7 @@ def _ingest_flow(task_runner=None):
 
     @flow(name="ingest-only")
     def ingest_only(data_dir: str):
-        run = StageRunner()
+        run = StageRunner(width=width)
         return ingest_stage(run, data_dir, IngestParams(min_image_side=MIN_SIDE)), run.cached
 
     return ingest_only.with_options(task_runner=task_runner) if task_runner else ingest_only
@@ -127,6 +127,29 @@ def test_mapped_flow_matches_ingest_folder_caches_reruns_and_reuses_checks(
     assert checked == [str(new_file)]  # the previous manifest's checks are reused
     assert (third.accepted, third.reused) == (first.accepted + 1, 27)  # truncated: a content failure, reused
     assert third.digest != first.digest
+
+
+def test_checks_in_groups_give_the_same_manifest_in_at_most_width_runs(
+    prefect_harness, folder, tmp_path, small_chunks, monkeypatch
+):
+    """Six chunks on a width of 2 (the thread runner's `mapped_width`): two `ingest-check` runs, each checking
+    its chunks one after another, the manifest of `ingest_folder`, and a cached rerun of two runs."""
+    from cxr.core import faults
+
+    reference = ingest_folder(folder, tmp_path / "reference", min_side=MIN_SIDE, workers=1)
+    runs: list[str] = []
+    monkeypatch.setattr(faults, "kill_once", lambda point, markers: runs.append(point))  # once per check run
+    ingest_in_groups = _ingest_flow(width=2)
+
+    grouped, cached = ingest_in_groups(str(folder))
+    assert runs == ["ingest_check"] * 2 and cached == []
+    assert (grouped.digest, grouped.accepted, grouped.quarantined) == (
+        reference.digest,
+        reference.accepted,
+        reference.quarantined,
+    )
+    again, cached = ingest_in_groups(str(folder))
+    assert again == grouped and cached == PLAN_STEPS
 
 
 def test_task_runner_from_env(monkeypatch):

@@ -155,9 +155,9 @@ def test_batches_task_retries_transient_read_errors(prefect_harness, world, monk
     clean = materialise_batches(split.split_path, world.home / "clean-batches", image_size=32)
     chunk = plan_shards(split.split_path, world.home / "retried-batches", image_size=32).chunks()[0]
     monkeypatch.setenv(faults.ENV_VAR, "read_image:2")
-    fast_retries = batches_stage.build_batch_shard.with_options(retry_delay_seconds=0, refresh_cache=True)
+    fast_retries = batches_stage.build_batch_shards.with_options(retry_delay_seconds=0, refresh_cache=True)
 
-    result = fast_retries(chunk)
+    [result] = fast_retries([chunk])
 
     assert faults.hits("read_image") > 2
     assert result.sha256 == clean.shards(chunk.split)[chunk.number].sha256
