@@ -54,11 +54,13 @@ def test_evaluate_reports_the_flagged_share_and_in_domain_metrics(guarded_model,
     assert result["n_in_domain"] == 14 - result["out_of_domain"]
     # The in-domain metrics count only the images that were not flagged, beside those on all images.
     assert result["metrics_in_domain"]["n"] == result["n_in_domain"] and result["metrics"]["n"] == 14
-    # Answered alone: in domain and outside the referral band (this model has none), beside all-image coverage.
+    # Answered alone: in domain and outside the referral band (this model has none); the evaluation's coverage
+    # is the same share, as the images' decisions say.
     alone = result["answered_alone"]
     assert alone["answered_n"] == result["n_in_domain"] and alone["referred"] == 0.0
     assert alone["coverage"]["value"] == pytest.approx(result["n_in_domain"] / 14, abs=1e-6)
-    assert result["metrics"]["coverage"] == 1.0 and result["ci"]["coverage"]
+    assert result["metrics"]["coverage"] == alone["coverage"]["value"] and result["ci"]["coverage"]
+    assert result["decisions"]["out_of_domain"] == result["out_of_domain"]
 
 
 def test_evaluate_with_a_model_saved_before_the_domain_score(tmp_path, capsys):
