@@ -24,7 +24,7 @@ from cxr.core.errors import CxrError
 from cxr.core.locking import file_lock
 from cxr.core.state_folder import cxr_home
 from cxr.ops import postgres, stack_probes, stack_security
-from cxr.ops.server import _console_script, free_port, is_healthy, stop_process_group
+from cxr.ops.server import _console_script, free_port, is_healthy, log_tail, stop_process_group
 from cxr.ops.stack_probes import HOST, POOL, WORKER_NAME, dask_worker_count, prefect_worker_status
 
 START_TIMEOUT_S = 150.0
@@ -240,7 +240,8 @@ def _wait_ready(name: str, check: Callable[[], bool], endpoints: dict, deadline:
         service = name.rstrip("s")  # "dask-workers": any "dask-worker-N"
         dead = [n for n, pid in endpoints["pids"].items() if n.startswith(service) and not is_running(pid)]
         if dead:
-            raise CxrError(f"{dead[0]} exited while starting: see {cluster_dir() / 'logs' / dead[0]}.log")
+            log = cluster_dir() / "logs" / f"{dead[0]}.log"
+            raise CxrError(f"{dead[0]} exited while starting ({log}): {log_tail(log)}")
         time.sleep(0.5)
     raise CxrError(f"{name} not ready within {START_TIMEOUT_S:.0f} s: see {cluster_dir() / 'logs'}")
 

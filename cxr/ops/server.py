@@ -93,13 +93,16 @@ def wait_until_healthy(
         if is_healthy(api_url):
             return
         if process.poll() is not None:
-            raise CxrError(f"Prefect server exited with code {process.returncode}: {_tail(log_path)}")
+            raise CxrError(f"Prefect server exited with code {process.returncode}: {log_tail(log_path)}")
         time.sleep(0.5)
     stop_process_group(process.pid)
-    raise CxrError(f"Prefect server did not answer on {api_url} within {timeout_s:.0f} s: {_tail(log_path)}")
+    raise CxrError(
+        f"Prefect server did not answer on {api_url} within {timeout_s:.0f} s: {log_tail(log_path)}"
+    )
 
 
-def _tail(log_path: Path, lines: int = 5) -> str:
+def log_tail(log_path: Path, lines: int = 5) -> str:
+    """The last lines of a service's log on one line (its path when it has none): what an error should show."""
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or f"see {log_path}"
 

@@ -172,3 +172,23 @@ def test_up_and_down_take_turns_on_the_state_folders_lock(tmp_path, monkeypatch)
     finally:
         holder.communicate("\n", timeout=30)
     assert cluster.down() == {"stopped": []}  # the lock is free again
+
+
+def test_a_service_that_dies_while_starting_is_named_with_the_end_of_its_log(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import time
+
+    from cxr.ops import cluster
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path))
+    log = cluster.cluster_dir() / "logs" / "prefect-server.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("starting\nERROR: [Errno 98] address already in use\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # the server's process, already gone
+    dead.wait()
+    endpoints = {"pids": {"prefect-server": dead.pid}}
+    with pytest.raises(
+        CxrError, match=r"prefect-server exited while starting \(.*\): .*address already in use"
+    ):
+        cluster._wait_ready("prefect-server", lambda: False, endpoints, time.monotonic() + 5)
