@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,6 +27,9 @@ from cxr.core.state_folder import (
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
+# Free ports for services are drawn from here up to the kernel's outgoing range (`free_port`).
+LISTEN_PORTS_LOW = 20000
+FREE_PORT_TRIES = 50
 STARTUP_TIMEOUT_S = float(PREFECT_STARTUP_TIMEOUT_S)
 
 
@@ -269,10 +273,29 @@ def mlflow_ui(port: int = 5000, host: str = DEFAULT_HOST) -> int:
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
+    """A port nobody uses right now, below the kernel's range for outgoing connections: a port from that range
+    can be taken as the local end of some connection between this check and the service binding it."""
+    low = _outgoing_ports_low()
+    for port in random.sample(
+        range(LISTEN_PORTS_LOW, low), min(FREE_PORT_TRIES, max(0, low - LISTEN_PORTS_LOW))
+    ):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded or unusual range: any port the kernel gives
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _outgoing_ports_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections (Linux; 32768 where unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @contextmanager

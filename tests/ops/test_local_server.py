@@ -158,3 +158,15 @@ def test_prefects_own_temporary_server_gets_the_projects_start_up_limit(tmp_path
         check=True,
     )
     assert int(done.stdout) == PREFECT_STARTUP_TIMEOUT_S > 20
+
+
+def test_a_free_port_lies_below_the_range_outgoing_connections_take_theirs_from():
+    import socket
+
+    from cxr.ops.server import LISTEN_PORTS_LOW, _outgoing_ports_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(LISTEN_PORTS_LOW <= port < _outgoing_ports_low() for port in ports) and len(ports) > 1
+    for port in ports:  # each is free to listen on
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
