@@ -161,8 +161,6 @@ def test_prefects_own_temporary_server_gets_the_projects_start_up_limit(tmp_path
 
 
 def test_a_free_port_lies_below_the_range_outgoing_connections_take_theirs_from():
-    import socket
-
     from cxr.ops.server import LISTEN_PORTS_LOW, _outgoing_ports_low, free_port
 
     ports = {free_port() for _ in range(20)}
