@@ -122,29 +122,24 @@ def test_an_evaluation_counts_out_of_domain_images_as_not_answered_as_their_deci
     inside = np.array([True] * 6 + [False, True])
     decisions = [decide(SCORED, float(p), 0.5, bool(ok), band) for p, ok in zip(P, inside, strict=True)]
     predictions = pd.DataFrame({"decision": decisions, "in_domain": inside})
-    result = evaluate_predictions(
-        Y,
-        P,
-        threshold=0.5,
-        split="test",
-        model_sha256="0" * 64,
-        out_dir=tmp_path,
-        predictions=predictions,
-        band=band,
-    )
+
+    def evaluated(table: pd.DataFrame):  # noqa: ANN202 - an EvaluationResult
+        return evaluate_predictions(
+            Y,
+            P,
+            threshold=0.5,
+            split="test",
+            model_sha256="0" * 64,
+            out_dir=tmp_path,
+            predictions=table,
+            band=band,
+        )
+
+    result = evaluated(predictions)
     answered = sum(decision in ("pneumonia", "normal") for decision in decisions)
     assert result.metrics["coverage"] == answered / len(P) == 5 / 8
     assert result.referral["answered"]["out_of_domain"] == 1 / 8
     # Without domain verdicts (a model saved without a domain score) only the band is left out.
     unguarded = predictions.assign(in_domain=None)
-    result = evaluate_predictions(
-        Y,
-        P,
-        threshold=0.5,
-        split="test",
-        model_sha256="0" * 64,
-        out_dir=tmp_path,
-        predictions=unguarded,
-        band=band,
-    )
+    result = evaluated(unguarded)
     assert result.metrics["coverage"] == 6 / 8 and result.referral["answered"]["out_of_domain"] is None

@@ -84,14 +84,19 @@ def test_as_root_the_data_folder_moves_where_postgres_can_reach_it():
         shutil.rmtree(outside, ignore_errors=True)
 
 
-@AS_ROOT
-def test_as_root_a_users_state_folder_keeps_the_data_inside_and_theirs():
+def _nobodys_state_folder() -> tuple[Path, postgres.Postgres]:
+    """(a temporary parent anyone may enter, the server of a state folder inside it owned by `nobody`)."""
     parent = Path(tempfile.mkdtemp())
     parent.chmod(0o755)
     home = parent / "home"
     home.mkdir()
     shutil.chown(home, "nobody")
-    server = postgres.Postgres(home / "cluster" / "postgres", 5432)
+    return parent, postgres.Postgres(home / "cluster" / "postgres", 5432)
+
+
+@AS_ROOT
+def test_as_root_a_users_state_folder_keeps_the_data_inside_and_theirs():
+    parent, server = _nobodys_state_folder()
     server.root.mkdir(parents=True)  # made by root, as `cxr cluster up` does
     try:
         assert postgres.server_user(server) == "nobody"
@@ -106,12 +111,7 @@ def test_as_root_a_users_state_folder_keeps_the_data_inside_and_theirs():
 def test_as_root_initdb_runs_as_the_owner_of_a_users_state_folder():
     """The data folder root makes is handed to the state folder's owner, not to `postgres` (whom
     `server_user` would name once root's fresh folder exists), and by ids: `nobody`'s group is `nogroup`."""
-    parent = Path(tempfile.mkdtemp())
-    parent.chmod(0o755)
-    home = parent / "home"
-    home.mkdir()
-    shutil.chown(home, "nobody")
-    server = postgres.Postgres(home / "cluster" / "postgres", 5432)
+    parent, server = _nobodys_state_folder()
     try:
         postgres.initialise(server)  # initdb only: no server starts
         assert server.data_dir.stat().st_uid == pwd.getpwnam("nobody").pw_uid
